@@ -1,0 +1,1 @@
+"""Loa fleet service: registry, MQTT ingest, uptime ledger and the API around them."""

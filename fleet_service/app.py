@@ -1,0 +1,55 @@
+"""The FastAPI application and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from fleet_service.config import Settings, get_settings
+from fleet_service.errors import install_error_handler
+from fleet_service.runtime import Runtime
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None, mqtt: bool = True) -> FastAPI:
+    """``mqtt=False`` serves the API alone (no broker, no ingest): for tests of the API and for
+    read-only replicas. A given ``runtime`` is used as is and not closed by the app."""
+    settings = settings or (runtime.settings if runtime else get_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = runtime is None
+        rt = runtime or Runtime.from_settings(settings)
+        app.state.runtime = rt
+        try:
+            if mqtt:
+                from fleet_service.mqtt.lifecycle import run_mqtt_side
+
+                async with run_mqtt_side(rt):
+                    yield
+            else:
+                yield
+        finally:
+            if owned:
+                rt.close()
+
+    app = FastAPI(
+        title="Loa",
+        summary="Quản lý thiết bị thu phát thanh IP/4G — fleet management for IP/4G radio receivers",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handler(app)
+    _include_routers(app)
+    return app
+
+
+def _include_routers(app: FastAPI) -> None:
+    from fleet_service.auth.endpoints import router as auth_router
+    from fleet_service.ingest.endpoints import router as ingest_router
+    from fleet_service.registry.endpoints import router as registry_router
+    from fleet_service.uptime.endpoints import router as uptime_router
+
+    for router in (auth_router, registry_router, uptime_router, ingest_router):
+        app.include_router(router, prefix="/api/v1")

@@ -1,0 +1,56 @@
+"""One settings object for the whole service, read from the environment (prefix LOA_)."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Secrets that ship in examples and must never reach production.
+_KNOWN_DEFAULT_SECRETS = {"", "changeme", "change-me", "secret", "loa"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOA_", env_file=".env", extra="ignore")
+
+    environment: Literal["local", "test", "production"] = "local"
+    database_url: str = "sqlite:///./loa.db"
+
+    # MQTT: which broker the service talks to, and the service's own login on it.
+    broker: Literal["embedded", "mosquitto"] = "embedded"
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_username: str = "loa-service"
+    mqtt_password: str = Field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Keepalive the service asks of the broker for its own connection.
+    mqtt_keepalive_s: int = 30
+
+    # Receivers: what the service expects of them. The inactivity timeout catches a link that
+    # died without the broker noticing (or a receiver whose application hung while the MQTT
+    # stack still answers pings): three missed telemetry reports plus slack.
+    telemetry_interval_s: float = 60.0
+    inactivity_timeout_s: float = 200.0
+    # After the service (re)starts it waits this long before it trusts silence: retained state
+    # arrives first, and receivers that were online get a chance to report.
+    startup_grace_s: float = 30.0
+    max_payload_bytes: int = 4096
+
+    # Mosquitto dynamic security: the control topic is reached with the admin login.
+    mosquitto_admin_username: str = "loa-admin"
+    mosquitto_admin_password: str = ""
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets_in_production(self) -> Settings:
+        if self.environment == "production":
+            for name in ("mqtt_password",):
+                if getattr(self, name) in _KNOWN_DEFAULT_SECRETS:
+                    raise ValueError(f"LOA_{name.upper()} must be set to a real secret in production")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

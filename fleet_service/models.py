@@ -1,0 +1,18 @@
+"""Every table, imported in one place so that Alembic and create-time checks see them all."""
+
+from fleet_service.auth.models import ApiToken, User
+from fleet_service.db import Base
+from fleet_service.registry.models import Receiver, ReceiverCredential, Region, Station, StationAssignment
+from fleet_service.uptime.models import ConnectivityInterval
+
+__all__ = [
+    "ApiToken",
+    "Base",
+    "ConnectivityInterval",
+    "Receiver",
+    "ReceiverCredential",
+    "Region",
+    "Station",
+    "StationAssignment",
+    "User",
+]

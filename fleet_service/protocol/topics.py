@@ -1,0 +1,78 @@
+"""Topic tree: ``loa/v1/rx/<receiver id>/<kind>``.
+
+The receiver id is also the receiver's MQTT username and client id, which is what lets every
+broker enforce "a receiver publishes and subscribes only under its own topics".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+TOPIC_ROOT = "loa/v1/rx"
+
+# Letters, digits, '-' and '_': safe in a topic level, a username and a file name, and never an
+# MQTT wildcard. Hardware ids (IMEI, MAC without colons) fit.
+_RECEIVER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ReceiverId(str):
+    """A validated receiver id."""
+
+    def __new__(cls, value: str) -> ReceiverId:
+        if not isinstance(value, str) or not _RECEIVER_ID.match(value):
+            raise ValueError(f"invalid receiver id {value!r}: use 1-64 letters, digits, '-' or '_'")
+        return super().__new__(cls, value)
+
+
+class MessageKind(StrEnum):
+    STATE = "state"          # receiver -> service, retained, QoS 1 (birth, clean shutdown, Will)
+    TELEMETRY = "telemetry"  # receiver -> service, QoS 0
+    EVENT = "event"          # receiver -> service, QoS 1
+
+
+QOS = {
+    MessageKind.STATE: 1,
+    MessageKind.TELEMETRY: 0,
+    MessageKind.EVENT: 1,
+}
+RETAIN = {kind: kind is MessageKind.STATE for kind in MessageKind}
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    receiver_id: ReceiverId
+    kind: MessageKind
+
+    def __str__(self) -> str:
+        return f"{TOPIC_ROOT}/{self.receiver_id}/{self.kind.value}"
+
+    @classmethod
+    def parse(cls, topic: str) -> Topic:
+        prefix = TOPIC_ROOT + "/"
+        if not topic.startswith(prefix):
+            raise ValueError(f"topic {topic!r} is outside {TOPIC_ROOT}/")
+        parts = topic[len(prefix):].split("/")
+        if len(parts) != 2:
+            raise ValueError(f"topic {topic!r} is not {TOPIC_ROOT}/<receiver>/<kind>")
+        try:
+            kind = MessageKind(parts[1])
+        except ValueError:
+            raise ValueError(f"unknown message kind {parts[1]!r} in topic {topic!r}") from None
+        return cls(ReceiverId(parts[0]), kind)
+
+
+def receiver_topics(receiver_id: str) -> dict[MessageKind, str]:
+    rid = ReceiverId(receiver_id)
+    return {kind: str(Topic(rid, kind)) for kind in MessageKind}
+
+
+def receiver_acl_pattern() -> str:
+    """The one topic pattern a receiver may use; '%u' is the broker's username placeholder."""
+    return f"{TOPIC_ROOT}/%u/#"
+
+
+def service_subscriptions() -> list[tuple[str, int]]:
+    """What the service subscribes to, with QoS."""
+    return [(f"{TOPIC_ROOT}/+/{kind.value}", QOS[kind]) for kind in MessageKind]

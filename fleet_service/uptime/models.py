@@ -1,0 +1,50 @@
+"""The uptime ledger: every connectivity transition as an exact interval."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fleet_service.db import Base, UTCDateTime
+
+
+class Connectivity(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class TransitionCause(StrEnum):
+    BIRTH = "birth"            # the receiver announced a new session
+    SHUTDOWN = "shutdown"      # the receiver said goodbye
+    WILL = "will"              # the broker published the receiver's Last Will
+    SILENT = "silent"          # nothing heard for the inactivity timeout
+    RESUMED = "resumed"        # heard again within the same session after a silence
+    RECONCILED = "reconciled"  # state found changed when the service (re)connected
+    REVOKED = "revoked"        # credentials revoked: disconnected by the service
+
+
+class ConnectivityInterval(Base):
+    """[start_at, end_at) during which a receiver was online or offline. end_at is NULL for the
+    interval that is still open. Exactly one open interval per receiver once it was first seen;
+    the time before is not part of its service life."""
+
+    __tablename__ = "connectivity_intervals"
+    __table_args__ = (
+        Index("ix_connectivity_receiver_start", "receiver_id", "start_at"),
+        Index("ix_connectivity_station_start", "station_id", "start_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    receiver_id: Mapped[str] = mapped_column(ForeignKey("receivers.id", ondelete="RESTRICT"))
+    # The station the receiver served when the interval began: a station's history survives
+    # the replacement of its receivers.
+    station_id: Mapped[int | None] = mapped_column(ForeignKey("stations.id", ondelete="RESTRICT"))
+    state: Mapped[str] = mapped_column(String(8))
+    session: Mapped[int | None] = mapped_column(BigInteger)
+    start_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    end_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    start_cause: Mapped[str] = mapped_column(String(16))
+    end_cause: Mapped[str | None] = mapped_column(String(16))
