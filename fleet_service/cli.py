@@ -31,15 +31,61 @@ def cli_runtime() -> Iterator[Runtime]:
         runtime.close()
 
 
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help="API host (LOA_API_HOST)"),
+    port: int | None = typer.Option(None, help="API port (LOA_API_PORT)"),
+) -> None:
+    """Chạy dịch vụ / run the fleet service: API, MQTT ingest and (by default) the embedded broker."""
+    import uvicorn
+
+    from fleet_service.app import create_app
+    from fleet_service.migrations import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port)
+
+
+db_app = typer.Typer(no_args_is_help=True)
+app.add_typer(db_app, name="db", help="Cơ sở dữ liệu / database")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Nâng cấp lược đồ / migrate the database of LOA_DATABASE_URL to the latest schema."""
+    from fleet_service.migrations import upgrade
+
+    upgrade(get_settings().database_url)
+    typer.echo("Đã nâng cấp cơ sở dữ liệu / database is at the latest schema")
+
+
+protocol_app = typer.Typer(no_args_is_help=True)
+app.add_typer(protocol_app, name="protocol", help="Giao thức / the receiver protocol")
+
+
+@protocol_app.command("schema")
+def protocol_schema(write: bool = typer.Option(False, help="Rewrite fleet_service/protocol/schema.json")) -> None:
+    """In JSON Schema / print the JSON Schema of every payload."""
+    from fleet_service.protocol import schema
+
+    if write:
+        typer.echo(f"wrote {schema.write()}")
+    else:
+        typer.echo(schema.render(), nl=False)
+
+
 def _register_subcommands() -> None:
     from fleet_service.auth.cli import tokens_app, users_app
     from fleet_service.registry.cli import receivers_app, regions_app, stations_app
+    from fleet_service.uptime.cli import availability_app
 
     app.add_typer(regions_app, name="regions", help="Đơn vị hành chính / administrative regions")
     app.add_typer(stations_app, name="stations", help="Đài truyền thanh / stations")
     app.add_typer(receivers_app, name="receivers", help="Thiết bị thu / receivers")
     app.add_typer(users_app, name="users", help="Người dùng / users")
     app.add_typer(tokens_app, name="tokens", help="Mã truy cập API / API tokens")
+    app.add_typer(availability_app, name="availability", help="Tỷ lệ hoạt động / availability from the ledger")
 
 
 _register_subcommands()

@@ -18,6 +18,8 @@ class Settings(BaseSettings):
 
     environment: Literal["local", "test", "production"] = "local"
     database_url: str = "sqlite:///./loa.db"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
 
     # MQTT: which broker the service talks to, and the service's own login on it.
     broker: Literal["embedded", "mosquitto"] = "embedded"

@@ -22,6 +22,8 @@ class Runtime:
     broker_accounts: BrokerAccounts = field(default_factory=RegistryOnlyAccounts)
     # Set by the lifespan when the service runs its MQTT side (ingest.service.IngestService).
     ingest: Any = None
+    # Set by the lifespan: the service's MQTT connection (mqtt.adapter.MqttAdapter).
+    mqtt: Any = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:

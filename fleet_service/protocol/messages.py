@@ -44,6 +44,10 @@ class StateMessage(_Message):
     session: int = Field(ge=0, le=SESSION_MAX)
     reason: StateReason
     firmware: str | None = Field(default=None, alias="fw", max_length=32)
+    # On a reconnect birth: seconds, by the receiver's monotonic clock, since it last heard the
+    # broker on its previous connection. Lets the ledger record an outage the service could not
+    # see itself (the service or the broker was down). Absent after power-on.
+    offline_s: float | None = Field(default=None, alias="off", ge=0, le=10 * 365 * 86400)
 
 
 class ResetCause(StrEnum):

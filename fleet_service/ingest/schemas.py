@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+
+class LiveReceiverOut(BaseModel):
+    receiver_id: str
+    station_id: int | None
+    station_name: str | None
+    # online / offline / never_seen
+    state: str
+    since: datetime | None
+    last_heard: datetime | None
+    signal_dbm: int | None = None
+    temperature_c: float | None = None
+    supply_v: float | None = None
+    amplifier: str | None = None
+    stream: str | None = None
+    firmware: str | None = None
+    clock_skew_s: float | None = None
+
+
+class LiveFleetOut(BaseModel):
+    online: int
+    offline: int
+    never_seen: int
+    receivers: list[LiveReceiverOut]
+
+
+class IngestStatusOut(BaseModel):
+    mqtt_connected: bool
+    mqtt_connections: int
+    tracked_receivers: int
+    stale_messages: int
+    unobserved_outages: int
+    ledger_backlog: int
+    counters: dict[str, object]

@@ -1,0 +1,249 @@
+"""Ingest: every message from the receivers, decoded once, turned into live state and ledger
+transitions. A bad message is logged, counted and dropped; nothing here may stop the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_service.db import session_scope, utcnow
+from fleet_service.ingest.repository import IngestRepository
+from fleet_service.protocol import DecodeError, decode
+from fleet_service.protocol.messages import Event, StateMessage, Telemetry
+from fleet_service.uptime.models import Connectivity
+from fleet_service.uptime.service import record_transitions
+from fleet_service.uptime.tracker import ConnectivityTracker, Transition
+
+log = logging.getLogger(__name__)
+
+# How often silence is checked: the inactivity timeout is minutes, a second is plenty.
+SWEEP_INTERVAL_S = 1.0
+# Transitions waiting for the database. While the database is down they wait here; beyond
+# this bound (hours of a whole province flapping) they are dropped, counted and logged.
+LEDGER_BACKLOG_MAX = 200_000
+# Transitions written per transaction when there is a backlog.
+LEDGER_BATCH_MAX = 500
+# How long an unknown receiver id is remembered as unknown before the registry is asked again.
+UNKNOWN_RECHECK_S = 30.0
+# Recent events kept in memory for the API (the durable home of events comes with alerts).
+RECENT_EVENTS_MAX = 1000
+# At most one log line per drop reason per this many seconds: a broken receiver sending
+# garbage every second must not flood the log.
+DROP_LOG_INTERVAL_S = 10.0
+
+
+@dataclass(slots=True)
+class LiveTelemetry:
+    report: Telemetry
+    received_at: datetime
+    # Receiver clock minus service clock, seconds (positive: the receiver runs ahead).
+    clock_skew_s: float
+
+
+@dataclass
+class IngestCounters:
+    received: int = 0
+    accepted: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    transitions: int = 0
+    ledger_written: int = 0
+    ledger_failures: int = 0
+    ledger_dropped: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "received": self.received,
+            "accepted": self.accepted,
+            "dropped": dict(self.dropped),
+            "transitions": self.transitions,
+            "ledger_written": self.ledger_written,
+            "ledger_failures": self.ledger_failures,
+            "ledger_dropped": self.ledger_dropped,
+        }
+
+
+class IngestService:
+    def __init__(self, sessions: sessionmaker[Session], *, inactivity_timeout: timedelta, grace: timedelta,
+                 max_payload_bytes: int) -> None:
+        self._sessions = sessions
+        self.max_payload_bytes = max_payload_bytes
+        self.tracker = ConnectivityTracker(inactivity_timeout, grace)
+        self.counters = IngestCounters()
+        self.telemetry: dict[str, LiveTelemetry] = {}
+        self.recent_events: deque[tuple[str, datetime, Event]] = deque(maxlen=RECENT_EVENTS_MAX)
+        self._station_of: dict[str, int | None] = {}
+        self._unknown_until: dict[str, float] = {}
+        self._backlog: deque[Transition] = deque()
+        self._backlog_ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._last_drop_log: dict[str, float] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the registry and the ledger's open intervals, then run the ledger writer and the
+        silence sweep."""
+        await asyncio.to_thread(self._load)
+        self._tasks = [asyncio.create_task(self._ledger_writer(), name="ledger-writer"),
+                       asyncio.create_task(self._sweeper(), name="silence-sweep")]
+
+    async def stop(self) -> None:
+        """Write what is pending (a bounded wait), then stop."""
+        try:
+            await asyncio.wait_for(self.flush(), timeout=10)
+        except TimeoutError:
+            log.error("stopping with %d ledger transitions unwritten", len(self._backlog))
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def flush(self) -> None:
+        """Wait until every transition so far is in the database."""
+        while self._backlog or not self._idle.is_set():
+            await asyncio.sleep(0.01)
+
+    def _load(self) -> None:
+        with session_scope(self._sessions) as session:
+            repository = IngestRepository(session)
+            self._station_of = repository.active_receivers()
+            for interval in repository.open_intervals():
+                self.tracker.restore(interval.receiver_id, Connectivity(interval.state), interval.session,
+                                     interval.start_at)
+
+    # --- the hot path -------------------------------------------------------------------------
+
+    async def handle(self, topic: str, payload: bytes, *, retained: bool = False, at: datetime | None = None) -> None:
+        """Decode one message and act on it. Never raises for bad input."""
+        at = at or utcnow()
+        self.counters.received += 1
+        try:
+            decoded = decode(topic, payload, max_bytes=self.max_payload_bytes)
+        except DecodeError as exc:
+            self._drop(exc.reason.value, str(exc))
+            return
+        receiver_id = decoded.topic.receiver_id
+        if receiver_id not in self._station_of and not await self._is_known(receiver_id):
+            self._drop("unknown_receiver", f"message from unregistered receiver {receiver_id!r} on {topic!r}")
+            return
+        self.counters.accepted += 1
+        message = decoded.message
+        if isinstance(message, StateMessage):
+            transitions = self.tracker.on_state(receiver_id, message, at, retained=retained)
+        else:
+            transitions = self.tracker.on_activity(receiver_id, message.session, at)
+            if isinstance(message, Telemetry):
+                self.telemetry[receiver_id] = LiveTelemetry(message, at, message.sent_at - at.timestamp())
+            else:
+                self.recent_events.append((receiver_id, at, message))
+        if transitions:
+            self._enqueue(transitions)
+
+    @property
+    def ledger_backlog(self) -> int:
+        return len(self._backlog)
+
+    def begin_grace(self) -> None:
+        """Called by the MQTT adapter each time it (re)subscribes."""
+        self.tracker.begin_grace(utcnow())
+
+    def receiver_revoked(self, receiver_id: str) -> None:
+        self._station_of.pop(receiver_id, None)
+        self._enqueue(self.tracker.on_revoked(receiver_id, utcnow()))
+
+    def forget_unknown(self, receiver_id: str) -> None:
+        """A receiver was (re)provisioned: ask the registry about it at its next message."""
+        self._unknown_until.pop(receiver_id, None)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.counters.dropped[reason] += 1
+        now = time.monotonic()
+        if now - self._last_drop_log.get(reason, -DROP_LOG_INTERVAL_S) >= DROP_LOG_INTERVAL_S:
+            self._last_drop_log[reason] = now
+            log.warning("dropped message (%s, %d so far): %s", reason, self.counters.dropped[reason], detail)
+
+    async def _is_known(self, receiver_id: str) -> bool:
+        if self._unknown_until.get(receiver_id, 0.0) > time.monotonic():
+            return False
+        try:
+            station = await asyncio.to_thread(self._lookup, receiver_id)
+        except Exception:  # the database is down: drop for now, ask again next time
+            log.exception("registry lookup failed for %s", receiver_id)
+            return False
+        if station is None:
+            self._unknown_until[receiver_id] = time.monotonic() + UNKNOWN_RECHECK_S
+            return False
+        self._station_of[receiver_id] = station[0]
+        return True
+
+    def _lookup(self, receiver_id: str) -> tuple[int | None] | None:
+        with session_scope(self._sessions) as session:
+            return IngestRepository(session).active_receiver(receiver_id)
+
+    def _enqueue(self, transitions: list[Transition]) -> None:
+        for transition in transitions:
+            if len(self._backlog) >= LEDGER_BACKLOG_MAX:
+                self.counters.ledger_dropped += 1
+                log.error("ledger backlog full (%d): dropped %s", LEDGER_BACKLOG_MAX, transition)
+                continue
+            self._backlog.append(transition)
+            self.counters.transitions += 1
+        self._backlog_ready.set()
+
+    async def _ledger_writer(self) -> None:
+        delay = 1.0
+        while True:
+            await self._backlog_ready.wait()
+            self._backlog_ready.clear()
+            while self._backlog:
+                self._idle.clear()
+                batch = [self._backlog[i] for i in range(min(LEDGER_BATCH_MAX, len(self._backlog)))]
+                try:
+                    await asyncio.to_thread(self._write, batch)
+                except IntegrityError:
+                    # Not an outage: some transition itself is refused (its receiver row is
+                    # gone). Write the batch one by one and drop only what is refused.
+                    await asyncio.to_thread(self._write_one_by_one, batch)
+                except Exception as exc:
+                    self.counters.ledger_failures += 1
+                    log.error("ledger write failed (%s); %d transitions wait, retrying in %.0f s",
+                              exc.__class__.__name__, len(self._backlog), delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                delay = 1.0
+                for _ in batch:
+                    self._backlog.popleft()
+                self.counters.ledger_written += len(batch)
+            self._idle.set()
+
+    def _write(self, batch: list[Transition]) -> None:
+        with session_scope(self._sessions) as session:
+            record_transitions(session, batch, self._station_of)
+
+    def _write_one_by_one(self, batch: list[Transition]) -> None:
+        for transition in batch:
+            try:
+                self._write([transition])
+            except IntegrityError as exc:
+                self.counters.ledger_dropped += 1
+                log.error("ledger refused %s: %s", transition, exc.orig)
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            transitions = self.tracker.sweep(utcnow())
+            if transitions:
+                self._enqueue(transitions)

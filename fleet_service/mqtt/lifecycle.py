@@ -1,0 +1,93 @@
+"""Start and stop the service's MQTT side: the embedded broker (by default), ingest, and the
+MQTT connection feeding it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.accounts import BrokerAccounts
+from broker.embedded import EmbeddedBroker, LoginRules
+from fleet_service.db import session_scope
+from fleet_service.ingest.service import IngestService
+from fleet_service.mqtt.adapter import MqttAdapter
+from fleet_service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class FleetAccounts:
+    """Tells the broker about logins, and ingest about receivers that come and go."""
+
+    def __init__(self, broker: BrokerAccounts, ingest: IngestService, loop: asyncio.AbstractEventLoop) -> None:
+        self._broker = broker
+        self._ingest = ingest
+        self._loop = loop
+
+    def add_receiver(self, receiver_id: str, password: str) -> None:
+        self._broker.add_receiver(receiver_id, password)
+        self._loop.call_soon_threadsafe(self._ingest.forget_unknown, receiver_id)
+
+    def remove_receiver(self, receiver_id: str) -> None:
+        self._broker.remove_receiver(receiver_id)
+        self._loop.call_soon_threadsafe(self._ingest.receiver_revoked, receiver_id)
+
+
+def _verifier(sessions: sessionmaker[Session]):  # type: ignore[no-untyped-def]
+    from fleet_service.registry.service import verify_receiver_password
+
+    def verify(receiver_id: str, password: str) -> bool:
+        with session_scope(sessions) as session:
+            return verify_receiver_password(session, receiver_id, password)
+
+    return verify
+
+
+@asynccontextmanager
+async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> AsyncIterator[None]:
+    settings = runtime.settings
+    embedded: EmbeddedBroker | None = None
+    broker_accounts: BrokerAccounts
+    if settings.broker == "embedded":
+        rules = LoginRules(settings.mqtt_username, settings.mqtt_password, _verifier(runtime.sessions))
+        embedded = EmbeddedBroker(settings.mqtt_host, settings.mqtt_port, rules)
+        await embedded.start()
+        broker_accounts = embedded.accounts()
+    else:
+        from broker.mosquitto_dynsec import MosquittoDynsec
+
+        broker_accounts = await asyncio.to_thread(MosquittoDynsec.from_settings, settings)
+
+    ingest = IngestService(
+        runtime.sessions,
+        inactivity_timeout=timedelta(seconds=settings.inactivity_timeout_s),
+        grace=timedelta(seconds=settings.startup_grace_s),
+        max_payload_bytes=settings.max_payload_bytes,
+    )
+    await ingest.start()
+    runtime.ingest = ingest
+    runtime.broker_accounts = FleetAccounts(broker_accounts, ingest, asyncio.get_running_loop())
+    adapter = MqttAdapter(settings, ingest)
+    runtime.mqtt = adapter
+    task = asyncio.create_task(adapter.run(), name="mqtt-adapter")
+    try:
+        try:
+            await asyncio.wait_for(adapter.connected.wait(), timeout=wait_connected_s)
+        except TimeoutError:
+            # Keep serving the API; the adapter goes on retrying and says so in the log.
+            log.error("not connected to the MQTT broker after %.0f s; still trying", wait_connected_s)
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await ingest.stop()
+        close = getattr(broker_accounts, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)
+        if embedded is not None:
+            await embedded.stop()

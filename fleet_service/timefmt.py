@@ -1,0 +1,31 @@
+"""Times for people: Asia/Ho_Chi_Minh. Storage and the API's answers stay in UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+LOCAL_ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
+
+
+def as_utc(value: datetime) -> datetime:
+    """A time given by a person without a zone means Vietnam time."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=LOCAL_ZONE)
+    return value.astimezone(UTC)
+
+
+def local_text(value: datetime | None) -> str:
+    if value is None:
+        return "—"
+    return value.astimezone(LOCAL_ZONE).strftime("%d/%m/%Y %H:%M:%S")
+
+
+def duration_text(seconds: float) -> str:
+    """1 ngày 02:03:04 / 02:03:04 — compact, readable in both languages."""
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days} ngày (d) {clock}" if days else clock

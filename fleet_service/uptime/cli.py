@@ -1,0 +1,86 @@
+"""``loa availability``: availability of a receiver, a station or a region over a period."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated
+
+import typer
+
+from fleet_service.db import session_scope
+from fleet_service.timefmt import as_utc, duration_text, local_text
+from fleet_service.uptime import service
+from fleet_service.uptime.availability import Availability
+from fleet_service.uptime.repository import ScopeRepository
+
+availability_app = typer.Typer(no_args_is_help=True)
+
+FromOpt = Annotated[datetime | None, typer.Option("--from", help="Từ / from (giờ Việt Nam nếu không ghi múi giờ). Mặc định: 24 giờ trước.")]
+ToOpt = Annotated[datetime | None, typer.Option("--to", help="Đến / to. Mặc định: bây giờ / now.")]
+
+
+def _period(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    end_utc = as_utc(end) if end else as_utc(datetime.now().astimezone())
+    return (as_utc(start) if start else end_utc - timedelta(days=1)), end_utc
+
+
+def _print(title: str, a: Availability) -> None:
+    fraction = a.online_fraction
+    typer.echo(title)
+    typer.echo(f"  Kỳ / period:            {local_text(a.start)} → {local_text(a.end)} (giờ Việt Nam)")
+    typer.echo(f"  Số thiết bị / receivers: {a.receivers}")
+    if fraction is None:
+        typer.echo("  Chưa có dữ liệu trong kỳ này / no ledger data in this period")
+        return
+    typer.echo(f"  Tỷ lệ hoạt động / online: {fraction * 100:.3f} %")
+    typer.echo(f"  Số lần mất kết nối / outages: {len(a.outages)}")
+    typer.echo(f"  Tổng thời gian mất / downtime: {duration_text(a.downtime.total_seconds())}")
+    longest = a.longest_outage
+    if longest is not None:
+        typer.echo(f"  Lâu nhất / longest: {duration_text(longest.duration.total_seconds())} "
+                   f"({longest.receiver_id}, từ {local_text(longest.start)})")
+    for outage in sorted(a.outages, key=lambda o: o.duration, reverse=True)[:10]:
+        note = " (đang mất / ongoing)" if outage.ongoing else ""
+        typer.echo(f"    - {outage.receiver_id}: {local_text(outage.start)} → {local_text(outage.end)}"
+                   f"  {duration_text(outage.duration.total_seconds())}{note}")
+
+
+@availability_app.command("receiver")
+def receiver(receiver_id: str, start: FromOpt = None, end: ToOpt = None) -> None:
+    """Thiết bị thu / one receiver."""
+    from fleet_service.cli import cli_runtime
+
+    lo, hi = _period(start, end)
+    with cli_runtime() as runtime, session_scope(runtime.sessions) as session:
+        exists, _ = ScopeRepository(session).receiver_region_path(receiver_id)
+        if not exists:
+            typer.echo(f"Không tìm thấy thiết bị thu {receiver_id} / receiver not found", err=True)
+            raise typer.Exit(1)
+        _print(f"Thiết bị thu / receiver {receiver_id}", service.receiver_availability(session, receiver_id, lo, hi))
+
+
+@availability_app.command("station")
+def station(station_id: int, start: FromOpt = None, end: ToOpt = None) -> None:
+    """Đài / one station, across every receiver that served it."""
+    from fleet_service.cli import cli_runtime
+
+    lo, hi = _period(start, end)
+    with cli_runtime() as runtime, session_scope(runtime.sessions) as session:
+        if ScopeRepository(session).station_region_path(station_id) is None:
+            typer.echo(f"Không tìm thấy đài {station_id} / station not found", err=True)
+            raise typer.Exit(1)
+        _print(f"Đài / station {station_id}", service.station_availability(session, station_id, lo, hi))
+
+
+@availability_app.command("region")
+def region(region_id: int, start: FromOpt = None, end: ToOpt = None) -> None:
+    """Đơn vị hành chính / a region and everything below it."""
+    from fleet_service.cli import cli_runtime
+
+    lo, hi = _period(start, end)
+    with cli_runtime() as runtime, session_scope(runtime.sessions) as session:
+        path = ScopeRepository(session).region_path(region_id)
+        if path is None:
+            typer.echo(f"Không tìm thấy đơn vị {region_id} / region not found", err=True)
+            raise typer.Exit(1)
+        _print(f"Đơn vị / region {region_id}", service.region_availability(session, path, lo, hi))

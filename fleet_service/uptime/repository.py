@@ -1,0 +1,96 @@
+"""Ledger queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.orm import Session
+
+from fleet_service.registry.models import Region, Station
+from fleet_service.uptime.availability import Span
+from fleet_service.uptime.models import Connectivity, ConnectivityInterval
+
+
+class LedgerRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def open_interval(self, receiver_id: str) -> ConnectivityInterval | None:
+        return self.session.scalars(
+            select(ConnectivityInterval)
+            .where(ConnectivityInterval.receiver_id == receiver_id, ConnectivityInterval.end_at.is_(None))
+            .order_by(ConnectivityInterval.start_at.desc())
+            .limit(1)
+        ).first()
+
+    def open_intervals(self) -> Sequence[ConnectivityInterval]:
+        return self.session.scalars(select(ConnectivityInterval).where(ConnectivityInterval.end_at.is_(None))).all()
+
+    def add(self, interval: ConnectivityInterval) -> None:
+        self.session.add(interval)
+
+    def intervals_of_receiver(self, receiver_id: str, start: datetime, end: datetime) -> Sequence[ConnectivityInterval]:
+        return self.session.scalars(
+            _overlapping(select(ConnectivityInterval), start, end)
+            .where(ConnectivityInterval.receiver_id == receiver_id)
+            .order_by(ConnectivityInterval.start_at)
+        ).all()
+
+    def spans_of_receiver(self, receiver_id: str, start: datetime, end: datetime) -> list[Span]:
+        return [_span(i) for i in self.intervals_of_receiver(receiver_id, start, end)]
+
+    def spans_of_station(self, station_id: int, start: datetime, end: datetime) -> list[Span]:
+        rows = self.session.scalars(
+            _overlapping(select(ConnectivityInterval), start, end).where(ConnectivityInterval.station_id == station_id)
+        ).all()
+        return [_span(i) for i in rows]
+
+    def spans_of_region(self, region_path: str, start: datetime, end: datetime) -> list[Span]:
+        rows = self.session.scalars(
+            _overlapping(select(ConnectivityInterval), start, end)
+            .join(Station, Station.id == ConnectivityInterval.station_id)
+            .join(Region, Region.id == Station.region_id)
+            .where(Region.path.startswith(region_path, autoescape=True))
+        ).all()
+        return [_span(i) for i in rows]
+
+
+def _overlapping(query: Select, start: datetime, end: datetime) -> Select:  # type: ignore[type-arg]
+    return query.where(
+        ConnectivityInterval.start_at < end,
+        or_(ConnectivityInterval.end_at.is_(None), and_(ConnectivityInterval.end_at > start)),
+    )
+
+
+def _span(interval: ConnectivityInterval) -> Span:
+    return Span(interval.receiver_id, Connectivity(interval.state), interval.start_at, interval.end_at)
+
+
+class ScopeRepository:
+    """Where a receiver, station or region sits in the tree, for scope checks."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def receiver_region_path(self, receiver_id: str) -> tuple[bool, str | None]:
+        """(exists, path of its station's region or None if it has no station)."""
+        from fleet_service.registry.models import Receiver
+
+        row = self.session.execute(
+            select(Region.path)
+            .select_from(Receiver)
+            .outerjoin(Station, Station.id == Receiver.station_id)
+            .outerjoin(Region, Region.id == Station.region_id)
+            .where(Receiver.id == receiver_id)
+        ).first()
+        return (False, None) if row is None else (True, row[0])
+
+    def station_region_path(self, station_id: int) -> str | None:
+        return self.session.scalar(
+            select(Region.path).join(Station, Station.region_id == Region.id).where(Station.id == station_id)
+        )
+
+    def region_path(self, region_id: int) -> str | None:
+        return self.session.scalar(select(Region.path).where(Region.id == region_id))

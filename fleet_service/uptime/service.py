@@ -1,0 +1,72 @@
+"""The uptime ledger: writes transitions as intervals, answers availability questions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from fleet_service.db import utcnow
+from fleet_service.errors import Invalid
+from fleet_service.uptime.availability import Availability, summarize
+from fleet_service.uptime.models import ConnectivityInterval
+from fleet_service.uptime.repository import LedgerRepository
+from fleet_service.uptime.tracker import Transition
+
+
+def record_transitions(session: Session, transitions: Iterable[Transition], station_of: dict[str, int | None]) -> int:
+    """Close each receiver's open interval at the transition's time and open the next one.
+    Returns how many intervals were opened. A transition to the state already open is a no-op,
+    so replaying the same transitions after a failed commit is harmless."""
+    repository = LedgerRepository(session)
+    opened = 0
+    for transition in transitions:
+        current = repository.open_interval(transition.receiver_id)
+        at = transition.at
+        if current is not None:
+            if current.state == transition.state.value:
+                continue
+            # Intervals never overlap, even if a transition is stamped before the open one began
+            # (e.g. a silence measured from a last message older than a reconciled birth).
+            at = max(at, current.start_at)
+            current.end_at = at
+            current.end_cause = transition.cause.value
+        repository.add(
+            ConnectivityInterval(
+                receiver_id=transition.receiver_id,
+                station_id=station_of.get(transition.receiver_id),
+                state=transition.state.value,
+                session=transition.session,
+                start_at=at,
+                start_cause=transition.cause.value,
+            )
+        )
+        session.flush()
+        opened += 1
+    return opened
+
+
+def _period(start: datetime, end: datetime | None) -> tuple[datetime, datetime, datetime]:
+    now = utcnow()
+    end = end or now
+    if start.tzinfo is None or end.tzinfo is None:
+        raise Invalid("Thời điểm phải có múi giờ", "times must carry a time zone")
+    if end <= start:
+        raise Invalid("Thời điểm kết thúc phải sau thời điểm bắt đầu", "the period must end after it starts")
+    return start, end, now
+
+
+def receiver_availability(session: Session, receiver_id: str, start: datetime, end: datetime | None) -> Availability:
+    start, end, now = _period(start, end)
+    return summarize(LedgerRepository(session).spans_of_receiver(receiver_id, start, end), start, end, now)
+
+
+def station_availability(session: Session, station_id: int, start: datetime, end: datetime | None) -> Availability:
+    start, end, now = _period(start, end)
+    return summarize(LedgerRepository(session).spans_of_station(station_id, start, end), start, end, now)
+
+
+def region_availability(session: Session, region_path: str, start: datetime, end: datetime | None) -> Availability:
+    start, end, now = _period(start, end)
+    return summarize(LedgerRepository(session).spans_of_region(region_path, start, end), start, end, now)
