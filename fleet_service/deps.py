@@ -21,7 +21,8 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 def get_session(runtime: RuntimeDep) -> Iterator[Session]:
     """One unit of work per request: committed when the endpoint returns, rolled back on error."""
-    yield from session_scope(runtime.sessions)
+    with session_scope(runtime.sessions) as session:
+        yield session
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -26,6 +26,7 @@ def record_transitions(session: Session, transitions: Iterable[Transition], stat
         at = transition.at
         if current is not None:
             if current.state == transition.state.value:
+                current.session = transition.session  # e.g. a new session with no outage between
                 continue
             # Intervals never overlap, even if a transition is stamped before the open one began
             # (e.g. a silence measured from a last message older than a reconciled birth).

@@ -165,10 +165,11 @@ class ConnectivityTracker:
         transitions = []
         if current.online:
             # A new session began while the old one looked alive: an outage we did not see.
-            gone_at = self._unobserved_outage_start(current, message, at)
             self.unobserved_outages += 1
-            transitions.append(Transition(receiver_id, Connectivity.OFFLINE, gone_at, TransitionCause.RECONCILED,
-                                          current.session))
+            gone_at = self._unobserved_outage_start(current, message, at)
+            if gone_at < at:  # of measurable length; otherwise the session just changes
+                transitions.append(Transition(receiver_id, Connectivity.OFFLINE, gone_at,
+                                              TransitionCause.RECONCILED, current.session))
         current.online = True
         current.silent = False
         current.session = message.session

@@ -123,3 +123,10 @@ def test_activity_from_older_session_is_stale():
     t.on_state("r1", birth(5), at(0), retained=False)
     assert t.on_activity("r1", 4, at(1)) == []
     assert t.stale_messages == 1
+
+
+def test_new_session_without_measurable_outage_only_changes_session():
+    t = tracker()
+    t.on_state("r1", birth(1), at(0), retained=False)
+    [up] = t.on_state("r1", birth(2, StateReason.RECONNECT), at(10), retained=False)
+    assert (up.state, up.session) == (Connectivity.ONLINE, 2)

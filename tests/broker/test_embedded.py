@@ -1,0 +1,107 @@
+"""The embedded amqtt broker: logins and topic rights come from the registry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiomqtt
+import pytest
+
+from broker.embedded import EmbeddedBroker, LoginRules
+from fleet_service.config import Settings
+from fleet_service.db import session_scope
+from fleet_service.mqtt.lifecycle import _verifier
+from fleet_service.registry import service as registry
+from fleet_service.runtime import Runtime
+from tests.support.fleet import SmallFleet, provision_fleet
+from tests.support.ports import free_port
+
+SERVICE_PASSWORD = "service-secret-for-tests"
+
+
+@pytest.fixture
+async def broker_and_fleet(sqlite_url: str) -> AsyncIterator[tuple[EmbeddedBroker, SmallFleet, Runtime]]:
+    runtime = Runtime.from_settings(Settings(database_url=sqlite_url, environment="test"))
+    fleet = provision_fleet(runtime.sessions, receivers=3)
+    broker = EmbeddedBroker("127.0.0.1", free_port(), LoginRules("loa-service", SERVICE_PASSWORD,
+                                                                  _verifier(runtime.sessions)))
+    await broker.start()
+    try:
+        yield broker, fleet, runtime
+    finally:
+        await broker.stop()
+        runtime.close()
+
+
+def client(broker: EmbeddedBroker, username: str | None, password: str | None, identifier: str | None = None,
+           **kwargs) -> aiomqtt.Client:
+    return aiomqtt.Client("127.0.0.1", broker.port, username=username, password=password,
+                          identifier=identifier or username, timeout=5, **kwargs)
+
+
+async def refused(c: aiomqtt.Client) -> bool:
+    try:
+        async with c:
+            return False
+    except aiomqtt.MqttError:
+        return True
+
+
+async def test_unknown_wrong_password_and_foreign_client_id_are_refused(broker_and_fleet):
+    broker, fleet, _ = broker_and_fleet
+    assert await refused(client(broker, "nobody", "x"))
+    assert await refused(client(broker, "rx-0", "wrong"))
+    assert await refused(client(broker, "rx-0", fleet.credentials["rx-1"]))
+    assert await refused(client(broker, "rx-0", fleet.credentials["rx-0"], identifier="rx-1"))
+    assert await refused(client(broker, None, None, identifier="anon"))
+    assert await refused(client(broker, "loa-service", "wrong"))
+    assert not await refused(client(broker, "rx-0", fleet.credentials["rx-0"]))
+
+
+async def test_revoked_receiver_is_refused_and_dropped_without_restart(broker_and_fleet):
+    broker, fleet, runtime = broker_and_fleet
+    accounts = broker.accounts()
+    async with client(broker, "rx-2", fleet.credentials["rx-2"]) as live:
+        with session_scope(runtime.sessions) as session:
+            registry.revoke(session, "rx-2")
+        await asyncio.to_thread(accounts.remove_receiver, "rx-2")
+        with pytest.raises(aiomqtt.MqttError):
+            async with asyncio.timeout(5):
+                # A dropped connection fails the next round trip.
+                while True:
+                    await live.publish("loa/v1/rx/rx-2/event", b"{}", qos=1)
+                    await asyncio.sleep(0.1)
+    assert await refused(client(broker, "rx-2", fleet.credentials["rx-2"]))
+
+
+async def test_receiver_cannot_publish_as_or_subscribe_to_another(broker_and_fleet):
+    broker, fleet, _ = broker_and_fleet
+    seen: list[str] = []
+    async with client(broker, "loa-service", SERVICE_PASSWORD) as service, \
+            client(broker, "rx-0", fleet.credentials["rx-0"]) as a, \
+            client(broker, "rx-1", fleet.credentials["rx-1"]) as b:
+        await service.subscribe("loa/v1/rx/#", qos=1)
+        # A may not subscribe to B's topics, nor to everything.
+        await a.subscribe("loa/v1/rx/rx-1/#", qos=1)
+        await a.subscribe("loa/v1/rx/#", qos=1)
+        await a.subscribe("loa/v1/rx/rx-0/#", qos=1)
+
+        async def collect(c: aiomqtt.Client, who: str) -> None:
+            async for message in c.messages:
+                seen.append(f"{who}:{message.topic}")
+
+        tasks = [asyncio.create_task(collect(service, "service")), asyncio.create_task(collect(a, "a"))]
+        await a.publish("loa/v1/rx/rx-1/state", b'{"forged": true}', qos=1)  # as B: dropped
+        await a.publish("loa/v1/rx/rx-0/cmd", b"{}", qos=1)                  # commands are the service's
+        await b.publish("loa/v1/rx/rx-1/telemetry", b"{}", qos=1)            # B's own: A must not get it
+        await a.publish("loa/v1/rx/rx-0/event", b"{}", qos=1)                # A's own: allowed
+        await asyncio.sleep(0.5)
+        for task in tasks:
+            task.cancel()
+    assert "service:loa/v1/rx/rx-0/event" in seen
+    assert "service:loa/v1/rx/rx-1/telemetry" in seen
+    assert "a:loa/v1/rx/rx-0/event" in seen
+    assert not any("rx-1" in s for s in seen if s.startswith("a:"))
+    assert "service:loa/v1/rx/rx-1/state" not in seen
+    assert "service:loa/v1/rx/rx-0/cmd" not in seen
