@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 LOCAL_ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -13,6 +13,13 @@ def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=LOCAL_ZONE)
     return value.astimezone(UTC)
+
+
+def period(start: datetime | None, end: datetime | None, default: timedelta = timedelta(days=1)) -> tuple[datetime, datetime]:
+    """A period asked for by a person: either end may be left out (end: now; start: ``default``
+    before the end); times without a zone are Vietnam time. Returned in UTC."""
+    end_utc = as_utc(end) if end is not None else datetime.now(UTC)
+    return (as_utc(start) if start is not None else end_utc - default), end_utc
 
 
 def local_text(value: datetime | None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from fleet_service.auth.dependencies import CurrentPrincipal, require_roles
 from fleet_service.auth.models import Role
@@ -51,7 +51,7 @@ def live_receivers(session: SessionDep, runtime: RuntimeDep, principal: CurrentP
 
 
 @router.get("/ingest/status", response_model=IngestStatusOut,
-            dependencies=[require_roles(Role.ADMIN, Role.TECHNICIAN)])
+            dependencies=[Depends(require_roles(Role.TECHNICIAN))])
 def ingest_status(runtime: RuntimeDep) -> IngestStatusOut:
     ingest = runtime.ingest
     mqtt = runtime.mqtt

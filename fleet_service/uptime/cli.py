@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated
 
 import typer
 
 from fleet_service.db import session_scope
-from fleet_service.timefmt import as_utc, duration_text, local_text
+from fleet_service.timefmt import duration_text, local_text, period
 from fleet_service.uptime import service
 from fleet_service.uptime.availability import Availability
-from fleet_service.uptime.repository import ScopeRepository
+from fleet_service.errors import NotFound
+from fleet_service.registry import service as registry
 
 availability_app = typer.Typer(no_args_is_help=True)
 
@@ -19,9 +20,12 @@ FromOpt = Annotated[datetime | None, typer.Option("--from", help="Từ / from (g
 ToOpt = Annotated[datetime | None, typer.Option("--to", help="Đến / to. Mặc định: bây giờ / now.")]
 
 
-def _period(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
-    end_utc = as_utc(end) if end else as_utc(datetime.now().astimezone())
-    return (as_utc(start) if start else end_utc - timedelta(days=1)), end_utc
+def _found(get):  # type: ignore[no-untyped-def]
+    try:
+        return get()
+    except NotFound as exc:
+        typer.echo(f"{exc.message_vi} / {exc.message_en}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _print(title: str, a: Availability) -> None:
@@ -50,12 +54,9 @@ def receiver(receiver_id: str, start: FromOpt = None, end: ToOpt = None) -> None
     """Thiết bị thu / one receiver."""
     from fleet_service.cli import cli_runtime
 
-    lo, hi = _period(start, end)
+    lo, hi = period(start, end)
     with cli_runtime() as runtime, session_scope(runtime.sessions) as session:
-        exists, _ = ScopeRepository(session).receiver_region_path(receiver_id)
-        if not exists:
-            typer.echo(f"Không tìm thấy thiết bị thu {receiver_id} / receiver not found", err=True)
-            raise typer.Exit(1)
+        _found(lambda: registry.get_receiver(session, receiver_id))
         _print(f"Thiết bị thu / receiver {receiver_id}", service.receiver_availability(session, receiver_id, lo, hi))
 
 
@@ -64,11 +65,9 @@ def station(station_id: int, start: FromOpt = None, end: ToOpt = None) -> None:
     """Đài / one station, across every receiver that served it."""
     from fleet_service.cli import cli_runtime
 
-    lo, hi = _period(start, end)
+    lo, hi = period(start, end)
     with cli_runtime() as runtime, session_scope(runtime.sessions) as session:
-        if ScopeRepository(session).station_region_path(station_id) is None:
-            typer.echo(f"Không tìm thấy đài {station_id} / station not found", err=True)
-            raise typer.Exit(1)
+        _found(lambda: registry.get_station(session, station_id))
         _print(f"Đài / station {station_id}", service.station_availability(session, station_id, lo, hi))
 
 
@@ -77,10 +76,7 @@ def region(region_id: int, start: FromOpt = None, end: ToOpt = None) -> None:
     """Đơn vị hành chính / a region and everything below it."""
     from fleet_service.cli import cli_runtime
 
-    lo, hi = _period(start, end)
+    lo, hi = period(start, end)
     with cli_runtime() as runtime, session_scope(runtime.sessions) as session:
-        path = ScopeRepository(session).region_path(region_id)
-        if path is None:
-            typer.echo(f"Không tìm thấy đơn vị {region_id} / region not found", err=True)
-            raise typer.Exit(1)
+        path = _found(lambda: registry.get_region(session, region_id)).path
         _print(f"Đơn vị / region {region_id}", service.region_availability(session, path, lo, hi))

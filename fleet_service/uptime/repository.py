@@ -67,30 +67,3 @@ def _overlapping(query: Select, start: datetime, end: datetime) -> Select:  # ty
 def _span(interval: ConnectivityInterval) -> Span:
     return Span(interval.receiver_id, Connectivity(interval.state), interval.start_at, interval.end_at)
 
-
-class ScopeRepository:
-    """Where a receiver, station or region sits in the tree, for scope checks."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def receiver_region_path(self, receiver_id: str) -> tuple[bool, str | None]:
-        """(exists, path of its station's region or None if it has no station)."""
-        from fleet_service.registry.models import Receiver
-
-        row = self.session.execute(
-            select(Region.path)
-            .select_from(Receiver)
-            .outerjoin(Station, Station.id == Receiver.station_id)
-            .outerjoin(Region, Region.id == Station.region_id)
-            .where(Receiver.id == receiver_id)
-        ).first()
-        return (False, None) if row is None else (True, row[0])
-
-    def station_region_path(self, station_id: int) -> str | None:
-        return self.session.scalar(
-            select(Region.path).join(Station, Station.region_id == Region.id).where(Station.id == station_id)
-        )
-
-    def region_path(self, region_id: int) -> str | None:
-        return self.session.scalar(select(Region.path).where(Region.id == region_id))
