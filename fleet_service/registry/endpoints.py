@@ -1,0 +1,173 @@
+"""Regions, stations and receivers. Reads are open to every role within its subtree; regions
+are managed by admins; stations and receivers by technicians (and admins) within theirs.
+Whatever lies outside the caller's subtree answers 404, as if it did not exist."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from fleet_service.auth.dependencies import AdminPrincipal, CurrentPrincipal, TechnicianPrincipal
+from fleet_service.deps import RuntimeDep, SessionDep
+from fleet_service.registry import service
+from fleet_service.registry.models import ReceiverStatus
+from fleet_service.registry.schemas import (
+    AssignmentOut,
+    ProvisionedCredential,
+    ReceiverCreate,
+    ReceiverOut,
+    ReceiverUpdate,
+    RegionCreate,
+    RegionMove,
+    RegionOut,
+    RegionUpdate,
+    ReplaceRequest,
+    ReplaceResult,
+    StationCreate,
+    StationOut,
+    StationUpdate,
+)
+
+router = APIRouter()
+
+
+# --- regions -----------------------------------------------------------------------------
+
+@router.get("/regions", response_model=list[RegionOut], tags=["regions"])
+def list_regions(session: SessionDep, principal: CurrentPrincipal, root_id: int | None = None) -> list[RegionOut]:
+    """The regions the caller may see, depth first; ``root_id`` limits it to one subtree."""
+    regions = service.list_regions(session, root_id=root_id, scope=principal.region_path)
+    return [RegionOut.model_validate(r) for r in regions]
+
+
+@router.post("/regions", response_model=RegionOut, status_code=201, tags=["regions"])
+def create_region(data: RegionCreate, session: SessionDep, principal: AdminPrincipal) -> RegionOut:
+    return RegionOut.model_validate(service.create_region(session, data, scope=principal.region_path))
+
+
+@router.get("/regions/{region_id}", response_model=RegionOut, tags=["regions"])
+def get_region(region_id: int, session: SessionDep, principal: CurrentPrincipal) -> RegionOut:
+    return RegionOut.model_validate(service.get_region(session, region_id, scope=principal.region_path))
+
+
+@router.patch("/regions/{region_id}", response_model=RegionOut, tags=["regions"])
+def update_region(region_id: int, data: RegionUpdate, session: SessionDep, principal: AdminPrincipal) -> RegionOut:
+    return RegionOut.model_validate(service.update_region(session, region_id, data, scope=principal.region_path))
+
+
+@router.post("/regions/{region_id}/move", response_model=RegionOut, tags=["regions"])
+def move_region(region_id: int, data: RegionMove, session: SessionDep, principal: AdminPrincipal) -> RegionOut:
+    region = service.move_region(session, region_id, data.parent_id, scope=principal.region_path)
+    return RegionOut.model_validate(region)
+
+
+@router.delete("/regions/{region_id}", status_code=204, tags=["regions"])
+def delete_region(region_id: int, session: SessionDep, principal: AdminPrincipal) -> None:
+    service.delete_region(session, region_id, scope=principal.region_path)
+
+
+# --- stations ----------------------------------------------------------------------------
+
+@router.get("/stations", response_model=list[StationOut], tags=["stations"])
+def list_stations(session: SessionDep, principal: CurrentPrincipal, region_id: int | None = None) -> list[StationOut]:
+    """Stations the caller may see; ``region_id`` limits it to that region's subtree."""
+    stations = service.list_stations(session, region_id=region_id, scope=principal.region_path)
+    return [StationOut.model_validate(s) for s in stations]
+
+
+@router.post("/stations", response_model=StationOut, status_code=201, tags=["stations"])
+def create_station(data: StationCreate, session: SessionDep, principal: TechnicianPrincipal) -> StationOut:
+    return StationOut.model_validate(service.create_station(session, data, scope=principal.region_path))
+
+
+@router.get("/stations/{station_id}", response_model=StationOut, tags=["stations"])
+def get_station(station_id: int, session: SessionDep, principal: CurrentPrincipal) -> StationOut:
+    return StationOut.model_validate(service.get_station(session, station_id, scope=principal.region_path))
+
+
+@router.patch("/stations/{station_id}", response_model=StationOut, tags=["stations"])
+def update_station(station_id: int, data: StationUpdate, session: SessionDep, principal: TechnicianPrincipal) -> StationOut:
+    return StationOut.model_validate(service.update_station(session, station_id, data, scope=principal.region_path))
+
+
+@router.delete("/stations/{station_id}", status_code=204, tags=["stations"])
+def delete_station(station_id: int, session: SessionDep, principal: TechnicianPrincipal) -> None:
+    service.delete_station(session, station_id, scope=principal.region_path)
+
+
+@router.get("/stations/{station_id}/history", response_model=list[AssignmentOut], tags=["stations"])
+def station_history(station_id: int, session: SessionDep, principal: CurrentPrincipal) -> list[AssignmentOut]:
+    """Which receiver served the station, from when to when (oldest first)."""
+    history = service.station_history(session, station_id, scope=principal.region_path)
+    return [AssignmentOut.model_validate(a) for a in history]
+
+
+@router.post("/stations/{station_id}/replace", response_model=ReplaceResult, tags=["stations", "receivers"])
+def replace_receiver(
+    station_id: int, data: ReplaceRequest, session: SessionDep, runtime: RuntimeDep, principal: TechnicianPrincipal
+) -> ReplaceResult:
+    """Retire a station's receiver and register its successor; then provision the new one."""
+    old, new = service.replace_receiver(
+        session, station_id, data.old_receiver_id, data.new, note=data.note, scope=principal.region_path
+    )
+    result = ReplaceResult(retired=ReceiverOut.model_validate(old), new=ReceiverOut.model_validate(new))
+    session.commit()
+    runtime.broker_accounts.remove_receiver(old.id)
+    return result
+
+
+# --- receivers ---------------------------------------------------------------------------
+
+@router.get("/receivers", response_model=list[ReceiverOut], tags=["receivers"])
+def list_receivers(
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    station_id: int | None = None,
+    region_id: int | None = None,
+    status: ReceiverStatus | None = None,
+) -> list[ReceiverOut]:
+    receivers = service.list_receivers(
+        session, station_id=station_id, region_id=region_id, status=status, scope=principal.region_path
+    )
+    return [ReceiverOut.model_validate(r) for r in receivers]
+
+
+@router.post("/receivers", response_model=ReceiverOut, status_code=201, tags=["receivers"])
+def register_receiver(data: ReceiverCreate, session: SessionDep, principal: TechnicianPrincipal) -> ReceiverOut:
+    """Register a receiver; it cannot log in until it is provisioned."""
+    return ReceiverOut.model_validate(service.register_receiver(session, data, scope=principal.region_path))
+
+
+@router.get("/receivers/{receiver_id}", response_model=ReceiverOut, tags=["receivers"])
+def get_receiver(receiver_id: str, session: SessionDep, principal: CurrentPrincipal) -> ReceiverOut:
+    return ReceiverOut.model_validate(service.get_receiver(session, receiver_id, scope=principal.region_path))
+
+
+@router.patch("/receivers/{receiver_id}", response_model=ReceiverOut, tags=["receivers"])
+def update_receiver(
+    receiver_id: str, data: ReceiverUpdate, session: SessionDep, principal: TechnicianPrincipal
+) -> ReceiverOut:
+    return ReceiverOut.model_validate(service.update_receiver(session, receiver_id, data, scope=principal.region_path))
+
+
+@router.post("/receivers/{receiver_id}/provision", response_model=ProvisionedCredential, status_code=201,
+             tags=["receivers"])
+def provision_receiver(
+    receiver_id: str, response: Response, session: SessionDep, runtime: RuntimeDep, principal: TechnicianPrincipal
+) -> ProvisionedCredential:
+    """A new MQTT password, in this answer only (earlier passwords stop working)."""
+    credential = service.provision(session, receiver_id, scope=principal.region_path)
+    session.commit()
+    runtime.broker_accounts.add_receiver(credential.receiver_id, credential.mqtt_password)
+    response.headers["Cache-Control"] = "no-store"
+    return credential
+
+
+@router.post("/receivers/{receiver_id}/revoke", response_model=ReceiverOut, tags=["receivers"])
+def revoke_receiver(
+    receiver_id: str, session: SessionDep, runtime: RuntimeDep, principal: TechnicianPrincipal
+) -> ReceiverOut:
+    """Withdraw the receiver's credentials and disconnect it now."""
+    receiver = ReceiverOut.model_validate(service.revoke(session, receiver_id, scope=principal.region_path))
+    session.commit()
+    runtime.broker_accounts.remove_receiver(receiver.id)
+    return receiver

@@ -1,0 +1,172 @@
+"""Every registry query. ``scope`` is a region path prefix ("/1/7/"): rows outside that subtree
+do not exist for the caller. None means the whole fleet."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Select, exists, func, literal, select, true, update
+from sqlalchemy.orm import Session
+
+from fleet_service.registry.models import (
+    Receiver,
+    ReceiverCredential,
+    ReceiverStatus,
+    Region,
+    Station,
+    StationAssignment,
+)
+
+
+def _within(scope: str | None, *more: str | None) -> ColumnElement[bool]:
+    """Region.path under every prefix given (None: no restriction)."""
+    clause: ColumnElement[bool] = true()
+    for prefix in (scope, *more):
+        if prefix is not None:
+            clause = clause & Region.path.startswith(prefix)
+    return clause
+
+
+# --- regions -----------------------------------------------------------------------------
+
+def get_region(session: Session, region_id: int, scope: str | None = None) -> Region | None:
+    return session.scalar(select(Region).where(Region.id == region_id, _within(scope)))
+
+
+def get_region_by_code(session: Session, code: str) -> Region | None:
+    return session.scalar(select(Region).where(Region.code == code))
+
+
+def list_regions(session: Session, *, under: str | None = None, scope: str | None = None) -> Sequence[Region]:
+    """Depth first, siblings by id. Sorted here rather than by ORDER BY path: PostgreSQL's
+    usual collations ignore the '/' and would interleave subtrees."""
+    regions = session.scalars(select(Region).where(_within(scope, under))).all()
+    return sorted(regions, key=lambda r: [int(part) for part in r.path.strip("/").split("/")])
+
+
+def region_has_children(session: Session, region_id: int) -> bool:
+    return bool(session.scalar(select(exists().where(Region.parent_id == region_id))))
+
+
+def region_has_stations(session: Session, region_id: int) -> bool:
+    return bool(session.scalar(select(exists().where(Station.region_id == region_id))))
+
+
+def add_region(session: Session, region: Region, parent: Region | None) -> Region:
+    """Insert, then set the path, which needs the new id."""
+    region.path = ""
+    session.add(region)
+    session.flush()
+    region.path = f"{parent.path if parent else '/'}{region.id}/"
+    session.flush()
+    return region
+
+
+def rewrite_subtree_paths(session: Session, old_prefix: str, new_prefix: str) -> None:
+    """One UPDATE for a whole subtree: every path starting with ``old_prefix`` gets
+    ``new_prefix`` instead."""
+    session.execute(
+        update(Region)
+        .where(Region.path.startswith(old_prefix))
+        .values(path=literal(new_prefix) + func.substr(Region.path, len(old_prefix) + 1))
+        .execution_options(synchronize_session="fetch")
+    )
+
+
+# --- stations ----------------------------------------------------------------------------
+
+def _stations(scope: str | None, under: str | None = None) -> Select[tuple[Station]]:
+    return select(Station).join(Region, Station.region_id == Region.id).where(_within(scope, under))
+
+
+def get_station(session: Session, station_id: int, scope: str | None = None) -> Station | None:
+    return session.scalar(_stations(scope).where(Station.id == station_id))
+
+
+def list_stations(session: Session, *, under: str | None = None, scope: str | None = None) -> Sequence[Station]:
+    return session.scalars(_stations(scope, under).order_by(Station.name, Station.id)).all()
+
+
+def find_station_by_name(session: Session, region_id: int, name: str) -> Station | None:
+    return session.scalar(select(Station).where(Station.region_id == region_id, Station.name == name))
+
+
+def station_has_receivers_or_history(session: Session, station_id: int) -> bool:
+    return bool(session.scalar(select(
+        exists().where(Receiver.station_id == station_id)
+        | exists().where(StationAssignment.station_id == station_id)
+    )))
+
+
+def station_history(session: Session, station_id: int) -> Sequence[StationAssignment]:
+    return session.scalars(
+        select(StationAssignment)
+        .where(StationAssignment.station_id == station_id)
+        .order_by(StationAssignment.start_at, StationAssignment.id)
+    ).all()
+
+
+def open_assignment(session: Session, receiver_id: str) -> StationAssignment | None:
+    return session.scalar(
+        select(StationAssignment).where(StationAssignment.receiver_id == receiver_id, StationAssignment.end_at.is_(None))
+    )
+
+
+# --- receivers ---------------------------------------------------------------------------
+
+def _receivers(scope: str | None, under: str | None = None) -> Select[tuple[Receiver]]:
+    query = select(Receiver)
+    if scope is None and under is None:
+        return query
+    # A receiver on no station belongs to no region: only the whole-fleet scope sees it.
+    return (query.join(Station, Receiver.station_id == Station.id)
+            .join(Region, Station.region_id == Region.id)
+            .where(_within(scope, under)))
+
+
+def get_receiver(session: Session, receiver_id: str, scope: str | None = None) -> Receiver | None:
+    return session.scalar(_receivers(scope).where(Receiver.id == receiver_id))
+
+
+def get_receiver_by_hardware_id(session: Session, hardware_id: str) -> Receiver | None:
+    return session.scalar(select(Receiver).where(Receiver.hardware_id == hardware_id))
+
+
+def list_receivers(
+    session: Session,
+    *,
+    station_id: int | None = None,
+    under: str | None = None,
+    status: ReceiverStatus | None = None,
+    scope: str | None = None,
+) -> Sequence[Receiver]:
+    query = _receivers(scope, under)
+    if station_id is not None:
+        query = query.where(Receiver.station_id == station_id)
+    if status is not None:
+        query = query.where(Receiver.status == status.value)
+    return session.scalars(query.order_by(Receiver.id)).all()
+
+
+def revoke_credentials(session: Session, receiver_id: str, at: datetime) -> None:
+    session.execute(
+        update(ReceiverCredential)
+        .where(ReceiverCredential.receiver_id == receiver_id, ReceiverCredential.revoked_at.is_(None))
+        .values(revoked_at=at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def live_credential_hashes(session: Session, receiver_id: str) -> Sequence[str]:
+    """Hashes of the unrevoked passwords of an active receiver: one query on the indexed
+    receiver id, run at every MQTT login."""
+    return session.scalars(
+        select(ReceiverCredential.secret_hash)
+        .join(Receiver, Receiver.id == ReceiverCredential.receiver_id)
+        .where(
+            ReceiverCredential.receiver_id == receiver_id,
+            ReceiverCredential.revoked_at.is_(None),
+            Receiver.status == ReceiverStatus.ACTIVE.value,
+        )
+    ).all()
