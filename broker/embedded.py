@@ -109,6 +109,48 @@ class ReceiverTopicPlugin(BaseTopicPlugin):
         return False
 
 
+class _SnapshotDict(dict):  # type: ignore[type-arg]
+    """amqtt 0.12 iterates its subscription table across awaits; a client subscribing meanwhile
+    makes that loop fail ("dictionary changed size during iteration") and drops the message
+    being broadcast. Iterating over a snapshot makes each loop see one consistent table."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(super().keys()))
+
+    def items(self):  # type: ignore[no-untyped-def]
+        return list(super().items())
+
+
+class _LoaBroker(Broker):
+    """amqtt's Broker with two fixes that the receivers' isolation depends on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriptions = _SnapshotDict()
+
+    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Session) -> None:
+        # amqtt sends a connecting client the retained messages matching *every* client's
+        # subscriptions and skips the ACL on this path, so a receiver would get the retained
+        # state of every other receiver (and each connect cost O(filters x retained)). Deliver
+        # only for the client's own subscriptions, and only what it may receive.
+        topic_filter, qos = subscription
+        if not any(s is session for s, _ in dict.get(self._subscriptions, topic_filter, ())):
+            return
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        sends = []
+        for topic, retained in list(self._retained_messages.items()):
+            if not self._matches(topic, topic_filter):
+                continue
+            if not await self._topic_filtering(session, topic=topic, action=Action.RECEIVE):
+                continue
+            sends.append(asyncio.ensure_future(
+                handler.mqtt_publish(retained.topic, retained.data, min(qos, retained.qos or qos), retain=True)))
+        if sends:
+            await asyncio.wait(sends)
+
+
 class EmbeddedBroker:
     def __init__(self, host: str, port: int, rules: LoginRules) -> None:
         self.host = host
@@ -119,7 +161,7 @@ class EmbeddedBroker:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._broker = Broker(
+        self._broker = _LoaBroker(
             {
                 "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
                 # amqtt adds this many seconds to every client's keepalive; instead each login

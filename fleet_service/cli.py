@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 
@@ -45,6 +46,29 @@ def serve(
     settings = get_settings()
     upgrade(settings.database_url)
     uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port)
+
+
+@app.command()
+def demo(
+    receivers_per_station: int = typer.Option(2, "--receivers-per-station", min=1, max=50),
+    duration: float | None = typer.Option(None, help="Giây; mặc định chạy đến Ctrl-C / seconds; default until Ctrl-C"),
+    mqtt_port: int | None = typer.Option(None, help="Mặc định 1883, hoặc cổng trống / default 1883, or a free port"),
+    api_port: int | None = typer.Option(None, help="Mặc định 8000, hoặc cổng trống / default 8000, or a free port"),
+    directory: Path = typer.Option(Path(".loa/demo"), "--dir", help="Dữ liệu demo / demo data"),
+    keep: bool = typer.Option(False, help="Giữ dữ liệu lần trước / keep the previous run's data"),
+    seed: int = typer.Option(2023, help="Hạt giống kịch bản lỗi / fault scenario seed"),
+) -> None:
+    """Chạy thử / demo: embedded broker + service + SQLite + a simulated Đại Từ fleet with faults."""
+    import asyncio
+    import logging
+
+    from fleet_service.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(run_demo(directory, receivers_per_station, duration, mqtt_port, api_port, keep, seed))
+    except KeyboardInterrupt:
+        typer.echo("Đã dừng / stopped")
 
 
 db_app = typer.Typer(no_args_is_help=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -34,7 +33,6 @@ regions_app = typer.Typer(no_args_is_help=True)
 stations_app = typer.Typer(no_args_is_help=True)
 receivers_app = typer.Typer(no_args_is_help=True)
 
-DEMO_INVENTORY = "seed_data/dai_tu.yaml"
 
 
 # --- shared by the domains' CLIs ---------------------------------------------------------
@@ -156,12 +154,8 @@ def regions_import(
     if (file is None) == (not demo):
         typer.echo("Chọn một tệp hoặc --demo / give a file or --demo", err=True)
         raise typer.Exit(2)
-    if file is not None:
-        text = file.read_text(encoding="utf-8")
-    else:
-        text = resources.files("fleet_service.registry").joinpath(DEMO_INVENTORY).read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) if file is not None else service.demo_inventory()
     except yaml.YAMLError as exc:
         typer.echo(f"Lỗi: tệp không đọc được / Error: unreadable file: {exc}", err=True)
         raise typer.Exit(1) from None

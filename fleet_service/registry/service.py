@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from importlib import resources
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -384,6 +386,15 @@ def verify_receiver_password(session: Session, receiver_id: str, password: str) 
 
 
 # --- inventory import --------------------------------------------------------------------
+
+DEMO_INVENTORY = "seed_data/dai_tu.yaml"
+
+
+def demo_inventory() -> dict[str, Any]:
+    """The Đại Từ demo inventory (seed_data/dai_tu.yaml), parsed."""
+    text = resources.files("fleet_service.registry").joinpath(DEMO_INVENTORY).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
 
 def import_regions(session: Session, data: Mapping[str, Any]) -> ImportSummary:
     """Load a region tree with its stations (the shape of seed_data/dai_tu.yaml). Idempotent:

@@ -63,16 +63,40 @@ async def test_revoked_receiver_is_refused_and_dropped_without_restart(broker_an
     broker, fleet, runtime = broker_and_fleet
     accounts = broker.accounts()
     async with client(broker, "rx-2", fleet.credentials["rx-2"]) as live:
+        await live.subscribe("loa/v1/rx/rx-2/cmd", qos=1)
+
+        async def until_dropped() -> None:
+            async for _ in live.messages:
+                pass
+
+        listener = asyncio.create_task(until_dropped())
         with session_scope(runtime.sessions) as session:
             registry.revoke(session, "rx-2")
         await asyncio.to_thread(accounts.remove_receiver, "rx-2")
+        # The broker closes the connection: the message stream ends with an error.
         with pytest.raises(aiomqtt.MqttError):
-            async with asyncio.timeout(5):
-                # A dropped connection fails the next round trip.
-                while True:
-                    await live.publish("loa/v1/rx/rx-2/event", b"{}", qos=1)
-                    await asyncio.sleep(0.1)
+            await asyncio.wait_for(listener, timeout=5)
     assert await refused(client(broker, "rx-2", fleet.credentials["rx-2"]))
+
+
+async def test_receiver_never_gets_another_receivers_retained_state(broker_and_fleet):
+    broker, fleet, _ = broker_and_fleet
+    got: list[str] = []
+    async with client(broker, "loa-service", SERVICE_PASSWORD) as service:
+        await service.subscribe("loa/v1/rx/#", qos=1)  # a broad subscription exists in the broker
+        async with client(broker, "rx-1", fleet.credentials["rx-1"]) as b:
+            await b.publish("loa/v1/rx/rx-1/state", b'{"b": "state"}', qos=1, retain=True)
+        async with client(broker, "rx-0", fleet.credentials["rx-0"]) as a:
+            await a.subscribe("loa/v1/rx/rx-0/#", qos=1)
+
+            async def collect() -> None:
+                async for message in a.messages:
+                    got.append(str(message.topic))
+
+            task = asyncio.create_task(collect())
+            await asyncio.sleep(0.5)
+            task.cancel()
+    assert not any("rx-1" in topic for topic in got), got
 
 
 async def test_receiver_cannot_publish_as_or_subscribe_to_another(broker_and_fleet):

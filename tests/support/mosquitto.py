@@ -20,6 +20,7 @@ class MosquittoServer:
     port: int
     directory: Path
     process: subprocess.Popen[bytes]
+    config_path: Path | None = None
 
     @property
     def log(self) -> str:
@@ -35,6 +36,13 @@ class MosquittoServer:
                 self.process.kill()
                 self.process.wait()
 
+    def restart(self) -> None:
+        """Stop the broker and start it again with the same configuration and port."""
+        if self.config_path is None:
+            raise RuntimeError("this server was not started from a config file")
+        self.stop()
+        self.process = _launch(self.config_path, self.port, self.directory)
+
 
 @contextmanager
 def mosquitto(directory: Path, config_body: str = "allow_anonymous true\n", port: int | None = None) -> Iterator[MosquittoServer]:
@@ -44,9 +52,7 @@ def mosquitto(directory: Path, config_body: str = "allow_anonymous true\n", port
     import getpass
 
     port = port or free_port()
-    directory.mkdir(parents=True, exist_ok=True)
-    conf = directory / "mosquitto.conf"
-    conf.write_text(
+    config = (
         f"listener {port} 127.0.0.1\n"
         f"user {getpass.getuser()}\n"
         f"log_dest file {directory / 'mosquitto.log'}\n"
@@ -54,15 +60,35 @@ def mosquitto(directory: Path, config_body: str = "allow_anonymous true\n", port
         "persistence false\n"
         + config_body
     )
-    process = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    server = MosquittoServer("127.0.0.1", port, directory, process)
+    with mosquitto_with_config(directory, config, port) as server:
+        yield server
+
+
+@contextmanager
+def mosquitto_with_config(directory: Path, config: str, port: int) -> Iterator[MosquittoServer]:
+    """Run Mosquitto with ``config`` written verbatim to ``directory/mosquitto.conf``; ``port``
+    is the listener the config opens (waited for before yielding). The server can be
+    ``restart()``ed with the same config, e.g. to check what survives a restart."""
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / "mosquitto.conf"
+    conf.write_text(config)
+    server = MosquittoServer("127.0.0.1", port, directory, _launch(conf, port, directory), conf)
     try:
-        try:
-            wait_for_port(port, timeout=10)
-        except TimeoutError:
-            server.stop()
-            err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            raise RuntimeError(f"mosquitto did not start: {err}\n{server.log}") from None
         yield server
     finally:
         server.stop()
+
+
+def _launch(conf: Path, port: int, directory: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, timeout=10)
+    except TimeoutError:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+        log_file = directory / "mosquitto.log"
+        log = log_file.read_text(errors="replace") if log_file.exists() else ""
+        raise RuntimeError(f"mosquitto did not start: {err}\n{log}") from None
+    return process
