@@ -48,6 +48,25 @@ def _verifier(sessions: sessionmaker[Session]):  # type: ignore[no-untyped-def]
     return verify
 
 
+def _mosquitto_accounts(runtime: Runtime) -> BrokerAccounts:
+    """Connect to Mosquitto's dynamic security as admin, make sure the roles and the service's
+    own login exist, and bring the broker's receiver logins in line with the registry."""
+    from broker.mosquitto_dynsec import MosquittoDynsec, bootstrap_broker
+    from fleet_service.ingest.repository import IngestRepository
+
+    settings = runtime.settings
+    accounts = MosquittoDynsec(settings.mqtt_host, settings.mqtt_port, settings.mosquitto_admin_username,
+                               settings.mosquitto_admin_password).start(wait=30)
+    bootstrap_broker(accounts, settings.mqtt_username, settings.mqtt_password)
+    with session_scope(runtime.sessions) as session:
+        active = set(IngestRepository(session).active_receivers())
+    missing = accounts.sync(active)
+    if missing:
+        log.warning("%d active receivers have no login on Mosquitto and must be provisioned again: %s",
+                    len(missing), ", ".join(missing[:20]))
+    return accounts
+
+
 @asynccontextmanager
 async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> AsyncIterator[None]:
     settings = runtime.settings
@@ -59,9 +78,7 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> 
         await embedded.start()
         broker_accounts = embedded.accounts()
     else:
-        from broker.mosquitto_dynsec import MosquittoDynsec
-
-        broker_accounts = await asyncio.to_thread(MosquittoDynsec.from_settings, settings)
+        broker_accounts = await asyncio.to_thread(_mosquitto_accounts, runtime)
 
     ingest = IngestService(
         runtime.sessions,

@@ -69,7 +69,8 @@ def receiver_topics(receiver_id: str) -> dict[MessageKind, str]:
 
 
 def receiver_acl_pattern() -> str:
-    """The one topic pattern a receiver may use; '%u' is the broker's username placeholder."""
+    """The one topic pattern a receiver may use, in Mosquitto's acl_file syntax ('%u' is the
+    username). Mosquitto's dynamic security plugin does not expand '%u'; see broker/mosquitto_dynsec.py."""
     return f"{TOPIC_ROOT}/%u/#"
 
 

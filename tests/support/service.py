@@ -39,3 +39,11 @@ def ledger(runtime: Runtime, receiver_id: str) -> list[ConnectivityInterval]:
         return list(session.scalars(select(ConnectivityInterval)
                                     .where(ConnectivityInterval.receiver_id == receiver_id)
                                     .order_by(ConnectivityInterval.start_at, ConnectivityInterval.id)))
+
+
+def mosquitto_settings(database_url: str, broker: Any, **overrides: Any) -> Settings:
+    """Settings for a service on a test Mosquitto (tests/support/mosquitto_production.py)."""
+    return service_settings(database_url, broker="mosquitto", mqtt_port=broker.port,
+                            mqtt_username=broker.service_username, mqtt_password=broker.service_password,
+                            mosquitto_admin_username=broker.admin_username,
+                            mosquitto_admin_password=broker.admin_password, **overrides)
