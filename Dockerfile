@@ -5,7 +5,6 @@ COPY pyproject.toml README.md ./
 COPY fleet_service ./fleet_service
 COPY broker ./broker
 COPY simulators ./simulators
-COPY dashboards ./dashboards
 RUN pip install --no-cache-dir . && useradd --system --home /app loa
 USER loa
 EXPOSE 8000
