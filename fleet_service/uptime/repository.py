@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import Select, and_, or_, select
@@ -13,17 +13,26 @@ from fleet_service.uptime.availability import Span
 from fleet_service.uptime.models import Connectivity, ConnectivityInterval
 
 
+# Ids per IN (...) list: well inside SQLite's and PostgreSQL's parameter limits.
+_IN_CHUNK = 500
+
+
 class LedgerRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def open_interval(self, receiver_id: str) -> ConnectivityInterval | None:
-        return self.session.scalars(
-            select(ConnectivityInterval)
-            .where(ConnectivityInterval.receiver_id == receiver_id, ConnectivityInterval.end_at.is_(None))
-            .order_by(ConnectivityInterval.start_at.desc())
-            .limit(1)
-        ).first()
+    def open_intervals_of(self, receiver_ids: Iterable[str]) -> dict[str, ConnectivityInterval]:
+        """The open interval of each given receiver that has one."""
+        ids = list(receiver_ids)
+        found: dict[str, ConnectivityInterval] = {}
+        for i in range(0, len(ids), _IN_CHUNK):
+            rows = self.session.scalars(
+                select(ConnectivityInterval).where(ConnectivityInterval.receiver_id.in_(ids[i:i + _IN_CHUNK]),
+                                                   ConnectivityInterval.end_at.is_(None))
+            )
+            for row in rows:
+                found[row.receiver_id] = row
+        return found
 
     def open_intervals(self) -> Sequence[ConnectivityInterval]:
         return self.session.scalars(select(ConnectivityInterval).where(ConnectivityInterval.end_at.is_(None))).all()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -15,14 +15,19 @@ from fleet_service.uptime.repository import LedgerRepository
 from fleet_service.uptime.tracker import Transition
 
 
-def record_transitions(session: Session, transitions: Iterable[Transition], station_of: dict[str, int | None]) -> int:
+def record_transitions(session: Session, transitions: Iterable[Transition], station_of: Mapping[str, int | None]) -> int:
     """Close each receiver's open interval at the transition's time and open the next one.
     Returns how many intervals were opened. A transition to the state already open is a no-op,
-    so replaying the same transitions after a failed commit is harmless."""
+    so replaying the same transitions after a failed commit is harmless.
+
+    One query reads the open intervals of the whole batch and one flush writes it: a reconnect
+    storm of thousands of births must reach the ledger in seconds, not minutes."""
+    batch = list(transitions)
     repository = LedgerRepository(session)
+    open_now = repository.open_intervals_of({t.receiver_id for t in batch})
     opened = 0
-    for transition in transitions:
-        current = repository.open_interval(transition.receiver_id)
+    for transition in batch:
+        current = open_now.get(transition.receiver_id)
         at = transition.at
         if current is not None:
             if current.state == transition.state.value:
@@ -33,18 +38,18 @@ def record_transitions(session: Session, transitions: Iterable[Transition], stat
             at = max(at, current.start_at)
             current.end_at = at
             current.end_cause = transition.cause.value
-        repository.add(
-            ConnectivityInterval(
-                receiver_id=transition.receiver_id,
-                station_id=station_of.get(transition.receiver_id),
-                state=transition.state.value,
-                session=transition.session,
-                start_at=at,
-                start_cause=transition.cause.value,
-            )
+        interval = ConnectivityInterval(
+            receiver_id=transition.receiver_id,
+            station_id=station_of.get(transition.receiver_id),
+            state=transition.state.value,
+            session=transition.session,
+            start_at=at,
+            start_cause=transition.cause.value,
         )
-        session.flush()
+        repository.add(interval)
+        open_now[transition.receiver_id] = interval
         opened += 1
+    session.flush()
     return opened
 
 

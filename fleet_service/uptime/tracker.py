@@ -92,13 +92,20 @@ class ConnectivityTracker:
             # receiver that predates the service's ledger). Take the session as the current one.
             self._receivers[receiver_id] = _Receiver(True, session, at)
             return [Transition(receiver_id, Connectivity.ONLINE, at, TransitionCause.RESUMED, session)]
-        if session != current.session:
-            if current.online or session < current.session:
-                self.stale_messages += 1
-                return []
-            # Activity of a newer session whose birth we missed: it is alive.
-            current.session = session
+        if session < current.session:
+            self.stale_messages += 1
+            return []
         current.last_heard = at
+        if session > current.session:
+            # A newer session whose birth did not reach us (a broker overloaded beyond its queue
+            # limit drops QoS 1 messages too): the receiver is plainly alive in it.
+            current.session = session
+            self.unobserved_outages += 1
+            if not current.online:
+                current.online = True
+                current.silent = False
+                return [Transition(receiver_id, Connectivity.ONLINE, at, TransitionCause.RESUMED, session)]
+            return []
         if not current.online and current.silent:
             current.online = True
             current.silent = False

@@ -130,3 +130,15 @@ def test_new_session_without_measurable_outage_only_changes_session():
     t.on_state("r1", birth(1), at(0), retained=False)
     [up] = t.on_state("r1", birth(2, StateReason.RECONNECT), at(10), retained=False)
     assert (up.state, up.session) == (Connectivity.ONLINE, 2)
+
+
+def test_telemetry_of_a_newer_session_whose_birth_was_lost_keeps_receiver_alive():
+    t = tracker(timeout=100, grace=0)
+    t.on_state("r1", birth(3), at(0), retained=False)
+    assert t.on_activity("r1", 4, at(50)) == []  # birth of session 4 lost on the way
+    assert t.session_of("r1") == 4
+    assert t.sweep(at(140)) == []  # heard at 50: not silent
+    # and after a Will of session 4, a report of session 5 brings it back
+    t.on_state("r1", will(4), at(200), retained=False)
+    [up] = t.on_activity("r1", 5, at(210))
+    assert (up.state, up.cause, up.session) == (Connectivity.ONLINE, TransitionCause.RESUMED, 5)
