@@ -22,7 +22,11 @@ class Settings(BaseSettings):
     api_port: int = 8000
 
     # MQTT: which broker the service talks to, and the service's own login on it.
-    broker: Literal["embedded", "mosquitto"] = "embedded"
+    #   embedded:  amqtt inside this process, logins read from the registry (the default)
+    #   mosquitto: Mosquitto 2 whose receiver logins the service manages (dynamic security)
+    #   external:  any MQTT 3.1.1 broker whose logins are managed elsewhere (e.g. password
+    #              files, a cluster's own auth); the service only connects to it
+    broker: Literal["embedded", "mosquitto", "external"] = "embedded"
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_username: str = "loa-service"

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.accounts import BrokerAccounts
+from broker.accounts import BrokerAccounts, RegistryOnlyAccounts
 from broker.embedded import EmbeddedBroker, LoginRules
 from fleet_service.db import session_scope
 from fleet_service.ingest.service import IngestService
@@ -77,8 +77,10 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> 
         embedded = EmbeddedBroker(settings.mqtt_host, settings.mqtt_port, rules)
         await embedded.start()
         broker_accounts = embedded.accounts()
-    else:
+    elif settings.broker == "mosquitto":
         broker_accounts = await asyncio.to_thread(_mosquitto_accounts, runtime)
+    else:
+        broker_accounts = RegistryOnlyAccounts()
 
     ingest = IngestService(
         runtime.sessions,
