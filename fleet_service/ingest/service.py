@@ -30,6 +30,9 @@ SWEEP_INTERVAL_S = 1.0
 LEDGER_BACKLOG_MAX = 200_000
 # Transitions written per transaction when there is a backlog.
 LEDGER_BATCH_MAX = 500
+# The writer waits this long after the first transition so that a burst (a reconnect storm)
+# goes to the database in a few large transactions rather than many small ones.
+LEDGER_COALESCE_S = 0.05
 # How long an unknown receiver id is remembered as unknown before the registry is asked again.
 UNKNOWN_RECHECK_S = 30.0
 # Recent events kept in memory for the API (the durable home of events comes with alerts).
@@ -80,6 +83,8 @@ class IngestService:
         self.recent_events: deque[tuple[str, datetime, Event]] = deque(maxlen=RECENT_EVENTS_MAX)
         self._station_of: dict[str, int | None] = {}
         self._unknown_until: dict[str, float] = {}
+        self._awaiting_lookup: dict[str, list[tuple[StateMessage | Telemetry | Event, bool, datetime]]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._backlog: deque[Transition] = deque()
         self._backlog_ready = asyncio.Event()
         self._idle = asyncio.Event()
@@ -123,8 +128,10 @@ class IngestService:
 
     # --- the hot path -------------------------------------------------------------------------
 
-    async def handle(self, topic: str, payload: bytes, *, retained: bool = False, at: datetime | None = None) -> None:
-        """Decode one message and act on it. Never raises for bad input."""
+    def handle(self, topic: str, payload: bytes, *, retained: bool = False, at: datetime | None = None) -> None:
+        """Decode one message and act on it. Never raises for bad input. Synchronous: the MQTT
+        adapter calls it for every message; only a receiver not seen before costs a registry
+        lookup, done in the background while its messages wait in order."""
         at = at or utcnow()
         self.counters.received += 1
         try:
@@ -133,11 +140,25 @@ class IngestService:
             self._drop(exc.reason.value, str(exc))
             return
         receiver_id = decoded.topic.receiver_id
-        if receiver_id not in self._station_of and not await self._is_known(receiver_id):
-            self._drop("unknown_receiver", f"message from unregistered receiver {receiver_id!r} on {topic!r}")
+        if receiver_id in self._station_of:
+            self._apply(receiver_id, decoded.message, retained, at)
             return
+        waiting = self._awaiting_lookup.get(receiver_id)
+        if waiting is not None:
+            waiting.append((decoded.message, retained, at))
+        elif self._unknown_until.get(receiver_id, 0.0) > time.monotonic():
+            self._drop("unknown_receiver", f"message from unregistered receiver {receiver_id!r} on {topic!r}")
+        else:
+            self._awaiting_lookup[receiver_id] = [(decoded.message, retained, at)]
+            self._spawn(self._look_up(receiver_id))
+
+    async def lookup_done(self) -> None:
+        """Wait until no registry lookup is pending (for tests and orderly shutdown)."""
+        while self._awaiting_lookup:
+            await asyncio.sleep(0.01)
+
+    def _apply(self, receiver_id: str, message: StateMessage | Telemetry | Event, retained: bool, at: datetime) -> None:
         self.counters.accepted += 1
-        message = decoded.message
         if isinstance(message, StateMessage):
             transitions = self.tracker.on_state(receiver_id, message, at, retained=retained)
         else:
@@ -152,6 +173,10 @@ class IngestService:
     @property
     def ledger_backlog(self) -> int:
         return len(self._backlog)
+
+    def connection_lost(self) -> None:
+        """Called by the MQTT adapter when it loses the broker."""
+        self.tracker.hold()
 
     def begin_grace(self) -> None:
         """Called by the MQTT adapter each time it (re)subscribes."""
@@ -174,19 +199,26 @@ class IngestService:
             self._last_drop_log[reason] = now
             log.warning("dropped message (%s, %d so far): %s", reason, self.counters.dropped[reason], detail)
 
-    async def _is_known(self, receiver_id: str) -> bool:
-        if self._unknown_until.get(receiver_id, 0.0) > time.monotonic():
-            return False
+    async def _look_up(self, receiver_id: str) -> None:
         try:
-            station = await asyncio.to_thread(self._lookup, receiver_id)
-        except Exception:  # the database is down: drop for now, ask again next time
+            found = await asyncio.to_thread(self._lookup, receiver_id)
+        except Exception:  # the database is down: drop these, ask again at the next message
             log.exception("registry lookup failed for %s", receiver_id)
-            return False
-        if station is None:
+            found = None
+        waiting = self._awaiting_lookup.pop(receiver_id, [])
+        if found is None:
             self._unknown_until[receiver_id] = time.monotonic() + UNKNOWN_RECHECK_S
-            return False
-        self._station_of[receiver_id] = station[0]
-        return True
+            for _ in waiting:
+                self._drop("unknown_receiver", f"message from unregistered receiver {receiver_id!r}")
+            return
+        self._station_of[receiver_id] = found[0]
+        for message, retained, at in waiting:
+            self._apply(receiver_id, message, retained, at)
+
+    def _spawn(self, coroutine) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _lookup(self, receiver_id: str) -> tuple[int | None] | None:
         with session_scope(self._sessions) as session:
@@ -206,6 +238,7 @@ class IngestService:
         delay = 1.0
         while True:
             await self._backlog_ready.wait()
+            await asyncio.sleep(LEDGER_COALESCE_S)
             self._backlog_ready.clear()
             while self._backlog:
                 self._idle.clear()

@@ -40,6 +40,11 @@ QOS = {
 RETAIN = {kind: kind is MessageKind.STATE for kind in MessageKind}
 
 
+# Enough for every topic of a national fleet (150,000 receivers x 3 kinds).
+_PARSED_MAX = 500_000
+_PARSED: dict[str, Topic] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Topic:
     receiver_id: ReceiverId
@@ -50,6 +55,18 @@ class Topic:
 
     @classmethod
     def parse(cls, topic: str) -> Topic:
+        """Parsed topics are cached: there are only (receivers x kinds) of them."""
+        cached = _PARSED.get(topic)
+        if cached is not None:
+            return cached
+        parsed = cls._parse(topic)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[topic] = parsed
+        return parsed
+
+    @classmethod
+    def _parse(cls, topic: str) -> Topic:
         prefix = TOPIC_ROOT + "/"
         if not topic.startswith(prefix):
             raise ValueError(f"topic {topic!r} is outside {TOPIC_ROOT}/")

@@ -18,7 +18,7 @@ The rules (docs/uptime.md explains them with the detection latency of each):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from fleet_service.protocol.messages import State, StateMessage, StateReason
 from fleet_service.uptime.models import Connectivity, TransitionCause
@@ -55,6 +55,12 @@ class ConnectivityTracker:
     def restore(self, receiver_id: str, state: Connectivity, session: int | None, since: datetime) -> None:
         """Load the ledger's open interval of a receiver when the service starts."""
         self._receivers[receiver_id] = _Receiver(state is Connectivity.ONLINE, session, since)
+
+    def hold(self) -> None:
+        """The service cannot hear the broker (it is down, or the way to it is): silence means
+        nothing until ``begin_grace`` is called on reconnection. Outages the receivers really
+        had meanwhile are recorded from their reconnect births (``offline_s``)."""
+        self._quiet_until = datetime.max.replace(tzinfo=UTC)
 
     def begin_grace(self, now: datetime) -> None:
         """The service has (re)connected to the broker: silence before now + grace is forgiven,

@@ -75,8 +75,10 @@ async def test_bad_payloads_are_counted_and_dropped_and_the_loop_goes_on(service
 
 async def test_message_from_unregistered_receiver_is_dropped(service):
     runtime, _ = service
-    await runtime.ingest.handle("loa/v1/rx/ghost/telemetry", telemetry(1))
-    assert runtime.ingest.counters.dropped["unknown_receiver"] == 1
+    runtime.ingest.handle("loa/v1/rx/ghost/telemetry", telemetry(1))
+    await runtime.ingest.lookup_done()
+    runtime.ingest.handle("loa/v1/rx/ghost/telemetry", telemetry(1))  # remembered as unknown: no lookup
+    assert runtime.ingest.counters.dropped["unknown_receiver"] == 2
     assert runtime.ingest.tracker.is_online("ghost") is None
 
 

@@ -142,3 +142,14 @@ def test_telemetry_of_a_newer_session_whose_birth_was_lost_keeps_receiver_alive(
     t.on_state("r1", will(4), at(200), retained=False)
     [up] = t.on_activity("r1", 5, at(210))
     assert (up.state, up.cause, up.session) == (Connectivity.ONLINE, TransitionCause.RESUMED, 5)
+
+
+def test_hold_while_the_service_cannot_hear_the_broker():
+    t = tracker(timeout=10, grace=5)
+    t.on_state("r1", birth(1), at(0), retained=False)
+    t.hold()
+    assert t.sweep(at(1000)) == []
+    t.begin_grace(at(1000))
+    assert t.sweep(at(1009)) == []
+    [down] = t.sweep(at(1011))
+    assert down.at == at(1000)
