@@ -102,7 +102,9 @@ def protocol_schema(write: bool = typer.Option(False, help="Rewrite fleet_servic
 def _register_subcommands() -> None:
     from fleet_service.auth.cli import tokens_app, users_app
     from fleet_service.registry.cli import receivers_app, regions_app, stations_app
+    from fleet_service.ingest.cli import status
     from fleet_service.uptime.cli import availability_app
+    from simulators.cli import simulate_app
 
     app.add_typer(regions_app, name="regions", help="Đơn vị hành chính / administrative regions")
     app.add_typer(stations_app, name="stations", help="Đài truyền thanh / stations")
@@ -110,6 +112,8 @@ def _register_subcommands() -> None:
     app.add_typer(users_app, name="users", help="Người dùng / users")
     app.add_typer(tokens_app, name="tokens", help="Mã truy cập API / API tokens")
     app.add_typer(availability_app, name="availability", help="Tỷ lệ hoạt động / availability from the ledger")
+    app.add_typer(simulate_app, name="simulate", help="Mô phỏng thiết bị thu / simulated receivers")
+    app.command("status")(status)
 
 
 _register_subcommands()

@@ -54,3 +54,14 @@ def test_unknown_receiver_is_a_clear_error(cli_db):
     result = CliRunner().invoke(app, ["availability", "receiver", "nope"])
     assert result.exit_code == 1
     assert "Không tìm thấy" in result.output and "not found" in result.output
+
+
+def test_status_lists_who_is_down_since_when(cli_db):
+    region_id, _ = cli_db
+    result = CliRunner().invoke(app, ["status", "--region", str(region_id)])
+    assert result.exit_code == 0, result.output
+    # x-1 came back online at 00:45: nothing is down.
+    assert "Hoạt động / online: 1   Mất kết nối / down: 0" in result.output
+    assert "x-1" not in result.output
+    listed = CliRunner().invoke(app, ["status", "--all"])
+    assert "x-1" in listed.output and "01/07/2026 07:45:00" in listed.output
