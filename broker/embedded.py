@@ -22,12 +22,11 @@ from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
-from fleet_service.protocol.topics import TOPIC_ROOT, MessageKind
+from fleet_service.protocol.topics import COMMAND_LEVEL, RECEIVER_PUBLISHES, TOPIC_ROOT
 
 log = logging.getLogger(__name__)
 
-# What a receiver may publish under its own loa/v1/rx/<id>/.
-_RECEIVER_PUBLISHES = frozenset(kind.value for kind in MessageKind)
+_RECEIVER_PUBLISHES = frozenset(RECEIVER_PUBLISHES)
 
 
 class Principal(StrEnum):
@@ -58,9 +57,13 @@ def receiver_may(action: str, receiver_id: str, topic: str) -> bool:
 
 
 def service_may(action: str, topic: str) -> bool:
+    """The service reads everything under loa/v1/rx/ and publishes only commands."""
+    if not topic.startswith(f"{TOPIC_ROOT}/"):
+        return False
     if action == Action.PUBLISH:
-        return False  # commands are added with the commands domain; nothing to publish yet
-    return topic == f"{TOPIC_ROOT}/#" or topic.startswith(f"{TOPIC_ROOT}/")
+        levels = topic[len(TOPIC_ROOT) + 1:].split("/")
+        return len(levels) == 2 and levels[1] == COMMAND_LEVEL
+    return True
 
 
 class RegistryAuthPlugin(BaseAuthPlugin):

@@ -45,7 +45,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from fleet_service.protocol.topics import TOPIC_ROOT, ReceiverId
+from fleet_service.protocol.topics import RECEIVER_PUBLISHES, TOPIC_ROOT, ReceiverId
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ _OWN_ROLE_PRIORITY = 10
 _SHARED_ROLE_PRIORITY = 0
 
 # What a receiver publishes under its own topic; the broker refuses anything else from it.
-RECEIVER_PUBLISH_KINDS = ("state", "telemetry", "event", "ack")
+RECEIVER_PUBLISH_KINDS = RECEIVER_PUBLISHES
 
 # How long one command may take end to end. The plugin answers in milliseconds on a healthy
 # broker; seconds mean the broker or the link to it is in trouble and the caller should know.

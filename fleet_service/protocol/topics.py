@@ -32,6 +32,12 @@ class MessageKind(StrEnum):
     EVENT = "event"          # receiver -> service, QoS 1
 
 
+# The topic levels a receiver may publish under its own id: the kinds above, and "ack", kept
+# for command acknowledgements so that brokers' ACLs need not change when commands arrive.
+RECEIVER_PUBLISHES: tuple[str, ...] = (*(kind.value for kind in MessageKind), "ack")
+# The one level the service publishes to, for commands.
+COMMAND_LEVEL = "cmd"
+
 QOS = {
     MessageKind.STATE: 1,
     MessageKind.TELEMETRY: 0,

@@ -129,3 +129,22 @@ async def test_receiver_cannot_publish_as_or_subscribe_to_another(broker_and_fle
     assert not any("rx-1" in s for s in seen if s.startswith("a:"))
     assert "service:loa/v1/rx/rx-1/state" not in seen
     assert "service:loa/v1/rx/rx-0/cmd" not in seen
+
+
+async def test_service_reads_everything_and_publishes_only_commands(broker_and_fleet):
+    broker, fleet, _ = broker_and_fleet
+    got: list[str] = []
+    async with client(broker, "rx-0", fleet.credentials["rx-0"]) as a, \
+            client(broker, "loa-service", SERVICE_PASSWORD) as service:
+        await a.subscribe("loa/v1/rx/rx-0/#", qos=1)
+
+        async def collect() -> None:
+            async for message in a.messages:
+                got.append(str(message.topic))
+
+        task = asyncio.create_task(collect())
+        await service.publish("loa/v1/rx/rx-0/cmd", b"{}", qos=1)
+        await service.publish("loa/v1/rx/rx-0/state", b"{}", qos=1)  # not the service's to write
+        await asyncio.sleep(0.5)
+        task.cancel()
+    assert got == ["loa/v1/rx/rx-0/cmd"]
