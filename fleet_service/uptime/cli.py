@@ -20,14 +20,6 @@ FromOpt = Annotated[datetime | None, typer.Option("--from", help="Từ / from (g
 ToOpt = Annotated[datetime | None, typer.Option("--to", help="Đến / to. Mặc định: bây giờ / now.")]
 
 
-def _found(get):  # type: ignore[no-untyped-def]
-    try:
-        return get()
-    except NotFound as exc:
-        typer.echo(f"{exc.message_vi} / {exc.message_en}", err=True)
-        raise typer.Exit(1) from None
-
-
 def _print(title: str, a: Availability) -> None:
     fraction = a.online_fraction
     typer.echo(title)
@@ -49,34 +41,50 @@ def _print(title: str, a: Availability) -> None:
                    f"  {duration_text(outage.duration.total_seconds())}{note}")
 
 
-@availability_app.command("receiver")
-def receiver(receiver_id: str, start: FromOpt = None, end: ToOpt = None) -> None:
-    """Thiết bị thu / one receiver."""
+def _report(start: datetime | None, end: datetime | None, measure) -> None:  # type: ignore[no-untyped-def]
+    """``measure(session, lo, hi)`` looks the subject up (NotFound ends the command with a clear
+    message) and returns (title, availability)."""
     from fleet_service.cli import cli_runtime
 
     lo, hi = period(start, end)
     with cli_runtime() as runtime, session_scope(runtime.sessions) as session:
-        _found(lambda: registry.get_receiver(session, receiver_id))
-        _print(f"Thiết bị thu / receiver {receiver_id}", service.receiver_availability(session, receiver_id, lo, hi))
+        try:
+            title, availability = measure(session, lo, hi)
+        except NotFound as exc:
+            typer.echo(f"{exc.message_vi} / {exc.message_en}", err=True)
+            raise typer.Exit(1) from None
+        _print(title, availability)
+
+
+@availability_app.command("receiver")
+def receiver(receiver_id: str, start: FromOpt = None, end: ToOpt = None) -> None:
+    """Thiết bị thu / one receiver."""
+
+    def measure(session, lo, hi):  # type: ignore[no-untyped-def]
+        registry.get_receiver(session, receiver_id)
+        return f"Thiết bị thu / receiver {receiver_id}", service.receiver_availability(session, receiver_id, lo, hi)
+
+    _report(start, end, measure)
 
 
 @availability_app.command("station")
 def station(station_id: int, start: FromOpt = None, end: ToOpt = None) -> None:
     """Đài / one station, across every receiver that served it."""
-    from fleet_service.cli import cli_runtime
 
-    lo, hi = period(start, end)
-    with cli_runtime() as runtime, session_scope(runtime.sessions) as session:
-        _found(lambda: registry.get_station(session, station_id))
-        _print(f"Đài / station {station_id}", service.station_availability(session, station_id, lo, hi))
+    def measure(session, lo, hi):  # type: ignore[no-untyped-def]
+        name = registry.get_station(session, station_id).name
+        return f"Đài / station {station_id}: {name}", service.station_availability(session, station_id, lo, hi)
+
+    _report(start, end, measure)
 
 
 @availability_app.command("region")
 def region(region_id: int, start: FromOpt = None, end: ToOpt = None) -> None:
     """Đơn vị hành chính / a region and everything below it."""
-    from fleet_service.cli import cli_runtime
 
-    lo, hi = period(start, end)
-    with cli_runtime() as runtime, session_scope(runtime.sessions) as session:
-        path = _found(lambda: registry.get_region(session, region_id)).path
-        _print(f"Đơn vị / region {region_id}", service.region_availability(session, path, lo, hi))
+    def measure(session, lo, hi):  # type: ignore[no-untyped-def]
+        found = registry.get_region(session, region_id)
+        return (f"Đơn vị / region {region_id}: {found.level} {found.name}",
+                service.region_availability(session, found.path, lo, hi))
+
+    _report(start, end, measure)
