@@ -3,8 +3,14 @@ HTTP). Messages are Vietnamese first, English alongside, because operators read 
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+
+log = logging.getLogger(__name__)
 
 
 class LoaError(Exception):
@@ -45,8 +51,30 @@ class Forbidden(LoaError):
     code = "forbidden"
 
 
+class Unavailable(LoaError):
+    status_code = 503
+    code = "unavailable"
+
+
 def install_error_handler(app: FastAPI) -> None:
     @app.exception_handler(LoaError)
     async def _render(_request: Request, exc: LoaError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthenticated) else None
         return JSONResponse(status_code=exc.status_code, content={"error": exc.as_dict()}, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"where": ".".join(str(part) for part in error["loc"]), "problem": error["msg"]}
+            for error in exc.errors()
+        ]
+        error = Invalid("Dữ liệu gửi lên không hợp lệ", "The request is not valid").as_dict()
+        return JSONResponse(status_code=422, content={"error": {**error, "details": problems}})
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:
+        # The database is unreachable or refusing connections: say so, and that it is temporary.
+        log.error("database unavailable: %s", exc.orig)
+        error = Unavailable("Cơ sở dữ liệu tạm thời không truy cập được, xin thử lại sau",
+                            "The database is unavailable for now; try again later")
+        return JSONResponse(status_code=503, content={"error": error.as_dict()}, headers={"Retry-After": "30"})
