@@ -212,7 +212,74 @@ def write_broker_files(directory: Path, credentials: dict[str, str], service_pas
     return passwd, acl, hashing
 
 
+# --- why not the dynamic-security plugin ----------------------------------------------------
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def dynsec_probe(workdir: Path, logins: int, target: int, block: int = 200) -> dict[str, Any]:
+    """Create ``logins`` receiver logins through Mosquitto's dynamic-security plugin (the
+    production config and ``MosquittoDynsec.add_receiver``, as the service does), timing each
+    block; fit time per login against logins already present and extrapolate the total for
+    ``target`` logins."""
+    from tests.support.mosquitto_production import production_mosquitto
+
+    blocks: list[tuple[int, float]] = []  # (logins present at the block's middle, s per login)
+    started = time.monotonic()
+    with production_mosquitto(workdir / "dynsec") as broker:
+        pid = broker.server.process.pid
+        broker_cpu = _cpu_seconds(pid)
+        last = time.monotonic()
+        for i in range(logins):
+            broker.accounts.add_receiver(f"{RECEIVER_PREFIX}-{i:05d}", secrets.token_urlsafe(20))
+            if (i + 1) % block == 0 or i + 1 == logins:
+                now = time.monotonic()
+                size = (i % block) + 1
+                blocks.append((i + 1 - size // 2, (now - last) / size))
+                last = now
+        file_bytes = broker.dynsec_file.stat().st_size
+        broker_cpu = _cpu_seconds(pid) - broker_cpu
+    total = time.monotonic() - started
+    xs, ys = [b[0] for b in blocks], [b[1] for b in blocks]
+    if len(blocks) >= 2:
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(1e-12, sum((x - mx) ** 2 for x in xs))
+        intercept = my - slope * mx
+    else:
+        slope, intercept = 0.0, ys[0] if ys else 0.0
+    # Sum of intercept + slope·k over k = 0 .. target-1.
+    projected = intercept * target + slope * target * (target - 1) / 2
+    return {"logins": logins, "seconds": total, "first_ms": 1e3 * ys[0], "last_ms": 1e3 * ys[-1],
+            "slope_us": 1e6 * slope, "file_mb": file_bytes / 1e6, "broker_cpu_s": broker_cpu, "target": target, "projected_s": projected}
+
+
 # --- Mosquitto ------------------------------------------------------------------------------
+
+# The production broker configuration; its "Tuning" section (queue and in-flight limits, Nagle
+# off, ...) is what the benchmark's broker runs with unless told to use Mosquitto's defaults.
+PRODUCTION_CONF = Path(__file__).resolve().parents[1] / "broker" / "mosquitto" / "mosquitto.conf"
+
+
+def production_tuning(path: Path = PRODUCTION_CONF) -> list[str]:
+    """The option lines of the ``# --- Tuning`` section of the production mosquitto.conf."""
+    lines: list[str] = []
+    inside = False
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("# ---"):
+            inside = line.startswith("# --- Tuning")
+            continue
+        if inside and line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
 
 @dataclass
 class Broker:
@@ -241,7 +308,7 @@ class Broker:
                 self.process.wait(timeout=10)
 
 
-def start_broker(directory: Path, passwd: Path, acl: Path) -> Broker:
+def start_broker(directory: Path, passwd: Path, acl: Path, tuning: list[str]) -> Broker:
     from tests.support.mosquitto import MOSQUITTO
     from tests.support.ports import free_port, wait_for_port
 
@@ -258,6 +325,7 @@ def start_broker(directory: Path, passwd: Path, acl: Path) -> Broker:
         f"password_file {passwd}\n"
         f"acl_file {acl}\n"
         f"sys_interval {SYS_INTERVAL_S}\n"
+        + "".join(f"{line}\n" for line in tuning)
     )
     process = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                preexec_fn=raise_nofile)
@@ -540,6 +608,7 @@ async def _simulate(index: int, params: dict[str, Any], events: Any, go: Any, st
                 "up": up, "all_up_at": all_up_at,
                 "connects": sum(rx.connects for rx in receivers.values()),
                 "refused": sum(rx.refused for rx in receivers.values()),
+                "births": sum(rx.births for rx in receivers.values()),
                 "telemetry": sum(rx.telemetry_sent for rx in receivers.values()),
                 "lag_max": lag["max"], "memory": memory_kib(pid),
             }))
@@ -647,6 +716,7 @@ class RunResult:
     sim_errors: dict[str, int] = field(default_factory=dict)
     sim_downs: dict[str, int] = field(default_factory=dict)
     telemetry_sent: int = 0
+    births_sent: int = 0
     broker_log: dict[str, int] = field(default_factory=dict)
     broker_nofile: str = "?"
     sims_nofile: int = 0
@@ -678,7 +748,7 @@ def run_mode(mode: str, cfg: argparse.Namespace, workdir: Path, registry: Regist
     result = RunResult(mode, n)
     rundir = workdir / mode
     rundir.mkdir(parents=True, exist_ok=True)
-    broker = start_broker(rundir / "broker", passwd, acl)
+    broker = start_broker(rundir / "broker", passwd, acl, cfg.tuning)
     result.broker_nofile = open_files_limit(broker.pid)
     observer: SysObserver | None = None
     service: Service | None = None
@@ -818,6 +888,7 @@ def run_mode(mode: str, cfg: argparse.Namespace, workdir: Path, registry: Regist
         result.connects = sum(s["connects"] for s in status.values())
         result.refused = sum(s["refused"] for s in status.values())
         result.telemetry_sent = sum(s["telemetry"] for s in status.values())
+        result.births_sent = sum(s.get("births", 0) for s in status.values())
         t_broker = observer.first_reaching("clients/connected", n + own_clients)
         result.t_broker_all = t_broker - go_mono if t_broker is not None else None
         if service is not None and poller is not None:
@@ -849,6 +920,11 @@ def run_mode(mode: str, cfg: argparse.Namespace, workdir: Path, registry: Regist
             for k, v in d["downs"].items():
                 result.sim_downs[k] = result.sim_downs.get(k, 0) + v
         result.broker_log = {"refused": broker.log_lines("not authorised"),
+                             "dropping": broker.log_lines("are being dropped"),
+                             "fd_exhausted": broker.log_lines("socket count has been exceeded"),
+                             # Debian's Mosquitto checks each connection with libwrap, which must
+                             # open /etc/hosts.allow: with no descriptor left it denies.
+                             "tcpd_denied": broker.log_lines("denied access by tcpd"),
                              "timeouts": broker.log_lines("exceeded timeout"),
                              "errors": broker.log_lines("Error")}
         result.ok = ready_at is not None and result.broker_connected_min_steady >= n
@@ -948,6 +1024,10 @@ def _s(value: float | None) -> str:
     return "—" if value is None or value != value else f"{value:.1f} s"
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
 def _mib(kib: int) -> str:
     return f"{kib / 1024:.1f} MiB"
 
@@ -1035,7 +1115,16 @@ def findings(results: list[RunResult], cfg: argparse.Namespace) -> list[str]:
                    + (", ".join(f"{k} {v}" for k, v in r.sim_errors.items()) or "none")
                    + "; receivers' losses: " + (", ".join(f"{k} {v}" for k, v in r.sim_downs.items()
                                                            if k != "stopped") or "none")
-                   + f"; broker log: {r.broker_log.get('refused', 0)} refused logins, "
+                   + f"; broker: {r.broker_dropped} publishes dropped"
+                   + (f" (log: 'Outgoing messages are being dropped' {r.broker_log.get('dropping', 0)}×)"
+                      if r.broker_log.get("dropping") else "")
+                   + (f", out of file descriptors (log: 'Unable to accept new connection, system socket count "
+                      f"has been exceeded' {r.broker_log['fd_exhausted']:,}×)" if r.broker_log.get("fd_exhausted") else "")
+                   + (f", {r.broker_log['tcpd_denied']:,} connections closed at once with 'Client connection from "
+                      "127.0.0.1 denied access by tcpd' (Debian's build asks libwrap, which has to open "
+                      "/etc/hosts.allow: at the open-file limit it cannot, and the connection is denied)"
+                      if r.broker_log.get("tcpd_denied") else "")
+                   + f", {r.broker_log.get('refused', 0)} refused logins, "
                    f"{r.broker_log.get('timeouts', 0)} keepalive timeouts")
     if s is not None and s.service:
         f = s.service
@@ -1048,6 +1137,13 @@ def findings(results: list[RunResult], cfg: argparse.Namespace) -> list[str]:
             f"`/api/v1/live/receivers?state=online` took {f.get('live_s', 0):.2f} s; slowest status poll "
             f"during the run {f.get('slowest_status_s', 0):.2f} s ({f.get('poll_failures')} unanswered); "
             f"log: {f.get('log_warnings')} warnings, {f.get('log_errors')} errors")
+        if s.births_sent:
+            # Per session a receiver publishes a birth, then one event; telemetry is counted.
+            published = 2 * s.births_sent + s.telemetry_sent
+            accepted = c.get("accepted") or 0
+            out.append(f"- messages the receivers published ≈ {published:,} ({s.births_sent:,} births, as many "
+                       f"events, {s.telemetry_sent:,} telemetry reports); the service accepted {accepted:,} "
+                       f"(≈ {published - accepted:,} missing) and recorded {c.get('transitions'):,} transitions")
     r = by_mode.get(RAW)
     if r is not None and s is not None and r.t_broker_all and s.t_broker_all:
         out.append(f"- the service's effect on connecting: all connected after {s.t_broker_all:.1f} s with it, "
@@ -1055,12 +1151,28 @@ def findings(results: list[RunResult], cfg: argparse.Namespace) -> list[str]:
     return out
 
 
+def source_state() -> str:
+    """The commit the code under test is at, and whether the parts measured have local changes
+    (read-only git commands; '?' outside a checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "fleet_service", "simulators",
+                                  "broker"], capture_output=True, text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    files = [line[3:] for line in changed if line.strip()]
+    return f"commit {head or '?'}" + (f" with local changes in {', '.join(files)}" if files else "")
+
+
 def conditions(cfg: argparse.Namespace, info: dict[str, str], registry: Registry, hashing_s: float,
                results: list[RunResult]) -> str:
     first = results[0]
     return "\n".join([
         f"- machine: {info['nproc']} cores ({info['cpu']}), {info['memory']}; {info['python']}; "
-        f"Mosquitto {info['mosquitto']}; {info['libraries']}; load average at start {info['load']}",
+        f"Mosquitto {info['mosquitto']}; {info['libraries']}; load average at start {info['load']}; "
+        f"source: {info['source']}",
         f"- fleet: {cfg.receivers:,} receivers registered and provisioned through the registry service in "
         f"{registry.seconds:.0f} s (SQLite; {max(1, cfg.receivers // RECEIVERS_PER_STATION)} stations); "
         f"{cfg.simulators} simulator processes (`simulators.fleet.Fleet`), keepalive {cfg.keepalive} s, "
@@ -1069,8 +1181,13 @@ def conditions(cfg: argparse.Namespace, info: dict[str, str], registry: Registry
         f"- broker: a fresh private Mosquitto per run on 127.0.0.1, password_file ({cfg.receivers + 2:,} logins "
         f"hashed by `mosquitto_passwd -U` in {hashing_s:.1f} s) and acl_file (`pattern readwrite "
         f"loa/v1/rx/%u/#`, the service reads `loa/v1/rx/#`, an observer login reads `$SYS/#`), sys_interval "
-        f"{SYS_INTERVAL_S} s, persistence off; open files: broker {first.broker_nofile}, simulators "
-        f"{first.sims_nofile}. Not the dynamic-security plugin: creating {cfg.receivers:,} logins through it "
+        f"{SYS_INTERVAL_S} s, persistence off; tuning: "
+        + (f"the production config's ({', '.join(f'`{t}`' for t in cfg.tuning)})" if cfg.tuning
+           else "Mosquitto's defaults (max_queued_messages 1000, max_inflight_messages 20, ...)")
+        + f"; open files: broker {first.broker_nofile}, simulators {first.sims_nofile}"
+        + (" (the hard limit of this host, which cannot be raised here without CAP_SYS_RESOURCE: one broker "
+           "process holds at most about that many connections)" if first.broker_nofile != str(NOFILE) else "")
+        + f". Not the dynamic-security plugin: creating {cfg.receivers:,} logins through it "
         "takes tens of minutes on 2.0.11 (it rewrites its JSON file on every change)",
         f"- service: `loa serve` (LOA_BROKER=external, SQLite, LOA_TELEMETRY_INTERVAL_S="
         f"{cfg.telemetry_interval:g}) started before the receivers power on; its memory baseline is read "
@@ -1101,9 +1218,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect-timeout", type=float, default=600.0,
                         help="give up waiting for all to connect after this many seconds (default 600)")
     parser.add_argument("--modes", default=f"{RAW},{SERVICE}", help="runs, in order (default raw,service)")
+    parser.add_argument("--broker-tuning", choices=("production", "default"), default="production",
+                        help="production: the Tuning section of broker/mosquitto/mosquitto.conf (queue limits, "
+                             "in-flight window, ...); default: Mosquitto's own defaults (default production)")
     parser.add_argument("--settle", type=float, default=30.0,
                         help="before each run wait up to this many seconds for the machine to be idle (default 30)")
     parser.add_argument("--goal-kb", type=float, default=50.0, help="goal: service memory per receiver, KB")
+    parser.add_argument("--dynsec-probe", type=int, default=0, metavar="LOGINS",
+                        help="also time creating this many logins through Mosquitto's dynamic-security plugin "
+                             "and extrapolate to --receivers (default: skip)")
     parser.add_argument("--append", metavar="MARKDOWN", help="append the results section to this file")
     parser.add_argument("--keep", metavar="DIR", help="keep the work directory (logs, registry) here")
     cfg = parser.parse_args(argv)
@@ -1112,11 +1235,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("need receivers ≥ 1, 1 ≤ simulators ≤ receivers, modes from raw,service")
     if cfg.steady is None:
         cfg.steady = cfg.telemetry_interval + 15.0
+    cfg.tuning = production_tuning() if cfg.broker_tuning == "production" else []
     command = " ".join(["python -m bench.connections", *(sys.argv[1:] if argv is None else argv)])
     info = machine()
+    info["source"] = source_state()
     print(f"# {command}\n", flush=True)
     raise_nofile()
     results: list[RunResult] = []
+    probe: dict[str, Any] | None = None
     tmp = tempfile.mkdtemp(prefix="loa-bench-conn-", dir=cfg.keep)
     try:
         workdir = Path(tmp)
@@ -1128,6 +1254,11 @@ def main(argv: list[str] | None = None) -> int:
                                                   observer_password)
         print(f"password file: {cfg.receivers + 2} logins hashed in {hashing:.1f} s", flush=True)
         cred_files = split_credentials(workdir, registry.credentials, cfg.simulators)
+        if cfg.dynsec_probe:
+            probe = dynsec_probe(workdir, cfg.dynsec_probe, cfg.receivers)
+            print(f"dynamic security: {probe['logins']} logins in {probe['seconds']:.0f} s "
+                  f"({probe['first_ms']:.1f} → {probe['last_ms']:.1f} ms per login); {cfg.receivers} "
+                  f"projected {_duration(probe['projected_s'])}", flush=True)
         for mode in modes:
             busy = settle(cfg.settle)
             if busy >= QUIET_MACHINE_CORES:
@@ -1149,6 +1280,14 @@ def main(argv: list[str] | None = None) -> int:
         conditions(cfg, info, registry, hashing, results),
         "",
         *findings(results, cfg),
+        *([f"- why a password file and not the dynamic-security plugin: {probe['logins']:,} receiver logins "
+           f"created through it (production config, `MosquittoDynsec.add_receiver`) took {probe['seconds']:.0f} s, "
+           f"{probe['first_ms']:.1f} ms per login at first and {probe['last_ms']:.1f} ms at the end (the plugin "
+           f"rewrites its whole JSON file, {probe['file_mb']:.1f} MB by then, on every change; "
+           f"+{probe['slope_us']:.0f} µs per login already present; Mosquitto's own CPU {probe['broker_cpu_s']:.0f} s "
+           f"of the {probe['seconds']:.0f} s, time in which its single thread serves no client); "
+           f"{probe['target']:,} logins: about "
+           f"**{_duration(probe['projected_s'])}** by that trend"] if probe else []),
         "",
         table(results),
     ]
