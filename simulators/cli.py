@@ -48,6 +48,20 @@ Host = Annotated[str, typer.Option(help="Broker host.")]
 Port = Annotated[int, typer.Option(help="Broker port.")]
 
 
+def _raise_open_files_limit(receivers: int) -> None:
+    """Each receiver holds a socket: lift the soft limit on open files to the hard one (a usual
+    soft limit of 1,024 would stop a run at about a thousand receivers), and warn when even the
+    hard limit is too close."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard != resource.RLIM_INFINITY and receivers + 100 > hard:
+        typer.echo(f"Cảnh báo / warning: {receivers} receivers but only {hard} open files allowed per process",
+                   err=True)
+
+
 @simulate_app.command("run")
 def run(
     credentials: Annotated[Path, typer.Argument(help="JSON file {receiver id: password}.")],
@@ -76,6 +90,7 @@ def run(
     """Run N virtual receivers for DURATION seconds under a fault scenario."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     creds = _load_credentials(credentials, receivers)
+    _raise_open_files_limit(len(creds))
     if scenario is not None:
         plan = Scenario.load(scenario)
         duration = plan.duration

@@ -56,6 +56,7 @@ class IngestCounters:
     accepted: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     transitions: int = 0
+    telemetry_missed: int = 0  # gaps in a session's report numbers
     ledger_written: int = 0
     ledger_failures: int = 0
     ledger_dropped: int = 0
@@ -66,6 +67,7 @@ class IngestCounters:
             "accepted": self.accepted,
             "dropped": dict(self.dropped),
             "transitions": self.transitions,
+            "telemetry_missed": self.telemetry_missed,
             "ledger_written": self.ledger_written,
             "ledger_failures": self.ledger_failures,
             "ledger_dropped": self.ledger_dropped,
@@ -164,6 +166,12 @@ class IngestService:
         else:
             transitions = self.tracker.on_activity(receiver_id, message.session, at)
             if isinstance(message, Telemetry):
+                previous = self.telemetry.get(receiver_id)
+                if previous is not None and previous.report.session == message.session \
+                        and message.seq > previous.report.seq + 1:
+                    # Reports that never arrived: lost on the 4G link or dropped by a broker
+                    # whose queue for the service overflowed. Counted so that it shows.
+                    self.counters.telemetry_missed += message.seq - previous.report.seq - 1
                 self.telemetry[receiver_id] = LiveTelemetry(message, at, message.sent_at - at.timestamp())
             else:
                 self.recent_events.append((receiver_id, at, message))

@@ -73,6 +73,19 @@ async def test_bad_payloads_are_counted_and_dropped_and_the_loop_goes_on(service
     assert ingest.counters.accepted == 1
 
 
+async def test_missing_telemetry_reports_are_counted(service):
+    runtime, fleet = service
+    ingest = runtime.ingest
+    async with receiver(runtime, fleet, "rx-0") as rx:
+        await rx.publish("loa/v1/rx/rx-0/state", state(1), qos=1, retain=True)
+        for seq in (0, 1, 4, 5):  # 2 and 3 never arrive
+            await rx.publish("loa/v1/rx/rx-0/telemetry", telemetry(1, seq=seq), qos=1)
+        await rx.publish("loa/v1/rx/rx-0/state", state(2, reason=StateReason.RECONNECT), qos=1, retain=True)
+        await rx.publish("loa/v1/rx/rx-0/telemetry", telemetry(2, seq=0), qos=1)  # a new session starts at 0
+        await wait_until(lambda: ingest.counters.accepted == 7, what="all messages")
+    assert ingest.counters.telemetry_missed == 2
+
+
 async def test_message_from_unregistered_receiver_is_dropped(service):
     runtime, _ = service
     runtime.ingest.handle("loa/v1/rx/ghost/telemetry", telemetry(1))
