@@ -1,0 +1,6 @@
+# Loa receiver firmware. Layers, each replaceable: hal (the board), link (modem or Wi-Fi,
+# behind the board), mqtt (the session), app (the protocol of docs/protocol.md).
+
+VERSION = "0.1.0"
+# The "fw" field of births and telemetry (at most 32 characters).
+FIRMWARE = "loa-fw-" + VERSION

@@ -1,0 +1,82 @@
+# Configuration: a defaults dict, overridden by the per-device file "config.json" (written
+# when the receiver is provisioned: its id, password, server and APN). Only the keys the
+# device file sets differ from the defaults, so a firmware update can change a default for
+# every receiver that did not override it.
+
+from loa import files
+
+DEFAULTS = {
+    # Identity: the receiver id is the MQTT client id, username and topic level.
+    "id": "",
+    "password": "",
+    # Broker. Receivers on 4G use TLS on 8883 (docs/mosquitto.md).
+    "host": "",
+    "port": 8883,
+    "tls": True,
+    "ca": "ca.crt",          # CA certificate (PEM or DER) verifying the broker; "" = no check
+    "server_name": "",       # TLS server name if it is not "host"
+    # Link: "ppp" (4G modem), "wifi" (bench), "host" (the unix port: the host's network).
+    "link": "ppp",
+    "apn": "v-internet",     # Viettel; Vinaphone "m3-world", Mobifone "m-wap"
+    "sim_pin": "",
+    "wifi_ssid": "",
+    "wifi_password": "",
+    # MQTT session. Keepalive: the broker publishes the Will after 1.5x this without traffic.
+    "keepalive": 60,
+    "connect_timeout": 10,   # TCP (+TLS) connect, and CONNECT to CONNACK, each
+    "ack_timeout": 10,       # PUBLISH to PUBACK, SUBSCRIBE to SUBACK
+    "ack_retries": 2,        # retransmissions (DUP) of an unacknowledged QoS 1 PUBLISH
+    "ping_timeout": 10,      # PINGREQ to PINGRESP; longer and the connection is dead
+    # Reconnect delay: uniform in [0, min(cap, base * 2**failures)] ("full jitter"), so that
+    # thousands of receivers coming back after an outage spread out.
+    "backoff_base": 1.0,
+    "backoff_cap": 120.0,
+    # Application.
+    "telemetry_interval": 60,
+    # Watchdog: the board resets if the supervisor does not feed it for this long.
+    "wdt_ms": 60000,
+}
+
+REQUIRED = ("id", "password", "host")
+
+
+def _valid_id(value):
+    if not 1 <= len(value) <= 64:
+        return False
+    for c in value:
+        if not (c.isalpha() or c.isdigit() or c in "-_") or ord(c) > 127:
+            return False
+    return True
+
+
+def load(path="config.json", overrides=None):
+    """Defaults, then the device file, then ``overrides``. Raises ValueError if a required
+    key is missing or a value has the wrong type."""
+    cfg = dict(DEFAULTS)
+    device = files.read_json(path)
+    for source in (device, overrides):
+        if source:
+            for key in source:
+                cfg[key] = source[key]
+    for key in REQUIRED:
+        if not cfg[key]:
+            raise ValueError("config: " + key + " is not set")
+    for key in DEFAULTS:
+        default = DEFAULTS[key]
+        value = cfg[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            cfg[key] = float(value)
+        elif type(value) is not type(default):
+            raise ValueError("config: " + key + " has the wrong type")
+    if not _valid_id(cfg["id"]):
+        raise ValueError("config: id must be 1-64 letters, digits, - or _")
+    return cfg
+
+
+def save(cfg, path="config.json"):
+    """Store the keys of ``cfg`` that differ from the defaults (atomically)."""
+    device = {}
+    for key in cfg:
+        if key not in DEFAULTS or cfg[key] != DEFAULTS[key]:
+            device[key] = cfg[key]
+    files.write_json(path, device)

@@ -1,0 +1,61 @@
+# Small JSON files on flash, written so that a power cut never leaves a half-written one:
+# write "<name>.tmp", flush it, then rename it over "<name>". If the cut comes between the
+# removal of the old file and the rename (file systems that cannot rename over a file), the
+# complete ".tmp" is still there and read instead.
+
+import json
+import os
+
+# Largest file read back: config and state are a few hundred bytes. Anything bigger is
+# corrupt, and reading it could exhaust the heap.
+MAX_FILE = 4096
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _read(path):
+    with open(path) as f:
+        text = f.read(MAX_FILE + 1)
+    if len(text) > MAX_FILE:
+        raise ValueError("file too large")
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def read_json(path):
+    """The object stored at ``path``, or None if there is none (or it is unreadable)."""
+    for candidate in (path, path + ".tmp"):
+        if _exists(candidate):
+            try:
+                return _read(candidate)
+            except (OSError, ValueError):
+                pass
+    return None
+
+
+def write_json(path, value):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(value))
+        f.flush()
+    sync = getattr(os, "sync", None)
+    if sync is not None:
+        sync()
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        # FAT cannot rename over an existing file: remove it first (read_json falls back to
+        # the .tmp if the power goes in between).
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        os.rename(tmp, path)

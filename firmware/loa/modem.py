@@ -1,0 +1,198 @@
+# The 4G modem's AT command layer (3GPP TS 27.007, as SIMCom A76xx/SIM7600 modules speak it),
+# over any serial port object with ``write(bytes)`` and ``async readline()`` (an asyncio
+# StreamReader/StreamWriter pair around machine.UART on the board; a scripted port in tests).
+#
+# It brings the modem to the point where PPP can start: modem answering, echo off, SIM ready,
+# registered on the network, APN set; and it reads the signal (AT+CSQ). A modem that stops
+# answering is reported (AtTimeout) so that the link layer can power-cycle it.
+
+import asyncio
+from time import ticks_add, ticks_diff, ticks_ms
+
+from micropython import const
+
+# Lines longer than this are cut (a UART answer is never this long; garbage can be).
+MAX_LINE = const(256)
+# Information lines kept per command (AT+COPS=? and similar list commands are not used).
+MAX_LINES = const(16)
+
+# +CREG/+CEREG <stat>: 1 registered (home), 5 registered (roaming).
+REGISTERED = (1, 5)
+REG_TEXT = {0: "not_searching", 2: "searching", 3: "denied", 4: "unknown"}
+
+
+class ModemError(Exception):
+    pass
+
+
+class AtTimeout(ModemError):
+    pass
+
+
+class AtError(ModemError):
+    """ERROR or +CME ERROR: <code> (code is None for a plain ERROR)."""
+
+    def __init__(self, command, code=None):
+        super().__init__(command + ": " + ("ERROR" if code is None else "+CME ERROR " + str(code)))
+        self.code = code
+
+
+class NoSim(ModemError):
+    pass
+
+
+class SimLocked(ModemError):
+    pass
+
+
+class NotRegistered(ModemError):
+    def __init__(self, stat):
+        super().__init__("not registered: " + REG_TEXT.get(stat, str(stat)))
+        self.stat = stat
+
+
+def csq_to_dbm(csq):
+    """0 is -113 dBm or less, 31 is -51 dBm or more, 99 is unknown (None)."""
+    if csq is None or not 0 <= csq <= 31:
+        return None
+    return -113 + 2 * csq
+
+
+def _ints(text):
+    out = []
+    for part in text.split(","):
+        part = part.strip().strip('"')
+        try:
+            out.append(int(part))
+        except ValueError:
+            out.append(None)
+    return out
+
+
+class Modem:
+    def __init__(self, port, timeout_ms=2000, log=print):
+        self.port = port
+        self.timeout_ms = timeout_ms
+        self.log = log
+        self.csq = None
+        self._lock = asyncio.Lock()
+
+    async def _readline(self, deadline):
+        left = ticks_diff(deadline, ticks_ms())
+        if left <= 0:
+            raise asyncio.TimeoutError
+        line = await asyncio.wait_for_ms(self.port.readline(), left)
+        if not line:
+            raise ModemError("serial port closed")
+        if isinstance(line, str):
+            line = line.encode()
+        return bytes(line[:MAX_LINE]).strip()
+
+    async def command(self, cmd, timeout_ms=None, final=b"OK"):
+        """Send ``cmd`` and return its information lines (echo and empty lines dropped)
+        once ``final`` (OK, or CONNECT for a dial) arrives. Raises AtError, AtTimeout."""
+        async with self._lock:
+            deadline = ticks_add(ticks_ms(), timeout_ms or self.timeout_ms)
+            self.port.write(cmd.encode() + b"\r")
+            echo = cmd.encode()
+            lines = []
+            try:
+                while True:
+                    line = await self._readline(deadline)
+                    if not line or line == echo:
+                        continue
+                    if line.startswith(final):
+                        if final != b"OK":
+                            lines.append(line)
+                        return lines
+                    if line == b"ERROR" or line == b"NO CARRIER":
+                        raise AtError(cmd)
+                    if line.startswith(b"+CME ERROR:") or line.startswith(b"+CMS ERROR:"):
+                        code = line[11:].strip()
+                        try:
+                            raise AtError(cmd, int(code))
+                        except ValueError:
+                            raise AtError(cmd, code.decode())
+                    if len(lines) < MAX_LINES:
+                        lines.append(line)
+            except asyncio.TimeoutError:
+                raise AtTimeout(cmd + ": no answer")
+
+    async def query(self, cmd, prefix, timeout_ms=None):
+        """The value after ``prefix`` ("+CSQ:") in the answer to ``cmd``, or None."""
+        for line in await self.command(cmd, timeout_ms):
+            if line.startswith(prefix):
+                return line[len(prefix):].strip().decode()
+        return None
+
+    async def sync(self, tries=5):
+        """Wait until the modem answers AT (it ignores the first characters after power-on)."""
+        for attempt in range(tries):
+            try:
+                await self.command("AT")
+                await self.command("ATE0")
+                return
+            except AtTimeout:
+                if attempt == tries - 1:
+                    raise
+
+    async def sim_ready(self, pin=""):
+        try:
+            status = await self.query("AT+CPIN?", b"+CPIN:", 5000)
+        except AtError as exc:
+            if exc.code in (10, 13):  # SIM not inserted, SIM failure
+                raise NoSim("no SIM (+CME ERROR " + str(exc.code) + ")")
+            raise
+        if status == "READY":
+            return
+        if status == "SIM PIN" and pin:
+            await self.command('AT+CPIN="' + pin + '"', 5000)
+            return
+        raise SimLocked("SIM not ready: " + str(status))
+
+    async def registration(self):
+        """The network registration status: <stat> of +CEREG (LTE), else of +CREG."""
+        best = None
+        for cmd, prefix in (("AT+CEREG?", b"+CEREG:"), ("AT+CREG?", b"+CREG:")):
+            value = await self.query(cmd, prefix)
+            if value is None:
+                continue
+            fields = _ints(value)
+            stat = fields[1] if len(fields) > 1 else None
+            if stat in REGISTERED:
+                return stat
+            if best is None:
+                best = stat
+        return 4 if best is None else best
+
+    async def wait_registered(self, timeout_ms=60000, poll_ms=2000):
+        deadline = ticks_add(ticks_ms(), timeout_ms)
+        while True:
+            stat = await self.registration()
+            if stat in REGISTERED:
+                return stat
+            if stat == 3 or ticks_diff(deadline, ticks_ms()) <= 0:
+                raise NotRegistered(stat)
+            await asyncio.sleep_ms(poll_ms)
+
+    async def signal(self):
+        """AT+CSQ: the RSSI index (0..31, 99 unknown); kept in ``csq``."""
+        value = await self.query("AT+CSQ", b"+CSQ:")
+        fields = _ints(value or "")
+        csq = fields[0] if fields else None
+        if csq is None or not (0 <= csq <= 31 or csq == 99):
+            csq = 99
+        self.csq = csq
+        return csq
+
+    async def attach(self, apn, pin="", register_timeout_ms=60000):
+        """Everything before PPP: answering, SIM, registered, APN set. Returns the CSQ."""
+        await self.sync()
+        await self.sim_ready(pin)
+        await self.wait_registered(register_timeout_ms)
+        await self.command('AT+CGDCONT=1,"IP","' + apn + '"')
+        return await self.signal()
+
+    async def dial(self, timeout_ms=30000):
+        """Start the data call; the port then carries PPP."""
+        await self.command("ATD*99#", timeout_ms, final=b"CONNECT")

