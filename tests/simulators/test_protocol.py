@@ -1,4 +1,7 @@
-"""What a virtual receiver says on the wire, checked by a real broker and an independent observer."""
+"""What is particular to the virtual receivers on the wire. That they speak the protocol (births,
+Wills, goodbyes, sessions, telemetry and events within the schema, QoS and retain flags,
+re-asserted births, commands reaching them) is checked by the conformance suite,
+tests/conformance/, which runs against the simulator by default."""
 
 from __future__ import annotations
 
@@ -11,53 +14,48 @@ from simulators.fleet import Fleet
 from tests.simulators.helpers import FAST, credentials, retained_state
 
 
-async def test_birth_event_telemetry_and_shutdown_are_exact(make_broker, make_observer) -> None:
+async def test_configured_sessions_firmware_values_and_goodbye_at_stop(make_broker, make_observer) -> None:
     creds = credentials(3)
     broker = make_broker(creds)
     observer = make_observer(broker)
     # rx-002 was already used (a previous run left its counter at 41): it continues from there.
     fleet = Fleet(broker.host, broker.port, creds, firmware="sim-2.3.4", sessions={"rx-002": 41}, **FAST)
-    started = time.time()
     await fleet.start()
     try:
         await fleet.wait_up(timeout=10)
         await asyncio.sleep(1.2)
     finally:
         await fleet.stop()
-    stopped = time.time()
     await asyncio.sleep(0.3)
 
     for rid in creds:
         session = 42 if rid == "rx-002" else 1
         seen = [(m, d.message) for m, d in observer.protocol_messages() if m.receiver == rid]
+        # Fleet.stop() says goodbye for every online receiver.
         states = [msg for _, msg in seen if isinstance(msg, StateMessage)]
         assert states == [
             StateMessage(state=State.ONLINE, session=session, reason=StateReason.BOOT, firmware="sim-2.3.4"),
             StateMessage(state=State.OFFLINE, session=session, reason=StateReason.SHUTDOWN),
         ]
-        # Order on the wire: birth, boot event, telemetry..., goodbye.
+        # Order on the wire (docs/simulator.md): birth, boot event, telemetry..., goodbye.
         kinds = [type(msg).__name__ for _, msg in seen]
         assert kinds[0] == "StateMessage" and kinds[1] == "Event" and kinds[-1] == "StateMessage"
         assert set(kinds[2:-1]) == {"Telemetry"}
 
         events = [msg for _, msg in seen if isinstance(msg, Event)]
-        assert [(e.kind, e.session, e.detail) for e in events] == [(EventKind.BOOT, session, "power_on")]
+        assert [(e.kind, e.detail) for e in events] == [(EventKind.BOOT, "power_on")]
 
         reports = [(m, msg) for m, msg in seen if isinstance(msg, Telemetry)]
         assert len(reports) >= 4
-        assert [r.seq for _, r in reports] == list(range(len(reports)))
-        uptimes = [r.uptime_s for _, r in reports]
-        assert uptimes == sorted(uptimes) and uptimes[0] == 0 and uptimes[-1] <= stopped - started + 1
+        assert [r.seq for _, r in reports] == list(range(len(reports)))  # from 0 in each session
+        assert reports[0][1].uptime_s == 0
         for m, r in reports:
-            assert r.session == session
             assert r.firmware == "sim-2.3.4"
             assert r.reset_cause is ResetCause.POWER_ON
             assert r.signal_csq is not None and r.signal_dbm == csq_to_dbm(r.signal_csq)
             assert r.amplifier is AmpState.ON and r.stream is StreamState.PLAYING
             assert abs(r.sent_at - m.t) <= 1.5  # no skew configured
-            assert m.retained is False
 
-        # The clean goodbye is what stays retained; no Will was ever published.
         retained = retained_state(broker.host, broker.port, rid)
         assert retained is not None
         assert retained.message == StateMessage(state=State.OFFLINE, session=session, reason=StateReason.SHUTDOWN)
@@ -69,7 +67,7 @@ async def test_birth_event_telemetry_and_shutdown_are_exact(make_broker, make_ob
     assert [(t.up, t.cause) for t in truth] == [(True, "connected"), (False, "shutdown")]
 
 
-async def test_receiver_republishes_birth_over_a_late_will(make_broker, make_observer) -> None:
+async def test_a_late_will_is_counted_and_leaves_the_ground_truth_up(make_broker, make_observer) -> None:
     creds = credentials(1)
     rid = "rx-000"
     broker = make_broker(creds)
@@ -79,31 +77,23 @@ async def test_receiver_republishes_birth_over_a_late_will(make_broker, make_obs
     try:
         await fleet.wait_up(timeout=10)
         await observer.wait_for(lambda m: m.receiver == rid and m.kind == "event")
-        # The Will of session 4 arrives late, after session 5's birth, and is retained.
         late_will = StateMessage(state=State.OFFLINE, session=4, reason=StateReason.LOST)
-        injected = time.time()
         observer.publish(
             f"loa/v1/rx/{rid}/state", late_will.model_dump_json(by_alias=True, exclude_none=True).encode(), retain=True
         )
-        rebirth = await observer.wait_for(
-            lambda m: m.receiver == rid and m.kind == "state" and m.decoded().message.state is State.ONLINE,
-            after=injected,
-        )
-        assert rebirth.decoded().message == StateMessage(
-            state=State.ONLINE, session=5, reason=StateReason.BOOT, firmware=fleet.config.firmware
-        )
-        await asyncio.sleep(0.3)
-        retained = retained_state(broker.host, broker.port, rid)
-        assert retained is not None and retained.message.state is State.ONLINE and retained.message.session == 5
+        deadline = time.monotonic() + 5
+        while fleet.status(rid).republished_births == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # its own birth coming back on the subscription changes nothing
         status = fleet.status(rid)
         assert status.republished_births == 1 and status.session == 5 and status.connects == 1
-        # Its own birth coming back on the subscription changes nothing.
         assert fleet.ground_truth.is_up(rid)
+        assert [(t.up, t.cause) for t in fleet.ground_truth.transitions(rid)] == [(True, "connected")]
     finally:
         await fleet.stop()
 
 
-async def test_commands_topic_is_subscribed_and_counted(make_broker, make_observer) -> None:
+async def test_commands_reach_only_the_addressed_receiver(make_broker, make_observer) -> None:
     creds = credentials(2)
     broker = make_broker(creds)
     observer = make_observer(broker)

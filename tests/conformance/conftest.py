@@ -1,0 +1,112 @@
+"""Fixtures of the conformance suite: the implementation under test (``--receiver-impl NAME``
+or ``LOA_RECEIVER_IMPL=NAME``, default ``simulator``), its brokers and the observer."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+# Plain asserts in the suite's helpers explain themselves like those in the tests.
+pytest.register_assert_rewrite("tests.conformance.bench", "tests.conformance.wire")
+
+from tests.conformance.bench import BACKOFF_CAP, KEEPALIVE, TELEMETRY_INTERVAL, Bench
+from tests.conformance.brokers import PermissiveBroker, permissive_mosquitto
+from tests.conformance.driver import ReceiverDriver, ReceiverSpec, load_driver
+from tests.conformance.wire import Observer, Rules
+from tests.support.mosquitto_production import ProductionBroker, production_mosquitto
+
+RECEIVER_ID = "rx-conformance-01"
+DEFAULT_IMPL = "simulator"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("loa conformance").addoption(
+        "--receiver-impl", default=None, metavar="NAME",
+        help="receiver implementation the conformance suite drives: a name from "
+             "tests/conformance/driver.py DRIVERS or package.module:Factory "
+             f"(default: $LOA_RECEIVER_IMPL or {DEFAULT_IMPL})")
+
+
+def _impl(config: pytest.Config) -> str:
+    # The option exists only when this file is loaded at start-up (tests/conformance named on
+    # the command line); the environment variable works however the suite is collected.
+    return config.getoption("--receiver-impl", default=None) or os.environ.get("LOA_RECEIVER_IMPL") or DEFAULT_IMPL
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"conformance: receiver implementation {_impl(config)!r}"
+
+
+@pytest.fixture(scope="session")
+def receiver_impl(pytestconfig: pytest.Config) -> str:
+    return _impl(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def rules() -> Rules:
+    return Rules.load()
+
+
+@pytest.fixture
+async def driver(receiver_impl: str) -> AsyncIterator[ReceiverDriver]:
+    driver = load_driver(receiver_impl)
+    try:
+        yield driver
+    finally:
+        await driver.stop()
+
+
+def _spec(host: str, port: int, password: str, state_dir: Path) -> ReceiverSpec:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return ReceiverSpec(
+        receiver_id=RECEIVER_ID, host=host, port=port, username=RECEIVER_ID, password=password,
+        keepalive=KEEPALIVE, telemetry_interval=TELEMETRY_INTERVAL, backoff_cap=BACKOFF_CAP,
+        state_dir=state_dir,
+    )
+
+
+@pytest.fixture
+def production_broker(tmp_path: Path) -> Iterator[ProductionBroker]:
+    with production_mosquitto(tmp_path) as broker:
+        yield broker
+
+
+@pytest.fixture
+async def bench(receiver_impl: str, driver: ReceiverDriver, production_broker: ProductionBroker, rules: Rules,
+                tmp_path: Path) -> AsyncIterator[Bench]:
+    """The receiver on Mosquitto in its production configuration, with its own login; the
+    observer logs in as the service and subscribes to loa/v1/rx/#."""
+    password = secrets.token_urlsafe(16)
+    production_broker.accounts.add_receiver(RECEIVER_ID, password)
+    observer = Observer(production_broker.host, production_broker.port, production_broker.service_username,
+                        production_broker.service_password, RECEIVER_ID, topic_filter="loa/v1/rx/#", rules=rules)
+    try:
+        yield Bench(receiver_impl, driver, _spec(production_broker.host, production_broker.port, password,
+                                                 tmp_path / "receiver-state"), observer, production_broker)
+    finally:
+        await driver.stop()
+        observer.close()
+
+
+@pytest.fixture
+async def open_bench(receiver_impl: str, driver: ReceiverDriver, rules: Rules, tmp_path: Path) -> AsyncIterator[Bench]:
+    """The receiver on a permissive Mosquitto where it could publish anywhere; the observer
+    (the tester login, which may also write anywhere) subscribes to #."""
+    password = secrets.token_urlsafe(16)
+    with permissive_mosquitto(tmp_path / "permissive", {RECEIVER_ID: password}) as broker:
+        observer = _open_observer(broker, rules)
+        try:
+            yield Bench(receiver_impl, driver, _spec(broker.host, broker.port, password,
+                                                     tmp_path / "receiver-state"), observer, broker)
+        finally:
+            await driver.stop()
+            observer.close()
+
+
+def _open_observer(broker: PermissiveBroker, rules: Rules) -> Observer:
+    return Observer(broker.host, broker.port, broker.tester_username, broker.tester_password, RECEIVER_ID,
+                    topic_filter="#", rules=rules)
