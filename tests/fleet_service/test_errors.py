@@ -54,3 +54,26 @@ def test_database_outage_is_a_clear_503_and_the_api_recovers():
                 set_database_open(name, True)
             assert client.get("/api/v1/regions", headers=headers).status_code == 200
         runtime.close()
+
+
+def test_broker_outage_during_provisioning_is_a_clear_503_and_the_password_is_kept(tmp_path, sqlite_url):
+    from tests.support.fleet import provision_fleet
+    from tests.support.mosquitto_production import production_mosquitto
+
+    with production_mosquitto(tmp_path / "mq") as broker:
+        runtime, headers = admin_client(sqlite_url)
+        provision_fleet(runtime.sessions, receivers=1)
+        runtime.broker_accounts = broker.accounts
+        with TestClient(create_app(runtime=runtime, mqtt=False)) as client:
+            broker.server.stop()
+            response = client.post("/api/v1/receivers/rx-0/provision", headers=headers)
+            assert response.status_code == 503
+            assert "broker MQTT" in response.json()["error"]["message"]
+        # The registry kept the new credential: provisioning again once the broker is back works.
+        from sqlalchemy import func, select
+
+        from fleet_service.registry.models import ReceiverCredential
+
+        with session_scope(runtime.sessions) as s:
+            assert s.scalar(select(func.count()).select_from(ReceiverCredential)) == 2
+        runtime.close()
