@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,14 @@ import pytest
 from tests.support.mosquitto_production import ProductionBroker, production_mosquitto
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
-MICROPYTHON = shutil.which("micropython")
+def venv_tool(name: str) -> str | None:
+    """A command installed by a Python package: beside this interpreter first (the venv's bin/,
+    whether or not the venv is activated), then on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+MICROPYTHON = venv_tool("micropython")
 HEAPSIZE = "128k"  # the memory budget the firmware must live in
 
 

