@@ -107,3 +107,26 @@ async def test_late_will_from_old_session_leaves_receiver_online(service):
         assert ingest.tracker.session_of("rx-0") == 6
     await ingest.flush()
     assert [(r.state, r.session) for r in ledger(runtime, "rx-0")] == [("online", 6)]
+
+
+async def test_silent_receiver_on_a_live_connection_times_out_and_resumes(sqlite_url):
+    """The connection stays up (the MQTT stack answers pings) but the application says nothing:
+    the inactivity timeout marks the receiver offline from its last message; its next report
+    brings it back."""
+    settings = service_settings(sqlite_url, inactivity_timeout_s=2, startup_grace_s=0)
+    async with running_service(settings) as runtime:
+        fleet = provision_fleet(runtime.sessions, receivers=1)
+        ingest = runtime.ingest
+        async with receiver(runtime, fleet, "rx-0") as rx:
+            await rx.publish("loa/v1/rx/rx-0/state", state(1), qos=1, retain=True)
+            await rx.publish("loa/v1/rx/rx-0/telemetry", telemetry(1, seq=0), qos=1)
+            await wait_until(lambda: "rx-0" in ingest.telemetry, what="telemetry")
+            last_heard = ingest.tracker.last_heard("rx-0")
+            await wait_until(lambda: ingest.tracker.is_online("rx-0") is False, timeout=10, what="silence noticed")
+            await rx.publish("loa/v1/rx/rx-0/telemetry", telemetry(1, seq=1), qos=1)
+            await wait_until(lambda: ingest.tracker.is_online("rx-0"), what="resumed")
+        await ingest.flush()
+        rows = ledger(runtime, "rx-0")
+        assert [(r.state, r.start_cause) for r in rows] == [("online", "birth"), ("offline", "silent"),
+                                                            ("online", "resumed")]
+        assert rows[1].start_at == last_heard  # the outage began when it was last heard
