@@ -32,7 +32,7 @@ DEFAULTS = {
     "backoff_base": 1.0,
     "backoff_cap": 120.0,
     # Application.
-    "telemetry_interval": 60,
+    "telemetry_interval": 60.0,  # seconds; a float so that fractions are accepted
     # Watchdog: the board resets if the supervisor does not feed it for this long.
     "wdt_ms": 60000,
 }

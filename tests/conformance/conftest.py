@@ -1,5 +1,6 @@
 """Fixtures of the conformance suite: the implementation under test (``--receiver-impl NAME``
-or ``LOA_RECEIVER_IMPL=NAME``, default ``simulator``), its brokers and the observer."""
+or ``LOA_RECEIVER_IMPL=NAME``; without either, every test runs once per implementation of
+``DEFAULT_IMPLS``), its brokers and the observer."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from tests.conformance.wire import Observer, Rules
 from tests.support.mosquitto_production import ProductionBroker, production_mosquitto
 
 RECEIVER_ID = "rx-conformance-01"
-DEFAULT_IMPL = "simulator"
+# Run each test against every one of these when no implementation is named.
+DEFAULT_IMPLS = ("simulator", "firmware")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,22 +30,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--receiver-impl", default=None, metavar="NAME",
         help="receiver implementation the conformance suite drives: a name from "
              "tests/conformance/driver.py DRIVERS or package.module:Factory "
-             f"(default: $LOA_RECEIVER_IMPL or {DEFAULT_IMPL})")
+             f"(default: $LOA_RECEIVER_IMPL, else each of {', '.join(DEFAULT_IMPLS)})")
 
 
-def _impl(config: pytest.Config) -> str:
+def _impls(config: pytest.Config) -> tuple[str, ...]:
     # The option exists only when this file is loaded at start-up (tests/conformance named on
     # the command line); the environment variable works however the suite is collected.
-    return config.getoption("--receiver-impl", default=None) or os.environ.get("LOA_RECEIVER_IMPL") or DEFAULT_IMPL
+    named = config.getoption("--receiver-impl", default=None) or os.environ.get("LOA_RECEIVER_IMPL")
+    return (named,) if named else DEFAULT_IMPLS
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"conformance: receiver implementation {_impl(config)!r}"
+    impls = _impls(config)
+    if len(impls) == 1:
+        return f"conformance: receiver implementation {impls[0]!r}"
+    return f"conformance: receiver implementations {', '.join(map(repr, impls))} (each test once per implementation)"
 
 
-@pytest.fixture(scope="session")
-def receiver_impl(pytestconfig: pytest.Config) -> str:
-    return _impl(pytestconfig)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Every test that uses the receiver (through bench, open_bench or driver) runs once per
+    # implementation; the test id names it, e.g. test_lifecycle[firmware].
+    if "receiver_impl" in metafunc.fixturenames:
+        impls = _impls(metafunc.config)
+        metafunc.parametrize("receiver_impl", impls, ids=impls, scope="session")
 
 
 @pytest.fixture(scope="session")

@@ -163,6 +163,7 @@ class SimulatorDriver:
 # Implementations the suite knows by name; anything else is given as "module:Factory".
 DRIVERS: dict[str, str] = {
     "simulator": f"{__name__}:SimulatorDriver",
+    "firmware": "tests.conformance.firmware_driver:FirmwareDriver",
 }
 
 

