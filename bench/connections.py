@@ -45,6 +45,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import ProcSampler
+
 # --- tuning ---------------------------------------------------------------------------------
 
 RECEIVER_PREFIX = "rx"
@@ -629,43 +631,12 @@ async def _simulate(index: int, params: dict[str, Any], events: Any, go: Any, st
 
 # --- CPU accounting -------------------------------------------------------------------------
 
-class CpuSampler(threading.Thread):
-    """Samples the machine's CPU counters and those of the benchmark's processes by role."""
+class CpuSampler(ProcSampler):
+    """The machine's CPU and the benchmark's processes' by role (pids)."""
 
     def __init__(self, roles: dict[str, list[int]], deadline_s: float) -> None:
-        super().__init__(daemon=True)
-        self.roles = roles
-        self.samples: list[tuple[float, int, int, dict[str, int]]] = []
-        self._stop_event = threading.Event()
-        self._last: dict[int, int] = {}
-        self._deadline = time.monotonic() + deadline_s
-        self.tick = os.sysconf("SC_CLK_TCK")
-
-    def run(self) -> None:
-        while not self._stop_event.is_set() and time.monotonic() < self._deadline:
-            self.sample()
-            self._stop_event.wait(SAMPLE_INTERVAL_S)
-        self.sample()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
-
-    def sample(self) -> None:
-        now = time.monotonic()
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-        roles = {role: sum(self._ticks(pid) for pid in pids) for role, pids in self.roles.items()}
-        self.samples.append((now, sum(fields), fields[3] + fields[4], roles))
-
-    def _ticks(self, pid: int) -> int:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-            self._last[pid] = int(rest[11]) + int(rest[12])  # utime + stime
-        except (OSError, IndexError, ValueError):
-            pass  # gone: keep what it had used
-        return self._last.get(pid, 0)
+        super().__init__({role: [f"/proc/{pid}/stat" for pid in pids] for role, pids in roles.items()},
+                         interval_s=SAMPLE_INTERVAL_S, deadline_s=deadline_s)
 
     def cores(self, start: float, end: float) -> dict[str, float]:
         """Cores used on average in [start, end] (the nearest samples inside it), per role, by the

@@ -36,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +43,8 @@ from datetime import date
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from bench.cpu import ProcSampler
 
 # --- tuning ---------------------------------------------------------------------------------
 
@@ -415,46 +416,12 @@ async def _service(params: dict[str, Any], events: Any, done: Any) -> dict[str, 
 
 # --- CPU accounting -------------------------------------------------------------------------
 
-class CpuSampler(threading.Thread):
-    """Samples the machine's CPU counters and those of given processes, so the CPU each role
-    used in a window can be read afterwards (linear interpolation between samples)."""
+class CpuSampler(ProcSampler):
+    """Reads the CPU each role used in a window afterwards (linear interpolation between samples)."""
 
     def __init__(self, roles: dict[str, list[str]]) -> None:
         """``roles``: role -> /proc stat files (a process's, or one thread's under task/)."""
-        super().__init__(daemon=True)
-        self.roles = roles
-        self.samples: list[tuple[float, int, int, dict[str, int]]] = []
-        self._stop_event = threading.Event()
-        self._last: dict[str, int] = {}
-        self.tick = os.sysconf("SC_CLK_TCK")
-
-    def run(self) -> None:
-        deadline = time.monotonic() + RUN_TIMEOUT_S + 2 * START_TIMEOUT_S
-        while not self._stop_event.is_set() and time.monotonic() < deadline:
-            self.sample()
-            self._stop_event.wait(SAMPLE_INTERVAL_S)
-        self.sample()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
-
-    def sample(self) -> None:
-        now = time.monotonic()
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-        total, idle = sum(fields), fields[3] + fields[4]
-        roles = {role: sum(self._ticks(path) for path in paths) for role, paths in self.roles.items()}
-        self.samples.append((now, total, idle, roles))
-
-    def _ticks(self, path: str) -> int:
-        try:
-            with open(path) as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-            self._last[path] = int(rest[11]) + int(rest[12])  # utime + stime
-        except (OSError, IndexError, ValueError):
-            pass  # gone: keep what it had used
-        return self._last.get(path, 0)
+        super().__init__(roles, interval_s=SAMPLE_INTERVAL_S, deadline_s=RUN_TIMEOUT_S + 2 * START_TIMEOUT_S)
 
     def _at(self, t: float, value: Callable[[tuple[float, int, int, dict[str, int]]], float]) -> float:
         s = self.samples
