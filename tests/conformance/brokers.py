@@ -10,13 +10,12 @@ receiver's stray publication becomes visible, and the tester login can play a la
 from __future__ import annotations
 
 import secrets
-import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.mosquitto import MosquittoServer, mosquitto
+from tests.support.mosquitto import MosquittoServer, mosquitto, write_password_file
 
 TESTER = "conformance-tester"
 
@@ -43,9 +42,7 @@ def permissive_mosquitto(directory: Path, logins: Mapping[str, str]) -> Iterator
     directory.mkdir(parents=True, exist_ok=True)
     tester_password = secrets.token_urlsafe(12)
     passwords = directory / "passwords"
-    passwords.touch()
-    for user, password in {**logins, TESTER: tester_password}.items():
-        subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True, capture_output=True)
+    write_password_file(passwords, {**logins, TESTER: tester_password})
     acl = directory / "acl"
     acl.write_text(f"user {TESTER}\ntopic readwrite #\n\npattern readwrite #\n")
     config = f"allow_anonymous false\npassword_file {passwords}\nacl_file {acl}\n"

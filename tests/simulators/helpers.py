@@ -4,7 +4,6 @@ observer that records (and decodes) everything published under loa/v1/rx/."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -16,18 +15,11 @@ import paho.mqtt.client as mqtt
 
 from fleet_service.protocol import Decoded, MessageKind, decode
 from fleet_service.protocol.topics import receiver_acl_pattern
-from tests.support.mosquitto import MosquittoServer, mosquitto
+from tests.support.mosquitto import MosquittoServer, mosquitto, write_password_file
 from tests.support.ports import free_port
 
 OBSERVER = "observer"
 OBSERVER_PASSWORD = "observer-secret"
-
-
-def write_password_file(path: Path, users: dict[str, str]) -> None:
-    path.unlink(missing_ok=True)
-    path.touch()
-    for user, password in users.items():
-        subprocess.run(["mosquitto_passwd", "-b", str(path), user, password], check=True, capture_output=True)
 
 
 def write_acl_file(path: Path) -> None:

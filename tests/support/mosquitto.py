@@ -92,3 +92,11 @@ def _launch(conf: Path, port: int, directory: Path) -> subprocess.Popen[bytes]:
         log = log_file.read_text(errors="replace") if log_file.exists() else ""
         raise RuntimeError(f"mosquitto did not start: {err}\n{log}") from None
     return process
+
+
+def write_password_file(path: Path, users: dict[str, str]) -> None:
+    """A Mosquitto password file holding exactly ``users`` (username -> password)."""
+    path.unlink(missing_ok=True)
+    path.touch()
+    for user, password in users.items():
+        subprocess.run(["mosquitto_passwd", "-b", str(path), user, password], check=True, capture_output=True)
