@@ -6,16 +6,32 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from fleet_service.protocol.messages import PROTOCOL_VERSION, Event, StateMessage, Telemetry
+from fleet_service.protocol.messages import (
+    COMMAND_MAX_BYTES,
+    PROTOCOL_VERSION,
+    Ack,
+    AckReason,
+    Command,
+    CommandOp,
+    Event,
+    PlayStatus,
+    StateMessage,
+    Telemetry,
+)
 from fleet_service.protocol.topics import MessageKind, Topic
 
 PAYLOAD_MODELS: dict[MessageKind, type[BaseModel]] = {
     MessageKind.STATE: StateMessage,
     MessageKind.TELEMETRY: Telemetry,
     MessageKind.EVENT: Event,
+    MessageKind.ACK: Ack,
+    MessageKind.PLAY: PlayStatus,
 }
+COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
+
+ReceiverMessage = StateMessage | Telemetry | Event | Ack | PlayStatus
 
 
 class DropReason(StrEnum):
@@ -37,7 +53,7 @@ class DecodeError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Decoded:
     topic: Topic
-    message: StateMessage | Telemetry | Event
+    message: ReceiverMessage
 
 
 def decode(topic: str, payload: bytes, *, max_bytes: int) -> Decoded:
@@ -70,3 +86,45 @@ def _classify(exc: ValidationError, payload: bytes, topic: str) -> DecodeError:
     first = errors[0]
     where = ".".join(str(p) for p in first["loc"]) or "payload"
     return DecodeError(DropReason.SCHEMA, f"{where}: {first['msg']}", topic)
+
+
+class CommandError(ValueError):
+    """A command a receiver cannot carry out as sent. ``command_id`` is the id when one could be
+    read (then the receiver acknowledges ``rejected`` with ``reason``), else None (then it can
+    only report a ``bad_command`` event)."""
+
+    def __init__(self, reason: AckReason, detail: str, command_id: str | None) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.command_id = command_id
+
+
+_OPS = frozenset(op.value for op in CommandOp)
+_REASON_BY_FIELD = {"vol": AckReason.VOLUME_RANGE, "url": AckReason.BAD_URL, "set": AckReason.UNKNOWN_SETTING}
+
+
+def decode_command(payload: bytes) -> Command:
+    """What a receiver does with ``.../cmd``: the command, or a CommandError saying why not."""
+    try:
+        raw = json.loads(payload) if len(payload) <= COMMAND_MAX_BYTES else None
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict):
+        raise CommandError(AckReason.MALFORMED, "not a JSON object of at most 8 KiB", None)
+    command_id = raw.get("id")
+    if not (isinstance(command_id, str) and 0 < len(command_id) <= 32
+            and all(c.isascii() and (c.isalnum() or c in "-_") for c in command_id)):
+        command_id = None
+    if raw.get("op") not in _OPS:
+        raise CommandError(AckReason.UNKNOWN_OP, f"op {raw.get('op')!r}", command_id)
+    try:
+        return COMMAND_ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or "payload"
+        top = str(first["loc"][1]) if len(first["loc"]) > 1 else ""
+        reason = _REASON_BY_FIELD.get(top, AckReason.MALFORMED)
+        if raw.get("op") == "schedule" and top in ("slots", "ver", "tz", ""):
+            reason = AckReason.BAD_SCHEDULE
+        raise CommandError(reason, f"{where}: {first['msg']}", command_id) from None

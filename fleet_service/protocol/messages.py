@@ -3,10 +3,12 @@ Python names say what the values are."""
 
 from __future__ import annotations
 
+import re
+from datetime import date
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Major protocol version: carried in every payload as "v" and in the topic root (loa/v1).
 # Minor, backwards-compatible additions add optional fields; receivers and the service ignore
@@ -92,6 +94,15 @@ class Telemetry(_Message):
     free_memory: int | None = Field(default=None, alias="mem", ge=0, description="bytes")
     reset_cause: ResetCause = Field(default=ResetCause.UNKNOWN, alias="rst")
     firmware: str = Field(alias="fw", max_length=32)
+    # Added in 1.1 (optional: older receivers leave them out).
+    stream_bytes: int | None = Field(default=None, alias="sb", ge=0, description="stream bytes received since boot")
+    volume: int | None = Field(default=None, alias="vol", ge=0, le=100)
+    schedule_version: int | None = Field(default=None, alias="sched", ge=0, le=SESSION_MAX)
+    clock_skew_ms: int | None = Field(
+        default=None, alias="skew", ge=-(2**31), le=2**31 - 1,
+        description="receiver clock minus reference time, measured at the last clock sync")
+    clock_synced_s: int | None = Field(
+        default=None, alias="sync", ge=0, description="seconds since the last successful clock sync")
 
 
 class EventKind(StrEnum):
@@ -104,6 +115,13 @@ class EventKind(StrEnum):
     LOW_SUPPLY = "low_supply"
     OVERHEAT = "overheat"
     MODEM_RESET = "modem_reset"
+    # Added in 1.1: playback changes, so that what played while the link was down is
+    # reported afterwards (queued on the receiver, sent with their original time), and a
+    # command too broken to acknowledge.
+    PLAY_STARTED = "play_started"
+    PLAY_STOPPED = "play_stopped"
+    CLOCK_SYNC = "clock_sync"
+    BAD_COMMAND = "bad_command"
 
 
 class Event(_Message):
@@ -114,6 +132,254 @@ class Event(_Message):
     kind: EventKind
     # A short code-like detail, not free prose: events are counted and grouped by it.
     detail: str | None = Field(default=None, max_length=120)
+
+
+# --------------------------------------------------------------------------------------------
+# Commands (service -> receiver, ``.../cmd``, QoS 1) and acknowledgements (``.../ack``, QoS 1)
+# --------------------------------------------------------------------------------------------
+
+# Commands may be larger than reports: a schedule of 24 slots with long stream URLs.
+COMMAND_MAX_BYTES = 8192
+# Letters, digits, '-' and '_', like receiver ids: safe in logs, files and topic levels.
+_CODE_ID = r"^[A-Za-z0-9_-]+$"
+# How many commands a receiver remembers (with their outcome) to never execute one twice.
+RECEIVER_REMEMBERS_COMMANDS = 32
+URL_MAX = 256
+SCHEDULE_MAX_SLOTS = 24
+# Slot times are HH:MM, or HH:MM:SS where a programme needs it (and tests need slots seconds
+# apart rather than minutes).
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$")
+
+
+class Priority(StrEnum):
+    """Circular 39/2020/TT-BTTTT: normal bulletins, priority bulletins (first in the
+    programme) and emergency bulletins (disaster, fire, epidemic: played immediately)."""
+
+    NORMAL = "normal"
+    PRIORITY = "priority"
+    EMERGENCY = "emergency"
+
+    @property
+    def rank(self) -> int:
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {Priority.NORMAL: 0, Priority.PRIORITY: 1, Priority.EMERGENCY: 2}
+
+
+class CommandOp(StrEnum):
+    PLAY = "play"
+    STOP = "stop"
+    VOLUME = "volume"
+    REBOOT = "reboot"
+    CONFIG = "config"
+    SCHEDULE = "schedule"
+
+
+def _stream_url(value: str) -> str:
+    if not (value.startswith("http://") or value.startswith("https://")) or any(c.isspace() for c in value):
+        raise ValueError("stream URL must be http:// or https:// without spaces")
+    return value
+
+
+class _Command(_Message):
+    command_id: str = Field(alias="id", min_length=1, max_length=32, pattern=_CODE_ID)
+    priority: Priority = Field(default=Priority.NORMAL, alias="pri")
+    issued_at: int = Field(alias="ts", ge=0, description="service clock, Unix seconds")
+    expires_at: int = Field(alias="exp", ge=0, description="service clock, Unix seconds")
+
+
+class PlayCommand(_Command):
+    op: Literal[CommandOp.PLAY] = CommandOp.PLAY
+    url: str = Field(max_length=URL_MAX)
+    # Stop by itself after this long; absent: play until the stream ends or a stop.
+    duration_s: int | None = Field(default=None, alias="dur", ge=1, le=86400)
+
+    _check_url = field_validator("url")(_stream_url)
+
+
+class StopCommand(_Command):
+    op: Literal[CommandOp.STOP] = CommandOp.STOP
+
+
+class VolumeCommand(_Command):
+    op: Literal[CommandOp.VOLUME] = CommandOp.VOLUME
+    volume: int = Field(alias="vol", ge=0, le=100)
+
+
+class RebootCommand(_Command):
+    op: Literal[CommandOp.REBOOT] = CommandOp.REBOOT
+
+
+class ReceiverSettings(BaseModel):
+    """The settings a config command may change; anything else is rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    telemetry_interval: int | None = Field(default=None, ge=10, le=3600)
+    keepalive: int | None = Field(default=None, ge=30, le=1200)
+    ntp: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.-]+$")
+
+
+class ConfigCommand(_Command):
+    op: Literal[CommandOp.CONFIG] = CommandOp.CONFIG
+    settings: ReceiverSettings = Field(alias="set")
+
+
+class ScheduleSlot(BaseModel):
+    """One programme slot, in the station's local time (``tz`` of the schedule)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    slot_id: str = Field(alias="id", min_length=1, max_length=16, pattern=_CODE_ID)
+    start: str = Field(alias="s", description="HH:MM or HH:MM:SS, local time")
+    end: str = Field(alias="e", description="HH:MM or HH:MM:SS, local time, after start (same day)")
+    # Bit 0 is Monday ... bit 6 is Sunday (ISO weekday - 1).
+    days: int = Field(default=127, alias="d", ge=1, le=127)
+    url: str = Field(alias="u", max_length=URL_MAX)
+    priority: Priority = Field(default=Priority.NORMAL, alias="p")
+    valid_from: date | None = Field(default=None, alias="f")
+    valid_to: date | None = Field(default=None, alias="t")
+    volume: int | None = Field(default=None, alias="vol", ge=0, le=100)
+
+    _check_url = field_validator("url")(_stream_url)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            raise ValueError("time must be HH:MM or HH:MM:SS, 00:00 to 23:59:59")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScheduleSlot:
+        if _to_seconds(self.end) <= _to_seconds(self.start):
+            raise ValueError(f"slot {self.slot_id}: end {self.end} is not after start {self.start}"
+                             " (split a slot that crosses midnight in two)")
+        if self.valid_from and self.valid_to and self.valid_to < self.valid_from:
+            raise ValueError(f"slot {self.slot_id}: valid_to is before valid_from")
+        return self
+
+    def seconds(self) -> tuple[int, int]:
+        """Start and end as seconds after local midnight."""
+        return _to_seconds(self.start), _to_seconds(self.end)
+
+    def overlaps(self, other: ScheduleSlot) -> bool:
+        """Both can be in force on one day and their times intersect."""
+        if not self.days & other.days:
+            return False
+        lo = max(self.valid_from or date.min, other.valid_from or date.min)
+        hi = min(self.valid_to or date.max, other.valid_to or date.max)
+        if lo > hi:
+            return False
+        (a0, a1), (b0, b1) = self.seconds(), other.seconds()
+        return a0 < b1 and b0 < a1
+
+
+def _to_seconds(hhmm: str) -> int:
+    return int(hhmm[:2]) * 3600 + int(hhmm[3:5]) * 60 + (int(hhmm[6:8]) if len(hhmm) > 5 else 0)
+
+
+class ScheduleCommand(_Command):
+    """Replaces the receiver's whole schedule (stored on it, run by its own clock)."""
+
+    op: Literal[CommandOp.SCHEDULE] = CommandOp.SCHEDULE
+    version: int = Field(alias="ver", ge=0, le=SESSION_MAX)
+    tz_offset_min: int = Field(default=420, alias="tz", ge=-720, le=840, description="local time = UTC + tz")
+    slots: tuple[ScheduleSlot, ...] = Field(default=(), max_length=SCHEDULE_MAX_SLOTS)
+
+    @model_validator(mode="after")
+    def _no_overlaps(self) -> ScheduleCommand:
+        ids = [slot.slot_id for slot in self.slots]
+        if len(set(ids)) != len(ids):
+            raise ValueError("slot ids must be unique within a schedule")
+        for i, a in enumerate(self.slots):
+            for b in self.slots[i + 1:]:
+                if a.overlaps(b):
+                    raise ValueError(f"slots {a.slot_id} ({a.start}-{a.end}) and {b.slot_id} ({b.start}-{b.end}) overlap")
+        return self
+
+
+Command = Annotated[
+    PlayCommand | StopCommand | VolumeCommand | RebootCommand | ConfigCommand | ScheduleCommand,
+    Field(discriminator="op"),
+]
+
+
+class AckStatus(StrEnum):
+    ACCEPTED = "accepted"  # received and valid; being carried out
+    DONE = "done"          # carried out (play: the stream is playing)
+    FAILED = "failed"      # valid, but carrying it out failed (why says how)
+    REJECTED = "rejected"  # not carried out: malformed, out of bounds, or outranked
+    EXPIRED = "expired"    # arrived after its expiry
+
+    @property
+    def final(self) -> bool:
+        return self is not AckStatus.ACCEPTED
+
+
+class AckReason(StrEnum):
+    """``why`` codes a receiver uses. Receivers may send others (short codes); these are the
+    ones the service explains to people."""
+
+    MALFORMED = "malformed"            # not a valid command (see docs/protocol.md)
+    UNKNOWN_OP = "unknown_op"
+    VOLUME_RANGE = "volume_range"
+    BAD_URL = "bad_url"
+    BAD_SCHEDULE = "bad_schedule"
+    UNKNOWN_SETTING = "unknown_setting"
+    LOWER_PRIORITY = "lower_priority"  # something of higher priority is playing
+    EXPIRED = "expired"
+    STREAM_UNREACHABLE = "stream_unreachable"
+    STREAM_ERROR = "stream_error"
+    STORAGE = "storage"                # could not write the config or schedule
+    NOTHING_PLAYING = "nothing_playing"  # a stop with nothing to stop (status done)
+
+
+class Ack(_Message):
+    """A receiver's answer to one command. A repeated delivery of a command it already has is
+    answered with the same outcome again and ``dup: true``, and never executed twice."""
+
+    session: int = Field(ge=0, le=SESSION_MAX)
+    command_id: str = Field(alias="id", min_length=1, max_length=32, pattern=_CODE_ID)
+    status: AckStatus = Field(alias="st")
+    reason: str | None = Field(default=None, alias="why", max_length=64, pattern=r"^[a-z0-9_:.-]+$")
+    sent_at: int = Field(alias="ts", ge=0)
+    duplicate: bool = Field(default=False, alias="dup")
+
+
+class PlaySource(StrEnum):
+    NONE = "none"
+    COMMAND = "cmd"
+    SCHEDULE = "sched"
+
+
+class PlayReason(StrEnum):
+    """Why the player is in its present state."""
+
+    BOOT = "boot"                # nothing played since boot
+    COMMAND = "command"          # a play command started it
+    SCHEDULE = "schedule"        # a schedule slot started it
+    PREEMPTED = "preempted"      # a higher (or equal, newer) priority took over
+    STOPPED = "stopped"          # a stop command
+    ENDED = "ended"              # the stream, its duration or its slot ended
+    STREAM_ERROR = "stream_error"
+
+
+class PlayStatus(_Message):
+    """Retained on ``.../play``: what the receiver is playing, at which priority, and why.
+    Published on every change (not periodically)."""
+
+    session: int = Field(ge=0, le=SESSION_MAX)
+    sent_at: int = Field(alias="ts", ge=0)
+    stream: StreamState = Field(alias="st")
+    priority: Priority | None = Field(default=None, alias="pri")
+    source: PlaySource = Field(default=PlaySource.NONE, alias="src")
+    ref: str | None = Field(default=None, max_length=32, pattern=_CODE_ID, description="command id or slot id")
+    url: str | None = Field(default=None, max_length=URL_MAX)
+    volume: int = Field(alias="vol", ge=0, le=100)
+    why: PlayReason
+    schedule_version: int | None = Field(default=None, alias="sched", ge=0, le=SESSION_MAX)
 
 
 def csq_to_dbm(csq: int) -> int | None:

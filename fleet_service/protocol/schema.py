@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fleet_service.protocol.codec import PAYLOAD_MODELS
-from fleet_service.protocol.messages import PROTOCOL_VERSION
-from fleet_service.protocol.topics import QOS, RETAIN, TOPIC_ROOT
+from fleet_service.protocol.codec import COMMAND_ADAPTER, PAYLOAD_MODELS
+from fleet_service.protocol.messages import COMMAND_MAX_BYTES, PROTOCOL_VERSION
+from fleet_service.protocol.topics import COMMAND_LEVEL, COMMAND_QOS, QOS, RETAIN, TOPIC_ROOT
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
@@ -28,6 +28,13 @@ def protocol_schema() -> dict[str, Any]:
                 "payload": model.model_json_schema(by_alias=True, mode="validation"),
             }
             for kind, model in PAYLOAD_MODELS.items()
+        },
+        "commands": {
+            "topic": f"{TOPIC_ROOT}/{{receiver_id}}/{COMMAND_LEVEL}",
+            "qos": COMMAND_QOS,
+            "retain": False,
+            "max_bytes": COMMAND_MAX_BYTES,
+            "payload": COMMAND_ADAPTER.json_schema(by_alias=True, mode="validation"),
         },
     }
 

@@ -30,24 +30,28 @@ class MessageKind(StrEnum):
     STATE = "state"          # receiver -> service, retained, QoS 1 (birth, clean shutdown, Will)
     TELEMETRY = "telemetry"  # receiver -> service, QoS 0
     EVENT = "event"          # receiver -> service, QoS 1
+    ACK = "ack"              # receiver -> service, QoS 1 (command outcomes)
+    PLAY = "play"            # receiver -> service, retained, QoS 1 (what it plays and why)
 
 
-# The topic levels a receiver may publish under its own id: the kinds above, and "ack", kept
-# for command acknowledgements so that brokers' ACLs need not change when commands arrive.
-RECEIVER_PUBLISHES: tuple[str, ...] = (*(kind.value for kind in MessageKind), "ack")
-# The one level the service publishes to, for commands.
+# The topic levels a receiver may publish under its own id.
+RECEIVER_PUBLISHES: tuple[str, ...] = tuple(kind.value for kind in MessageKind)
+# The one level the service publishes to, for commands (QoS 1, not retained).
 COMMAND_LEVEL = "cmd"
+COMMAND_QOS = 1
 
 QOS = {
     MessageKind.STATE: 1,
     MessageKind.TELEMETRY: 0,
     MessageKind.EVENT: 1,
+    MessageKind.ACK: 1,
+    MessageKind.PLAY: 1,
 }
-RETAIN = {kind: kind is MessageKind.STATE for kind in MessageKind}
+RETAIN = {kind: kind in (MessageKind.STATE, MessageKind.PLAY) for kind in MessageKind}
 
 
-# Enough for every topic of a national fleet (150,000 receivers x 3 kinds).
-_PARSED_MAX = 500_000
+# Enough for every topic of a national fleet (150,000 receivers x 5 kinds).
+_PARSED_MAX = 1_000_000
 _PARSED: dict[str, Topic] = {}
 
 
@@ -89,6 +93,10 @@ class Topic:
 def receiver_topics(receiver_id: str) -> dict[MessageKind, str]:
     rid = ReceiverId(receiver_id)
     return {kind: str(Topic(rid, kind)) for kind in MessageKind}
+
+
+def command_topic(receiver_id: str) -> str:
+    return f"{TOPIC_ROOT}/{ReceiverId(receiver_id)}/{COMMAND_LEVEL}"
 
 
 def receiver_acl_pattern() -> str:
