@@ -1,17 +1,24 @@
 """Every table, imported in one place so that Alembic and create-time checks see them all."""
 
 from fleet_service.auth.models import ApiToken, User
+from fleet_service.commands.models import Command, CommandTarget
 from fleet_service.db import Base
+from fleet_service.schedules.models import ReceiverSchedule, Schedule, ScheduleSlotRow
 from fleet_service.registry.models import Receiver, ReceiverCredential, Region, Station, StationAssignment
 from fleet_service.uptime.models import ConnectivityInterval
 
 __all__ = [
     "ApiToken",
     "Base",
+    "Command",
+    "CommandTarget",
     "ConnectivityInterval",
     "Receiver",
     "ReceiverCredential",
+    "ReceiverSchedule",
     "Region",
+    "Schedule",
+    "ScheduleSlotRow",
     "Station",
     "StationAssignment",
     "User",

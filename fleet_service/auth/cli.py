@@ -36,13 +36,14 @@ def users_create(
     full_name: Annotated[str | None, typer.Option(help="Họ tên / full name")] = None,
     password: Annotated[str | None, typer.Option(help="Mật khẩu (không ghi thì được hỏi) / password (prompted if left out)")] = None,
     token_only: Annotated[bool, typer.Option("--token-only", help="Không mật khẩu, chỉ dùng mã API / no password, API tokens only")] = False,
+    emergency: Annotated[bool, typer.Option("--emergency", help="Được phát/dừng bản tin khẩn cấp / may send and stop emergency bulletins")] = False,
 ) -> None:
     """Tạo người dùng / create a user."""
     if password is None and not token_only:
         password = typer.prompt("Mật khẩu / password", hide_input=True, confirmation_prompt=True)
     with loa_command() as runtime, session_scope(runtime.sessions) as session:
         user = service.create_user(session, username, role=role, password=None if token_only else password,
-                                   region_id=region, full_name=full_name)
+                                   region_id=region, full_name=full_name, emergency=emergency)
         where = user.region.name if user.region else "toàn mạng / whole fleet"
         typer.echo(f"Đã tạo / created {user.username}: {_ROLE_TEXT[Role(user.role)]}, phạm vi / scope: {where}")
 
@@ -73,6 +74,18 @@ def users_enable(username: str) -> None:
     with loa_command() as runtime, session_scope(runtime.sessions) as session:
         service.set_user_active(session, username, True)
         typer.echo(f"Đã mở khoá / enabled {username}")
+
+
+@users_app.command("emergency")
+def users_emergency(
+    username: str,
+    allowed: Annotated[bool, typer.Option("--allow/--deny", help="Cho phép hay không / allow or deny")] = True,
+) -> None:
+    """Quyền phát bản tin khẩn cấp / allow or deny emergency bulletins."""
+    with loa_command() as runtime, session_scope(runtime.sessions) as session:
+        user = service.set_emergency(session, username, allowed)
+        typer.echo(f"{user.username}: {'được / may' if allowed else 'không được / may not'} "
+                   "phát bản tin khẩn cấp / send emergency bulletins")
 
 
 @users_app.command("password")

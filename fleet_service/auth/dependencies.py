@@ -38,6 +38,7 @@ class Principal:
     role: Role
     region_id: int | None
     region_path: str | None
+    emergency: bool = False  # may send and stop emergency bulletins
 
     def can_access_path(self, path: str) -> bool:
         return self.region_path is None or path.startswith(self.region_path)
@@ -50,7 +51,7 @@ def get_current_principal(session: SessionDep, token: Annotated[str | None, Depe
             "Sign in first: send 'Authorization: Bearer <token>'",
         )
     user, path = service.resolve_token(session, token)
-    return Principal(user.id, user.username, Role(user.role), user.region_id, path)
+    return Principal(user.id, user.username, Role(user.role), user.region_id, path, user.emergency)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_current_principal)]

@@ -73,6 +73,7 @@ def create_user(data: UserCreate, session: SessionDep, principal: AdminPrincipal
         region_id=data.region_id,
         full_name=data.full_name,
         scope=principal.region_path,
+        emergency=data.emergency,
     )
     return UserOut.model_validate(user)
 

@@ -16,6 +16,7 @@ class UserCreate(BaseModel):
     role: Role
     region_id: int | None = Field(default=None, description="the subtree the user works in; null only for admins")
     full_name: str | None = Field(default=None, max_length=200)
+    emergency: bool = Field(default=False, description="may send and stop emergency bulletins")
 
 
 class UserOut(BaseModel):
@@ -27,6 +28,7 @@ class UserOut(BaseModel):
     role: Role
     region_id: int | None
     active: bool
+    emergency: bool
     created_at: datetime
 
 

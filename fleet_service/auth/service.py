@@ -64,6 +64,7 @@ def create_user(
     region_id: int | None = None,
     full_name: str | None = None,
     scope: str | None = None,
+    emergency: bool = False,
 ) -> User:
     """``password`` None: an account that signs in with API tokens only. Everyone but an
     admin works within a region's subtree. ``scope`` is the creating admin's own."""
@@ -97,6 +98,7 @@ def create_user(
         role=role.value,
         region_id=region_id,
         active=True,
+        emergency=emergency,
     )
     session.add(user)
     session.flush()
@@ -125,6 +127,12 @@ def set_user_active(session: Session, username: str, active: bool, *, scope: str
     user = get_user(session, username, scope=scope)
     user.active = active
     session.flush()
+    return user
+
+
+def set_emergency(session: Session, username: str, allowed: bool, *, scope: str | None = None) -> User:
+    user = get_user(session, username, scope=scope)
+    user.emergency = allowed
     return user
 
 

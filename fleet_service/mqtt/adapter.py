@@ -34,6 +34,9 @@ MISC_INTERVAL_S = 1.0
 # Packets read per wake-up of the loop while more are waiting: under load this saves a trip
 # through the event loop per message; the bound keeps the API responsive meanwhile.
 READ_BURST = 64
+# Commands (QoS 1) the service may have on their way to the broker, unacknowledged, at once.
+# paho's default of 20 would pace a fleet-wide command by round trips; the broker takes many.
+MAX_INFLIGHT = 1000
 
 
 class ConnectRefused(ConnectionError):
@@ -61,6 +64,7 @@ class _Connection:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=adapter.client_id, clean_session=True,
                              protocol=mqtt.MQTTv311)
         client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
+        client.max_inflight_messages_set(MAX_INFLIGHT)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -169,6 +173,16 @@ class MqttAdapter:
         self.connected = asyncio.Event()
         self.connections = 0
         self._loop_thread: int | None = None
+        self._connection: _Connection | None = None
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        """Publish from the event loop's thread. False when not connected (the caller keeps
+        what it wanted to send and tries again later)."""
+        connection = self._connection
+        if connection is None or not self.connected.is_set():
+            return False
+        info = connection.client.publish(topic, payload, qos=qos)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     async def run(self) -> None:
         """Connect, serve, and reconnect with jittered exponential backoff, until cancelled."""
@@ -183,6 +197,7 @@ class MqttAdapter:
                 # grace period so a (re)connecting service does not flip the fleet offline.
                 self.ingest.begin_grace()
                 self.connections += 1
+                self._connection = connection
                 self.connected.set()
                 log.info("connected to MQTT broker %s:%s", self.settings.mqtt_host, self.settings.mqtt_port)
                 delay = RECONNECT_MIN_S
@@ -195,6 +210,7 @@ class MqttAdapter:
                 if self.connected.is_set():
                     self.ingest.connection_lost()
                 self.connected.clear()
+                self._connection = None
                 connection.close()
             wait = random.uniform(RECONNECT_MIN_S, delay)
             await asyncio.sleep(wait)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.accounts import BrokerAccounts, RegistryOnlyAccounts
 from broker.embedded import EmbeddedBroker, LoginRules
+from fleet_service.commands.delivery import CommandDelivery
 from fleet_service.db import session_scope
 from fleet_service.ingest.service import IngestService
 from fleet_service.mqtt.adapter import MqttAdapter
@@ -93,6 +94,10 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> 
     runtime.broker_accounts = FleetAccounts(broker_accounts, ingest, asyncio.get_running_loop())
     adapter = MqttAdapter(settings, ingest)
     runtime.mqtt = adapter
+    commands = CommandDelivery(runtime.sessions, publish=adapter.publish, is_online=ingest.tracker.is_online)
+    await commands.start()
+    ingest.commands = commands
+    runtime.commands = commands
     task = asyncio.create_task(adapter.run(), name="mqtt-adapter")
     try:
         try:
@@ -104,6 +109,8 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> 
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        runtime.commands = None
+        await commands.stop()
         await ingest.stop()
         close = getattr(broker_accounts, "close", None)
         if close is not None:

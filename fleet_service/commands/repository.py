@@ -1,0 +1,106 @@
+"""Every commands query."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from fleet_service.commands.models import OPEN_STATUSES, Command, CommandTarget, TargetStatus
+from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
+
+# Rows per INSERT when a command fans out to a whole province.
+_INSERT_CHUNK = 5000
+
+
+def active_receivers_under(session: Session, *, receiver_id: str | None = None, station_id: int | None = None,
+                           region_path: str | None = None, scope: str | None = None) -> list[str]:
+    """Active receivers of one target, restricted to ``scope`` (a region path prefix). A
+    receiver on no station is reached only by its own id or the whole fleet, and only by a
+    caller whose scope is the whole fleet."""
+    query = select(Receiver.id).where(Receiver.status == ReceiverStatus.ACTIVE.value)
+    if receiver_id is not None:
+        query = query.where(Receiver.id == receiver_id)
+    if station_id is not None:
+        query = query.where(Receiver.station_id == station_id)
+    if region_path is not None or scope is not None:
+        query = query.join(Station, Station.id == Receiver.station_id).join(Region, Region.id == Station.region_id)
+        for prefix in (region_path, scope):
+            if prefix is not None:
+                query = query.where(Region.path.startswith(prefix, autoescape=True))
+    return list(session.scalars(query.order_by(Receiver.id)))
+
+
+def add_command(session: Session, command: Command, receiver_ids: Sequence[str]) -> None:
+    session.add(command)
+    session.flush()
+    rows = [{"command_id": command.id, "receiver_id": rid, "status": TargetStatus.PENDING.value, "deliveries": 0}
+            for rid in receiver_ids]
+    for start in range(0, len(rows), _INSERT_CHUNK):
+        session.execute(insert(CommandTarget), rows[start:start + _INSERT_CHUNK])
+
+
+def get_command(session: Session, command_id: str, scope: str | None = None) -> Command | None:
+    query = select(Command).where(Command.id == command_id)
+    if scope is not None:
+        query = query.where(Command.target_path.startswith(scope, autoescape=True))
+    return session.scalar(query)
+
+
+def list_commands(session: Session, *, scope: str | None, since: datetime | None, until: datetime | None,
+                  receiver_id: str | None = None, limit: int = 100, offset: int = 0) -> Sequence[Command]:
+    query = select(Command)
+    if scope is not None:
+        query = query.where(Command.target_path.startswith(scope, autoescape=True))
+    if since is not None:
+        query = query.where(Command.issued_at >= since)
+    if until is not None:
+        query = query.where(Command.issued_at <= until)
+    if receiver_id is not None:
+        query = query.where(Command.id.in_(select(CommandTarget.command_id).where(CommandTarget.receiver_id == receiver_id)))
+    return session.scalars(query.order_by(Command.issued_at.desc(), Command.id).limit(limit).offset(offset)).all()
+
+
+def status_counts(session: Session, command_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+    ids = list(command_ids)
+    counts: dict[str, dict[str, int]] = {cid: {} for cid in ids}
+    if not ids:
+        return counts
+    rows = session.execute(
+        select(CommandTarget.command_id, CommandTarget.status, func.count())
+        .where(CommandTarget.command_id.in_(ids))
+        .group_by(CommandTarget.command_id, CommandTarget.status))
+    for cid, status, n in rows:
+        counts[cid][status] = n
+    return counts
+
+
+def targets_of(session: Session, command_id: str, *, status: str | None = None) -> Sequence[CommandTarget]:
+    query = select(CommandTarget).where(CommandTarget.command_id == command_id)
+    if status is not None:
+        query = query.where(CommandTarget.status == status)
+    return session.scalars(query.order_by(CommandTarget.receiver_id)).all()
+
+
+def open_targets(session: Session) -> list[tuple[CommandTarget, Command]]:
+    """Every target still waiting for a final outcome, with its command (loaded at start)."""
+    rows = session.execute(
+        select(CommandTarget, Command).join(Command, Command.id == CommandTarget.command_id)
+        .where(CommandTarget.status.in_(OPEN_STATUSES)))
+    return [(t, c) for t, c in rows]
+
+
+def open_targets_of_receivers(session: Session, receiver_ids: Sequence[str], op: str) -> Sequence[CommandTarget]:
+    return session.scalars(
+        select(CommandTarget).join(Command, Command.id == CommandTarget.command_id)
+        .where(CommandTarget.receiver_id.in_(receiver_ids), CommandTarget.status.in_(OPEN_STATUSES),
+               Command.op == op)).all()
+
+
+def apply_updates(session: Session, updates: Sequence[dict[str, Any]]) -> None:
+    """Bulk UPDATE by primary key (command_id, receiver_id): one statement per batch."""
+    if updates:
+        session.execute(update(CommandTarget), list(updates))

@@ -1,0 +1,80 @@
+"""Schedules API."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from fleet_service.auth.dependencies import CurrentPrincipal
+from fleet_service.commands.endpoints import issuer_of
+from fleet_service.commands.service import Created
+from fleet_service.deps import RuntimeDep, SessionDep
+from fleet_service.registry import service as registry
+from fleet_service.runtime import Runtime
+from fleet_service.schedules import repository, service
+from fleet_service.schedules.schemas import ReceiverScheduleOut, ScheduleCreate, ScheduleOut, SlotsReplace
+
+router = APIRouter(tags=["schedules"])
+
+
+def _submit(runtime: Runtime, created: list[Created]) -> None:
+    if runtime.commands is not None:
+        for made in created:
+            runtime.commands.submit(made.command.id, made.command.op, made.payload, made.command.expires_at,
+                                    made.receiver_ids)
+
+
+@router.post("/schedules", response_model=ScheduleOut, status_code=status.HTTP_201_CREATED)
+def create_schedule(data: ScheduleCreate, session: SessionDep, runtime: RuntimeDep, principal: CurrentPrincipal) -> ScheduleOut:
+    """Tạo lịch phát / create a schedule for a station or a region subtree; the receivers it
+    reaches are sent their new schedule at once (or when they next connect)."""
+    schedule, created = service.create_schedule(session, data, issuer_of(principal))
+    session.commit()
+    _submit(runtime, created)
+    return service.schedule_out(schedule, created)
+
+
+@router.get("/schedules", response_model=list[ScheduleOut])
+def list_schedules(session: SessionDep, principal: CurrentPrincipal) -> list[ScheduleOut]:
+    return [service.schedule_out(s) for s in repository.list_schedules(session, principal.region_path)]
+
+
+@router.get("/schedules/{schedule_id}", response_model=ScheduleOut)
+def get_schedule(schedule_id: int, session: SessionDep, principal: CurrentPrincipal) -> ScheduleOut:
+    return service.schedule_out(service.get_schedule(session, schedule_id, scope=principal.region_path))
+
+
+@router.put("/schedules/{schedule_id}/slots", response_model=ScheduleOut)
+def replace_slots(schedule_id: int, data: SlotsReplace, session: SessionDep, runtime: RuntimeDep,
+                  principal: CurrentPrincipal) -> ScheduleOut:
+    schedule, created = service.replace_slots(session, schedule_id, data.slots, issuer_of(principal))
+    session.commit()
+    _submit(runtime, created)
+    return service.schedule_out(schedule, created)
+
+
+@router.delete("/schedules/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_schedule(schedule_id: int, session: SessionDep, runtime: RuntimeDep, principal: CurrentPrincipal) -> None:
+    created = service.delete_schedule(session, schedule_id, issuer_of(principal))
+    session.commit()
+    _submit(runtime, created)
+
+
+@router.get("/receivers/{receiver_id}/schedule", response_model=ReceiverScheduleOut)
+def receiver_schedule(receiver_id: str, session: SessionDep, runtime: RuntimeDep, principal: CurrentPrincipal) -> ReceiverScheduleOut:
+    """The schedule a receiver should hold, and whether it reports holding it."""
+    registry.get_receiver(session, receiver_id, scope=principal.region_path)
+    expected = service.expected_of(session, receiver_id)
+    held = None
+    ingest = runtime.ingest
+    if ingest is not None:
+        playing = ingest.playing.get(receiver_id)
+        live = ingest.telemetry.get(receiver_id)
+        if playing is not None and playing[0].schedule_version is not None:
+            held = playing[0].schedule_version
+        if live is not None and live.report.schedule_version is not None:
+            held = live.report.schedule_version
+    return ReceiverScheduleOut(
+        receiver_id=receiver_id, expected_version=expected.version if expected else None, held_version=held,
+        in_step=expected is not None and held == expected.version,
+        command_id=expected.command_id if expected else None,
+        slots=service.slots_of_command(session, expected.command_id) if expected else [])

@@ -1,0 +1,53 @@
+"""Every schedules query."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
+from fleet_service.schedules.models import ReceiverSchedule, Schedule
+
+
+def get_schedule(session: Session, schedule_id: int, scope: str | None = None) -> Schedule | None:
+    query = select(Schedule).where(Schedule.id == schedule_id).options(selectinload(Schedule.slots))
+    if scope is not None:
+        query = query.where(Schedule.target_path.startswith(scope, autoescape=True))
+    return session.scalar(query)
+
+
+def list_schedules(session: Session, scope: str | None = None) -> Sequence[Schedule]:
+    query = select(Schedule).options(selectinload(Schedule.slots)).order_by(Schedule.id)
+    if scope is not None:
+        query = query.where(Schedule.target_path.startswith(scope, autoescape=True))
+    return session.scalars(query).all()
+
+
+def receivers_reached(session: Session, *, station_id: int | None = None, under: str | None = None
+                      ) -> list[tuple[str, int, str]]:
+    """(receiver id, station id, region path) of the active receivers a schedule target reaches."""
+    query = (select(Receiver.id, Station.id, Region.path).join(Station, Station.id == Receiver.station_id)
+             .join(Region, Region.id == Station.region_id)
+             .where(Receiver.status == ReceiverStatus.ACTIVE.value))
+    if station_id is not None:
+        query = query.where(Station.id == station_id)
+    if under is not None:
+        query = query.where(Region.path.startswith(under, autoescape=True))
+    return [(rid, sid, path) for rid, sid, path in session.execute(query.order_by(Receiver.id))]
+
+
+def schedules_on_paths(session: Session, paths: Iterable[str]) -> Sequence[Schedule]:
+    """Schedules whose target path is one of ``paths`` (the prefixes of the affected regions)."""
+    return session.scalars(select(Schedule).where(Schedule.target_path.in_(list(paths)))
+                           .options(selectinload(Schedule.slots))).all()
+
+
+def sent_schedules(session: Session, receiver_ids: Sequence[str]) -> dict[str, ReceiverSchedule]:
+    rows = session.scalars(select(ReceiverSchedule).where(ReceiverSchedule.receiver_id.in_(list(receiver_ids))))
+    return {row.receiver_id: row for row in rows}
+
+
+def highest_version(session: Session) -> int:
+    return session.scalar(select(func.max(ReceiverSchedule.version))) or 0

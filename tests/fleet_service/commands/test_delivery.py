@@ -1,0 +1,155 @@
+"""Commands through the real embedded broker: delivery to receivers online and offline,
+expiry, duplicates, outcomes with reasons, and the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fleet_service.protocol import Priority
+from tests.fleet_service.commands.conftest import Fleet
+from tests.support.waiting import wait_until
+
+STREAM = "http://127.0.0.1:9/live.mp3"
+
+
+async def send(fleet: Fleet, headers: dict[str, str], **body) -> dict:
+    response = await fleet.api.post("/api/v1/commands", json=body, headers=headers)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+async def targets(fleet: Fleet, command_id: str, headers: dict[str, str] | None = None) -> dict[str, dict]:
+    await fleet.runtime.commands.flush()
+    response = await fleet.api.get(f"/api/v1/commands/{command_id}/targets", headers=headers or fleet.admin)
+    assert response.status_code == 200, response.text
+    return {t["receiver_id"]: t for t in response.json()}
+
+
+async def test_play_to_a_station_reaches_online_receivers_now_and_offline_ones_at_their_birth(fleet, receiver):
+    x1, x2 = receiver("x-1"), receiver("x-2")
+    async with x1.online():
+        await wait_until(lambda: fleet.runtime.ingest.tracker.is_online("x-1"), timeout=10)
+        sent = await send(fleet, fleet.operator_x, target={"station": fleet.ids["sx"]}, op="play", url=STREAM)
+        assert sent["targets"] == 2
+        await wait_until(lambda: fleet.runtime.commands.progress(sent["id"]).get("done") == 1, timeout=10)
+        status = await targets(fleet, sent["id"])
+        assert status["x-1"]["status"] == "done" and status["x-1"]["deliveries"] == 1
+        assert status["x-2"]["status"] == "pending" and status["x-2"]["deliveries"] == 0
+        async with x2.online():
+            await wait_until(lambda: fleet.runtime.commands.progress(sent["id"]).get("done") == 2, timeout=10)
+    status = await targets(fleet, sent["id"])
+    assert status["x-2"]["status"] == "done" and status["x-2"]["first_sent_at"] is not None
+    assert len(x1.received) == 1 and len(x2.received) == 1
+    log = (await fleet.api.get(f"/api/v1/commands/{sent['id']}", headers=fleet.operator_x)).json()
+    assert log["issued_by"] == "op.hungson" and log["progress"] == {"done": 2}
+    assert log["params"] == {"url": STREAM}
+
+
+async def test_an_offline_receiver_never_gets_an_expired_command(fleet, receiver):
+    sent = await send(fleet, fleet.admin, target={"receiver": "y-1"}, op="stop", expires_in_s=1)
+    await wait_until(lambda: fleet.runtime.commands.progress(sent["id"]).get("expired") == 1, timeout=10)
+    y1 = receiver("y-1")
+    async with y1.online():
+        await wait_until(lambda: fleet.runtime.ingest.tracker.is_online("y-1"), timeout=10)
+        await asyncio.sleep(2)  # past the redelivery delay after its birth
+    assert y1.received == []
+    status = await targets(fleet, sent["id"])
+    assert status["y-1"]["status"] == "expired" and status["y-1"]["reason"] == "not_delivered"
+    assert "did not connect" in status["y-1"]["reason_text"]
+
+
+async def test_a_command_without_an_answer_is_delivered_again_at_the_next_birth(fleet, receiver):
+    # First connection: the receiver takes the command but dies before answering.
+    silent = receiver("x-1", answer=lambda _cmd: [])
+    async with silent.online():
+        await wait_until(lambda: fleet.runtime.ingest.tracker.is_online("x-1"), timeout=10)
+        sent = await send(fleet, fleet.admin, target={"receiver": "x-1"}, op="volume", volume=70)
+        await wait_until(lambda: len(silent.received) == 1, timeout=10)
+    assert (await targets(fleet, sent["id"]))["x-1"]["status"] == "sent"
+    # Next session: delivered again; this time it answers (a real receiver would say dup).
+    silent.answer = lambda _cmd: [("done", None)]
+    async with silent.online():
+        await wait_until(lambda: fleet.runtime.commands.progress(sent["id"]).get("done") == 1, timeout=10)
+    status = await targets(fleet, sent["id"])
+    assert status["x-1"]["deliveries"] == 2
+    assert silent.received[0] == silent.received[1]  # the same command id, byte for byte
+
+
+async def test_a_duplicate_answer_does_not_change_the_outcome(fleet, receiver):
+    x1 = receiver("x-1", answer=lambda _cmd: [("done", None), ("failed", "stream_error")])
+    async with x1.online():
+        await wait_until(lambda: fleet.runtime.ingest.tracker.is_online("x-1"), timeout=10)
+        sent = await send(fleet, fleet.admin, target={"receiver": "x-1"}, op="stop")
+        await wait_until(lambda: fleet.runtime.commands.counters.acks_late >= 1, timeout=10)
+    assert (await targets(fleet, sent["id"]))["x-1"]["status"] == "done"
+
+
+async def test_a_rejection_is_recorded_with_its_reason_explained(fleet, receiver):
+    x1 = receiver("x-1", answer=lambda _cmd: [("rejected", "lower_priority")])
+    async with x1.online():
+        await wait_until(lambda: fleet.runtime.ingest.tracker.is_online("x-1"), timeout=10)
+        sent = await send(fleet, fleet.admin, target={"receiver": "x-1"}, op="play", url=STREAM)
+        await wait_until(lambda: fleet.runtime.commands.progress(sent["id"]).get("rejected") == 1, timeout=10)
+    target = (await targets(fleet, sent["id"]))["x-1"]
+    assert target["reason"] == "lower_priority"
+    assert target["reason_text"].startswith("Đang phát bản tin ưu tiên cao hơn")
+
+
+async def test_acknowledgements_for_commands_never_sent_are_counted_not_applied(fleet, receiver):
+    x1 = receiver("x-1", answer=lambda _cmd: [("done", None, "made-up-id"), ("done", None)])
+    async with x1.online():
+        await wait_until(lambda: fleet.runtime.ingest.tracker.is_online("x-1"), timeout=10)
+        sent = await send(fleet, fleet.admin, target={"receiver": "x-1"}, op="stop")
+        await wait_until(lambda: fleet.runtime.commands.progress(sent["id"]).get("done") == 1, timeout=10)
+    assert fleet.runtime.commands.counters.acks_unknown == 1
+    response = await fleet.api.get("/api/v1/commands/made-up-id", headers=fleet.admin)
+    assert response.status_code == 404
+
+
+async def test_the_service_validates_before_anything_is_sent(fleet):
+    cases = [
+        ({"target": {"receiver": "x-1"}, "op": "volume", "volume": 101}, 422),
+        ({"target": {"receiver": "x-1"}, "op": "play", "url": "ftp://x/y"}, 422),
+        ({"target": {"receiver": "x-1"}, "op": "play"}, 422),
+        ({"target": {"receiver": "x-1", "station": 1}, "op": "stop"}, 422),
+        ({"target": {"receiver": "nope"}, "op": "stop"}, 404),
+        ({"target": {"receiver": "x-1"}, "op": "config", "settings": {"colour": "red"}}, 422),
+    ]
+    for body, code in cases:
+        response = await fleet.api.post("/api/v1/commands", json=body, headers=fleet.admin)
+        assert response.status_code == code, (body, response.text)
+        assert response.json()["error"]["message"]  # Vietnamese first
+    listed = (await fleet.api.get("/api/v1/commands", headers=fleet.admin)).json()
+    assert listed == []  # nothing recorded for refused commands
+
+
+async def test_operators_command_and_read_only_their_commune(fleet):
+    y_by_admin = await send(fleet, fleet.admin, target={"receiver": "y-1"}, op="stop")
+    x_by_op = await send(fleet, fleet.operator_x, target={"region": fleet.ids["x"]}, op="stop")
+    for body in ({"target": {"receiver": "y-1"}, "op": "stop"},
+                 {"target": {"station": fleet.ids["sy"]}, "op": "stop"},
+                 {"target": {"region": fleet.ids["y"]}, "op": "stop"}):
+        response = await fleet.api.post("/api/v1/commands", json=body, headers=fleet.operator_x)
+        assert response.status_code == 404, response.text
+    response = await fleet.api.post("/api/v1/commands", json={"target": {"fleet": True}, "op": "stop"},
+                                    headers=fleet.operator_x)
+    assert response.status_code == 403
+    seen = [c["id"] for c in (await fleet.api.get("/api/v1/commands", headers=fleet.operator_x)).json()]
+    assert seen == [x_by_op["id"]]
+    assert (await fleet.api.get(f"/api/v1/commands/{y_by_admin['id']}", headers=fleet.operator_x)).status_code == 404
+    assert (await fleet.api.get(f"/api/v1/commands/{y_by_admin['id']}/targets",
+                                headers=fleet.operator_x)).status_code == 404
+    everything = {c["id"] for c in (await fleet.api.get("/api/v1/commands", headers=fleet.admin)).json()}
+    assert everything == {y_by_admin["id"], x_by_op["id"]}
+
+
+async def test_emergency_bulletins_need_an_account_allowed_to_send_them(fleet):
+    body = {"target": {"station": fleet.ids["sx"]}, "op": "play", "url": STREAM, "priority": Priority.EMERGENCY.value}
+    refused = await fleet.api.post("/api/v1/commands", json=body, headers=fleet.operator_x)
+    assert refused.status_code == 403 and "khẩn cấp" in refused.json()["error"]["message"]
+    stop = {"target": {"station": fleet.ids["sx"]}, "op": "stop", "priority": "emergency"}
+    assert (await fleet.api.post("/api/v1/commands", json=stop, headers=fleet.operator_x)).status_code == 403
+    allowed = await send(fleet, fleet.emergency_x, **body)
+    assert allowed["priority"] == "emergency"
+    assert (await fleet.api.post("/api/v1/commands", json={"target": {"receiver": "x-1"}, "op": "reboot"},
+                                 headers=fleet.operator_x)).status_code == 403
