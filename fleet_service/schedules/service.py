@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from fleet_service.commands import service as commands
@@ -123,8 +124,8 @@ def _validated(rid: str, slots: list[ScheduleSlot]) -> ScheduleCommand:
     try:
         return ScheduleCommand(command_id="check", issued_at=0, expires_at=0, version=0, tz_offset_min=TZ_OFFSET_MIN,
                                slots=tuple(slots))
-    except ValueError as exc:
-        detail = str(exc).splitlines()[-1].strip() if str(exc) else "invalid"
+    except ValidationError as exc:
+        detail = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
         raise Invalid(f"Lịch phát không hợp lệ cho thiết bị {rid}: {detail}",
                       f"The schedule would be invalid on receiver {rid}: {detail}") from None
 

@@ -1,0 +1,1 @@
+from tests.fleet_service.commands.conftest import fleet, receiver  # noqa: F401  (the same running service)
