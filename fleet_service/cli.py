@@ -101,6 +101,7 @@ def protocol_schema(write: bool = typer.Option(False, help="Rewrite fleet_servic
 
 def _register_subcommands() -> None:
     from fleet_service.auth.cli import tokens_app, users_app
+    from fleet_service.commands.cli import commands_app
     from fleet_service.registry.cli import receivers_app, regions_app, stations_app
     from fleet_service.ingest.cli import status
     from fleet_service.uptime.cli import availability_app
@@ -113,6 +114,9 @@ def _register_subcommands() -> None:
     app.add_typer(tokens_app, name="tokens", help="Mã truy cập API / API tokens")
     app.add_typer(availability_app, name="availability", help="Tỷ lệ hoạt động / availability from the ledger")
     app.add_typer(simulate_app, name="simulate", help="Mô phỏng thiết bị thu / simulated receivers")
+    app.add_typer(commands_app, name="commands", help="Lệnh phát/dừng/âm lượng và nhật ký / commands and the audit log")
+    from fleet_service.dashboards.cli import dashboards_app
+    app.add_typer(dashboards_app, name="dashboards", help="Bảng điều khiển Grafana / Grafana dashboards")
     app.command("status")(status)
 
 
