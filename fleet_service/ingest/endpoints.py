@@ -10,7 +10,7 @@ from fleet_service.auth.dependencies import CurrentPrincipal, require_roles
 from fleet_service.auth.models import Role
 from fleet_service.deps import RuntimeDep, SessionDep
 from fleet_service.ingest.repository import receivers_with_open_interval
-from fleet_service.ingest.schemas import IngestStatusOut, LiveFleetOut, LiveReceiverOut
+from fleet_service.ingest.schemas import IngestStatusOut, LiveFleetOut, LiveReceiverOut, PlayingOut
 
 router = APIRouter(tags=["live"])
 
@@ -35,6 +35,14 @@ def live_receivers(session: SessionDep, runtime: RuntimeDep, principal: CurrentP
             continue
         live = ingest.telemetry.get(receiver_id) if ingest else None
         report = live.report if live else None
+        play = ingest.playing.get(receiver_id) if ingest else None
+        playing = None
+        if play is not None:
+            status, reported_at = play
+            playing = PlayingOut(stream=status.stream.value, priority=status.priority.value if status.priority else None,
+                                 source=status.source.value, ref=status.ref, url=status.url, volume=status.volume,
+                                 why=status.why.value, schedule_version=status.schedule_version,
+                                 reported_at=reported_at)
         out.append(LiveReceiverOut(
             receiver_id=receiver_id, station_id=station_id, station_name=station_name, state=now_state,
             since=interval.start_at if interval is not None and interval.state == now_state else None,
@@ -46,6 +54,7 @@ def live_receivers(session: SessionDep, runtime: RuntimeDep, principal: CurrentP
             stream=report.stream.value if report else None,
             firmware=report.firmware if report else None,
             clock_skew_s=round(live.clock_skew_s, 1) if live else None,
+            playing=playing,
         ))
     return LiveFleetOut(receivers=out, **counts)
 

@@ -20,6 +20,24 @@ class LiveReceiverOut(BaseModel):
     stream: str | None = None
     firmware: str | None = None
     clock_skew_s: float | None = None
+    playing: PlayingOut | None = None
+
+
+class PlayingOut(BaseModel):
+    """What the receiver last said it plays (its retained play status), and why."""
+
+    stream: str
+    priority: str | None
+    source: str            # cmd / sched / none
+    ref: str | None        # the command id or schedule slot id
+    url: str | None
+    volume: int
+    why: str
+    schedule_version: int | None
+    reported_at: datetime
+
+
+LiveReceiverOut.model_rebuild()
 
 
 class LiveFleetOut(BaseModel):

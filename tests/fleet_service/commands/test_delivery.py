@@ -153,3 +153,26 @@ async def test_emergency_bulletins_need_an_account_allowed_to_send_them(fleet):
     assert allowed["priority"] == "emergency"
     assert (await fleet.api.post("/api/v1/commands", json={"target": {"receiver": "x-1"}, "op": "reboot"},
                                  headers=fleet.operator_x)).status_code == 403
+
+
+async def test_what_a_receiver_plays_and_why_shows_in_the_live_view(fleet, receiver):
+    from fleet_service.protocol import PlayStatus
+
+    x1 = receiver("x-1")
+    async with x1.online():
+        await wait_until(lambda: fleet.runtime.ingest.tracker.is_online("x-1"), timeout=10)
+        status = PlayStatus(session=1, sent_at=0, stream="playing", priority="emergency", source="cmd", ref="abc123",
+                            url=STREAM, volume=80, why="command", schedule_version=7)
+        import aiomqtt
+
+        # The receiver's own retained play status, as a receiver publishes it.
+        async with aiomqtt.Client("127.0.0.1", x1.port, identifier="x-2", username="x-2",
+                                  password=fleet.passwords["x-2"]) as client:
+            await client.publish("loa/v1/rx/x-2/play", status.model_dump_json(by_alias=True, exclude_none=True),
+                                 qos=1, retain=True)
+        await wait_until(lambda: "x-2" in fleet.runtime.ingest.playing, timeout=10)
+    body = (await fleet.api.get("/api/v1/live/receivers", headers=fleet.operator_x)).json()
+    playing = {r["receiver_id"]: r["playing"] for r in body["receivers"]}
+    assert playing["x-1"] is None
+    assert playing["x-2"]["priority"] == "emergency" and playing["x-2"]["why"] == "command"
+    assert playing["x-2"]["ref"] == "abc123" and playing["x-2"]["schedule_version"] == 7
