@@ -25,8 +25,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         try:
             if mqtt:
                 from fleet_service.mqtt.lifecycle import run_mqtt_side
+                from fleet_service.telemetry.service import run_telemetry
 
-                async with run_mqtt_side(rt):
+                # Telemetry starts first and stops last, so that ingest's last messages are written.
+                async with run_telemetry(rt), run_mqtt_side(rt):
                     yield
             else:
                 yield
@@ -47,9 +49,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
 def _include_routers(app: FastAPI) -> None:
     from fleet_service.auth.endpoints import router as auth_router
+    from fleet_service.commands.endpoints import router as commands_router
+    from fleet_service.schedules.endpoints import router as schedules_router
+    from fleet_service.telemetry.endpoints import router as telemetry_router
     from fleet_service.ingest.endpoints import router as ingest_router
     from fleet_service.registry.endpoints import router as registry_router
     from fleet_service.uptime.endpoints import router as uptime_router
 
-    for router in (auth_router, registry_router, uptime_router, ingest_router):
+    for router in (auth_router, registry_router, uptime_router, ingest_router, commands_router,
+                   schedules_router, telemetry_router):
         app.include_router(router, prefix="/api/v1")

@@ -48,6 +48,30 @@ class Settings(BaseSettings):
     mosquitto_admin_username: str = "loa-admin"
     mosquitto_admin_password: str = ""
 
+    # --- telemetry into InfluxDB (docs/telemetry.md) ---
+    # No URL: telemetry is not written (the status at /api/v1/telemetry/status says so).
+    influx_url: str = ""
+    # v2: /api/v2/write (InfluxDB 2.x, 3.x, 1.8+, VictoriaMetrics); v1: /write (InfluxDB < 1.8).
+    influx_api: Literal["v2", "v1"] = "v2"
+    influx_token: str = ""
+    influx_org: str = "loa"
+    influx_bucket: str = "loa"
+    # Where batches InfluxDB cannot take now wait, and how large that may grow: 1 GiB is about
+    # 17 hours of a province's telemetry (2,500 receivers, one ~400-byte point a minute each).
+    influx_buffer_dir: str = "./telemetry-buffer"
+    influx_buffer_max_bytes: int = Field(default=1024**3, ge=1024)
+    # A batch is sent when it has this many points or its first point is this old.
+    influx_batch_size: int = Field(default=5000, ge=1, le=100_000)
+    influx_flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _refuse_influx_without_token_in_production(self) -> Settings:
+        if self.environment == "production" and self.influx_url and self.influx_api == "v2" \
+                and self.influx_token in _KNOWN_DEFAULT_SECRETS:
+            raise ValueError("LOA_INFLUX_TOKEN must be set to a real token in production")
+        return self
+    # --- end of telemetry settings ---
+
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Settings:
         if self.environment == "production":

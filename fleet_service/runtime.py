@@ -24,6 +24,12 @@ class Runtime:
     ingest: Any = None
     # Set by the lifespan: the service's MQTT connection (mqtt.adapter.MqttAdapter).
     mqtt: Any = None
+    # Set by the lifespan: command delivery (commands.delivery.CommandDelivery). None when the
+    # API runs without its MQTT side: commands are then recorded and wait for a service that
+    # delivers them.
+    commands: Any = None
+    # Set by the lifespan: telemetry into InfluxDB (telemetry.service.TelemetryService).
+    telemetry: Any = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:

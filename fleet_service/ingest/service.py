@@ -9,6 +9,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_service.db import session_scope, utcnow
 from fleet_service.ingest.repository import IngestRepository
 from fleet_service.protocol import DecodeError, decode
-from fleet_service.protocol.messages import Event, StateMessage, Telemetry
+from fleet_service.protocol.codec import ReceiverMessage
+from fleet_service.protocol.messages import Ack, Event, PlayStatus, State, StateMessage, Telemetry
 from fleet_service.uptime.models import Connectivity
 from fleet_service.uptime.service import record_transitions
 from fleet_service.uptime.tracker import ConnectivityTracker, Transition
@@ -83,9 +85,17 @@ class IngestService:
         self.counters = IngestCounters()
         self.telemetry: dict[str, LiveTelemetry] = {}
         self.recent_events: deque[tuple[str, datetime, Event]] = deque(maxlen=RECENT_EVENTS_MAX)
+        # What each receiver last said it plays (the retained .../play), and when that came.
+        self.playing: dict[str, tuple[PlayStatus, datetime]] = {}
+        # Set by the MQTT side when commands are delivered (commands.delivery.CommandDelivery):
+        # told of every birth and acknowledgement.
+        self.commands: Any = None
+        # Set by the app when telemetry is written to InfluxDB (telemetry.service.TelemetryService):
+        # handed every telemetry report and event; it only queues them.
+        self.telemetry_writer: Any = None
         self._station_of: dict[str, int | None] = {}
         self._unknown_until: dict[str, float] = {}
-        self._awaiting_lookup: dict[str, list[tuple[StateMessage | Telemetry | Event, bool, datetime]]] = {}
+        self._awaiting_lookup: dict[str, list[tuple[ReceiverMessage, bool, datetime]]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._backlog: deque[Transition] = deque()
         self._backlog_ready = asyncio.Event()
@@ -159,10 +169,24 @@ class IngestService:
         while self._awaiting_lookup:
             await asyncio.sleep(0.01)
 
-    def _apply(self, receiver_id: str, message: StateMessage | Telemetry | Event, retained: bool, at: datetime) -> None:
+    def _apply(self, receiver_id: str, message: ReceiverMessage, retained: bool, at: datetime) -> None:
         self.counters.accepted += 1
         if isinstance(message, StateMessage):
             transitions = self.tracker.on_state(receiver_id, message, at, retained=retained)
+            if message.state is State.ONLINE and self.commands is not None and self.tracker.is_online(receiver_id) \
+                    and self.tracker.session_of(receiver_id) == message.session:
+                self.commands.on_birth(receiver_id)
+        elif isinstance(message, PlayStatus):
+            # Retained: also what a receiver reported before it went offline; not activity then.
+            if not retained:
+                transitions = self.tracker.on_activity(receiver_id, message.session, at)
+            else:
+                transitions = []
+            self.playing[receiver_id] = (message, at)
+        elif isinstance(message, Ack):
+            transitions = self.tracker.on_activity(receiver_id, message.session, at)
+            if self.commands is not None:
+                self.commands.on_ack(receiver_id, message, at)
         else:
             transitions = self.tracker.on_activity(receiver_id, message.session, at)
             if isinstance(message, Telemetry):
@@ -175,6 +199,8 @@ class IngestService:
                 self.telemetry[receiver_id] = LiveTelemetry(message, at, message.sent_at - at.timestamp())
             else:
                 self.recent_events.append((receiver_id, at, message))
+            if self.telemetry_writer is not None:
+                self.telemetry_writer.submit(receiver_id, message, at)
         if transitions:
             self._enqueue(transitions)
 
@@ -192,6 +218,8 @@ class IngestService:
 
     def receiver_revoked(self, receiver_id: str) -> None:
         self._station_of.pop(receiver_id, None)
+        if self.commands is not None:
+            self.commands.receiver_removed(receiver_id)
         self._enqueue(self.tracker.on_revoked(receiver_id, utcnow()))
 
     def forget_unknown(self, receiver_id: str) -> None:

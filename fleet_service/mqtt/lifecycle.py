@@ -89,6 +89,7 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> 
         grace=timedelta(seconds=settings.startup_grace_s),
         max_payload_bytes=settings.max_payload_bytes,
     )
+    ingest.telemetry_writer = runtime.telemetry  # set by the app's lifespan; None without it
     await ingest.start()
     runtime.ingest = ingest
     runtime.broker_accounts = FleetAccounts(broker_accounts, ingest, asyncio.get_running_loop())

@@ -1,0 +1,12 @@
+-- Grafana's login on the Loa database: read-only, and only the tables the dashboards query
+-- (no users, API tokens or receiver credentials). Run after every `loa db upgrade`:
+--   psql -v ON_ERROR_STOP=1 -v reader=grafana_reader -v reader_password=... -d loa -f grafana-reader.sql
+-- Idempotent: creates the role if missing, sets its password, grants again.
+SELECT format('CREATE ROLE %I LOGIN', :'reader')
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'reader') \gexec
+ALTER ROLE :"reader" WITH LOGIN PASSWORD :'reader_password' NOSUPERUSER NOCREATEDB NOCREATEROLE;
+SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), :'reader') \gexec
+GRANT USAGE ON SCHEMA public TO :"reader";
+GRANT SELECT ON regions, stations, receivers, station_assignments, connectivity_intervals TO :"reader";
+-- Dashboards must not hold a query open for minutes on the production database.
+ALTER ROLE :"reader" SET statement_timeout = '30s';

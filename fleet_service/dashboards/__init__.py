@@ -1,0 +1,2 @@
+"""``loa dashboards``: build Loa's Grafana dashboards (dashboards/) and publish them to a
+running Grafana through grafana-client."""
