@@ -35,6 +35,9 @@ DEMO_TELEMETRY_INTERVAL_S = 15.0
 DEMO_KEEPALIVE_S = 10
 # Each round of faults lasts this long; a new random round follows.
 DEMO_ROUND_S = 300.0
+# Receivers that run the real MicroPython firmware (a process each) beside the virtual ones,
+# when the micropython interpreter is installed.
+DEMO_FIRMWARE_RECEIVERS = 3
 
 
 @dataclass
@@ -103,8 +106,18 @@ def prepare_inventory(runtime: Runtime, receivers_per_station: int) -> tuple[dic
     return credentials, admin_token, operator_token, district_id
 
 
+def firmware_note(receivers: list[str], reason: str | None) -> str:
+    """What the operator is told about real firmware receivers in the demo."""
+    if reason is not None:
+        return (f"Không chạy firmware thật: {reason} — chỉ có thiết bị ảo / "
+                f"no real firmware receivers: {reason}; virtual receivers only")
+    return (f"Thiết bị chạy firmware thật (MicroPython) / real firmware receivers: {', '.join(receivers)}")
+
+
 async def run_demo(directory: Path, receivers_per_station: int, duration: float | None, mqtt_port: int | None,
-                   api_port: int | None, keep: bool, seed: int) -> None:
+                   api_port: int | None, keep: bool, seed: int,
+                   firmware_receivers: int = DEMO_FIRMWARE_RECEIVERS) -> None:
+    from simulators.firmware import unavailable_reason
     from simulators.fleet import Fleet
     from simulators.scenario import FaultKind, Scenario
 
@@ -136,10 +149,13 @@ async def run_demo(directory: Path, receivers_per_station: int, duration: float 
             raise RuntimeError("the API server stopped before it started")
         await asyncio.sleep(0.05)
 
+    reason = unavailable_reason() if firmware_receivers else "0 asked"
+    real = sorted(credentials)[:firmware_receivers] if reason is None else []
     api = f"http://{settings.api_host}:{settings.api_port}"
     db_env = f"LOA_DATABASE_URL={settings.database_url}"
     for note in ports.notes:
         typer.echo(note)
+    typer.echo(firmware_note(real, reason))
     typer.echo(f"""
 Loa demo — huyện Đại Từ, tỉnh Thái Nguyên: {len(credentials)} thiết bị thu / receivers ({receivers_per_station} mỗi đài / per station)
   Broker MQTT (nhúng / embedded):  127.0.0.1:{settings.mqtt_port}
@@ -157,7 +173,7 @@ Dừng: Ctrl-C / stop with Ctrl-C
 
     fleet = Fleet("127.0.0.1", settings.mqtt_port, credentials, keepalive=DEMO_KEEPALIVE_S,
                   telemetry_interval=DEMO_TELEMETRY_INTERVAL_S, ground_truth=directory / "ground-truth.jsonl",
-                  seed=seed)
+                  seed=seed, firmware_receivers=real, firmware_dir=directory / "firmware")
     started = time.monotonic()
     try:
         await fleet.start()

@@ -85,9 +85,17 @@ def run(
     backoff_cap: Annotated[float, typer.Option(help="Reconnect backoff cap, seconds.")] = 60.0,
     connect_timeout: Annotated[float, typer.Option(help="TCP connect / CONNACK timeout, seconds.")] = 10.0,
     attach_delay: Annotated[float, typer.Option(help="Longest modem attach time after power-on, seconds.")] = 5.0,
+    unsynced_fraction: Annotated[float, typer.Option(help="Fraction of receivers whose clock never syncs.")] = 0.0,
+    fetch_streams: Annotated[bool | None, typer.Option(
+        "--fetch-streams/--no-fetch-streams",
+        help="Really fetch the streams receivers are told to play (default: for fleets of at most 100).")] = None,
+    firmware_receivers: Annotated[int, typer.Option(
+        help="Run this many of the receivers (the first by id) as real MicroPython firmware processes.")] = 0,
+    firmware_dir: Annotated[Path | None, typer.Option(
+        help="Directory for the firmware receivers' flash (default: a temporary one).")] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "WARNING",
 ) -> None:
-    """Run N virtual receivers for DURATION seconds under a fault scenario."""
+    """Run N receivers for DURATION seconds under a fault scenario."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     creds = _load_credentials(credentials, receivers)
     _raise_open_files_limit(len(creds))
@@ -98,15 +106,25 @@ def run(
         plan = Scenario.random(
             sorted(creds), duration, seed=seed, faults_per_receiver=(faults_min, faults_max),
             kinds=tuple(kind) if kind else tuple(FaultKind), lengths=DEFAULT_LENGTHS, max_clock_skew=max_clock_skew,
+            unsynced_fraction=unsynced_fraction,
         )
     if save_scenario is not None:
         plan.save(save_scenario)
+    if not 0 <= firmware_receivers <= len(creds):
+        raise typer.BadParameter(f"--firmware-receivers {firmware_receivers}: 0 to {len(creds)}")
+    if firmware_receivers:
+        from simulators.firmware import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason is not None:
+            raise typer.BadParameter(f"--firmware-receivers: {reason}")
     fleet = Fleet(
         host, port, creds,
         keepalive=keepalive, telemetry_interval=telemetry_interval, firmware=firmware,
         connect_timeout=connect_timeout, backoff_base=backoff_base, backoff_cap=backoff_cap,
         attach_delay=(0.0, attach_delay), sessions=_load_sessions(sessions_file),
-        ground_truth=ground_truth, seed=seed,
+        ground_truth=ground_truth, seed=seed, fetch_streams=fetch_streams,
+        firmware_receivers=sorted(creds)[:firmware_receivers], firmware_dir=firmware_dir,
     )
 
     async def main() -> tuple[float, float]:
@@ -119,7 +137,9 @@ def run(
             await fleet.stop()
         return start, end
 
-    typer.echo(f"{len(creds)} receivers → {host}:{port}, {duration:g}s, {len(plan.faults)} faults; ground truth in {ground_truth}")
+    real = f" ({firmware_receivers} running the MicroPython firmware)" if firmware_receivers else ""
+    typer.echo(f"{len(creds)} receivers{real} → {host}:{port}, {duration:g}s, {len(plan.faults)} faults; "
+               f"ground truth in {ground_truth}")
     try:
         start, end = asyncio.run(main())
     except KeyboardInterrupt:

@@ -10,6 +10,9 @@
 
 Fault methods return once the fault has begun (``wait=True``: once it is over); the end of a
 fault (restore, boot) is scheduled by the fleet.
+
+Receivers named in ``firmware_receivers`` are real: the MicroPython firmware in a process
+each (:mod:`simulators.firmware`), behind a relay that can cut their link.
 """
 
 from __future__ import annotations
@@ -18,17 +21,25 @@ import asyncio
 import logging
 import math
 import random
+import tempfile
 import time
 from collections.abc import Collection, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from fleet_service.protocol import ResetCause
+from simulators.firmware import FirmwareReceiver, unavailable_reason
 from simulators.ground_truth import GroundTruth
 from simulators.receiver import Context, ReceiverConfig, ReceiverStatus, VirtualReceiver
 from simulators.scenario import Fault, FaultKind, Scenario
 
 log = logging.getLogger("loa.simulator")
+
+# Fleets up to this size fetch their streams for real by default (an HTTP connection per
+# playing receiver); larger ones simulate playback. ``fetch_streams`` overrides it.
+FETCH_STREAMS_UP_TO = 100
+
+Receiver = VirtualReceiver | FirmwareReceiver
 
 
 class Fleet:
@@ -49,13 +60,31 @@ class Fleet:
         attach_delay: tuple[float, float] = (1.0, 5.0),
         sessions: Mapping[str, int] | None = None,
         clock_skew: Mapping[str, float] | None = None,
+        unsynced: Collection[str] = (),
         ground_truth: GroundTruth | Path | str | None = None,
         seed: int | None = None,
+        fetch_streams: bool | None = None,
+        stream_kbps: int = 64,
+        firmware_receivers: Collection[str] = (),
+        firmware_dir: Path | str | None = None,
     ) -> None:
         """``credentials``: receiver id → MQTT password (the id is also the username and the
         client id). ``sessions``: initial session counters (as persisted by a previous run;
-        default 0). ``ground_truth``: a :class:`GroundTruth`, or a path for its JSON-lines
-        file. ``seed`` makes the jitter, telemetry values and flaps reproducible."""
+        default 0). ``clock_skew``: each receiver's clock error at power-on, seconds;
+        ``unsynced``: receivers whose clock never syncs. ``ground_truth``: a
+        :class:`GroundTruth`, or a path for its JSON-lines file. ``seed`` makes the jitter,
+        telemetry values and flaps reproducible. ``fetch_streams``: really fetch the streams
+        of play commands and slots (default: for fleets of at most FETCH_STREAMS_UP_TO), else
+        simulate them at ``stream_kbps``. ``firmware_receivers``: ids of ``credentials`` run as
+        real MicroPython firmware processes, their flash directories under ``firmware_dir``
+        (default: a temporary directory)."""
+        if firmware_receivers:
+            unknown = set(firmware_receivers) - set(credentials)
+            if unknown:
+                raise ValueError(f"firmware receivers without credentials: {', '.join(sorted(unknown))}")
+            reason = unavailable_reason()
+            if reason is not None:
+                raise RuntimeError(f"cannot run firmware receivers: {reason}")
         self.config = ReceiverConfig(
             host=broker_host,
             port=broker_port,
@@ -68,6 +97,8 @@ class Fleet:
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
             attach_delay=attach_delay,
+            fetch_streams=len(credentials) <= FETCH_STREAMS_UP_TO if fetch_streams is None else fetch_streams,
+            stream_kbps=stream_kbps,
         )
         if isinstance(ground_truth, GroundTruth):
             self.ground_truth = ground_truth
@@ -79,10 +110,20 @@ class Fleet:
         self._ctx = Context(self.config, self._rng, self.ground_truth)
         sessions = sessions or {}
         clock_skew = clock_skew or {}
-        self._receivers: dict[str, VirtualReceiver] = {
-            rid: VirtualReceiver(rid, password, self._ctx, session=sessions.get(rid, 0), clock_skew=clock_skew.get(rid, 0.0))
-            for rid, password in credentials.items()
-        }
+        unsynced = set(unsynced)
+        self._firmware_tmp: tempfile.TemporaryDirectory[str] | None = None
+        if firmware_receivers and firmware_dir is None:
+            self._firmware_tmp = tempfile.TemporaryDirectory(prefix="loa-firmware-")
+            firmware_dir = self._firmware_tmp.name
+        self._receivers: dict[str, Receiver] = {}
+        for rid, password in credentials.items():
+            if rid in firmware_receivers:
+                self._receivers[rid] = FirmwareReceiver(rid, password, self.config, self.ground_truth,
+                                                        Path(firmware_dir) / rid)  # type: ignore[arg-type]
+            else:
+                self._receivers[rid] = VirtualReceiver(
+                    rid, password, self._ctx, session=sessions.get(rid, 0), clock_skew=clock_skew.get(rid, 0.0),
+                    clock_sync=rid not in unsynced)
         self._cut_until: dict[str, float] = {}
         self._power_token: dict[str, object] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -91,13 +132,19 @@ class Fleet:
     # -- lifecycle --------------------------------------------------------------------------
 
     @property
-    def receivers(self) -> Mapping[str, VirtualReceiver]:
+    def receivers(self) -> Mapping[str, Receiver]:
         return self._receivers
+
+    @property
+    def firmware_receivers(self) -> list[str]:
+        return [rid for rid, rx in self._receivers.items() if isinstance(rx, FirmwareReceiver)]
 
     async def start(self) -> None:
         """Power every receiver on (each connects after its modem attach delay)."""
         self._started = True
         for rx in self._receivers.values():
+            if isinstance(rx, FirmwareReceiver):
+                await rx.prepare()
             rx.power_on(ResetCause.POWER_ON)
 
     async def stop(self, *, clean: bool = True, timeout: float = 2.0) -> None:
@@ -113,8 +160,14 @@ class Fleet:
             await asyncio.gather(*(rx.shutdown(timeout=timeout) for rx in self._receivers.values()), return_exceptions=True)
         for rx in self._receivers.values():
             rx.abort()
+            if isinstance(rx, FirmwareReceiver):
+                await rx.close()
         self._cut_until.clear()
+        await self._ctx.aclose()
         await asyncio.sleep(0)  # let the transports close
+        if self._firmware_tmp is not None:
+            self._firmware_tmp.cleanup()
+            self._firmware_tmp = None
         if self._owns_truth:
             self.ground_truth.close()
         else:
@@ -208,8 +261,15 @@ class Fleet:
             self._spawn(boot)
 
     def set_clock_skew(self, rid: str, seconds: float) -> None:
-        """Offset the receiver's own clock (its payload timestamps; never the ground truth)."""
-        self._rx(rid).clock_skew = seconds
+        """The receiver's own clock is ``seconds`` off from now on, and again after every
+        power-on, until a clock sync corrects it (its payload timestamps and its schedule; never
+        the ground truth)."""
+        self._rx(rid).set_clock(seconds)
+
+    def set_clock_sync(self, rid: str, enabled: bool) -> None:
+        """Whether the receiver's clock syncs at link-up (False: it keeps its error, checks no
+        expiry and runs no schedule)."""
+        self._rx(rid).clock_sync = enabled
 
     async def inject(self, fault: Fault, *, wait: bool = False) -> None:
         """Apply one fault of a scenario."""
@@ -232,6 +292,9 @@ class Fleet:
         for rid, skew in scenario.clock_skew.items():
             if rid in self._receivers:
                 self.set_clock_skew(rid, skew)
+        for rid in scenario.unsynced:
+            if rid in self._receivers:
+                self.set_clock_sync(rid, False)
         for fault in sorted(scenario.faults, key=lambda f: f.at):
             if fault.receiver not in self._receivers:
                 continue
@@ -266,7 +329,7 @@ class Fleet:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _rx(self, rid: str) -> VirtualReceiver:
+    def _rx(self, rid: str) -> Receiver:
         try:
             return self._receivers[rid]
         except KeyError:

@@ -1,4 +1,5 @@
-"""What really happened: when each virtual receiver was connected to the broker.
+"""What really happened: when each virtual receiver was connected to the broker, and what it
+really played.
 
 The simulator knows the truth the fleet service can only infer, so the uptime ledger can be
 checked against it. A receiver is **up** from the moment its CONNACK (accepted) has arrived
@@ -18,6 +19,15 @@ The JSON-lines file has one object per transition::
 
 Lines are written in the order the transitions are known, which per receiver is time order;
 across receivers a restore's ``up`` may be written a round trip after its time.
+
+Playback is recorded in the same file, one line when a stream starts playing (its first audio
+arrived) and one when it stops::
+
+    {"receiver": "rx-0001", "t": 1767225700.5, "play": "start", "src": "cmd", "ref": "c17", "pri": "normal"}
+    {"receiver": "rx-0001", "t": 1767225760.0, "play": "end", "why": "stopped"}
+
+``why`` is a play_stopped reason (``ended``, ``stopped``, ``preempted``, ``stream_error``) or
+``power_loss``/``shutdown`` when the receiver went off while playing.
 """
 
 from __future__ import annotations
@@ -62,11 +72,26 @@ class Transition:
         return cls(str(obj["receiver"]), float(obj["t"]), state == "up", str(obj["cause"]))
 
 
+@dataclass(frozen=True, slots=True)
+class Played:
+    """One stretch of playback: a command (``source`` "cmd") or a schedule slot ("sched")."""
+
+    receiver: str
+    source: str
+    ref: str
+    priority: str
+    start: float
+    end: float | None = None   # None: still playing
+    why: str | None = None     # why it stopped
+
+
 class GroundTruth:
-    """Transitions per receiver, in memory and optionally appended to a JSON-lines file."""
+    """Transitions and playback per receiver, in memory and optionally appended to a JSON-lines
+    file."""
 
     def __init__(self, path: Path | str | None = None) -> None:
         self._log: dict[str, list[tuple[float, bool, str]]] = {}
+        self._plays: dict[str, list[Played]] = {}
         self._file: IO[str] | None = open(path, "a", encoding="utf-8", buffering=1 << 16) if path else None  # noqa: SIM115
         self.path = Path(path) if path else None
 
@@ -86,6 +111,30 @@ class GroundTruth:
         if self._file is not None:
             self._file.write(Transition(receiver, t, up, cause).to_json() + "\n")
         return True
+
+    def play_started(self, receiver: str, source: str, ref: str, priority: str, t: float) -> None:
+        """The receiver started playing (its first audio arrived); ends what it played before."""
+        self.play_ended(receiver, t, "preempted")
+        self._plays.setdefault(receiver, []).append(Played(receiver, source, ref, priority, t))
+        if self._file is not None:
+            self._file.write(json.dumps({"receiver": receiver, "t": t, "play": "start", "src": source, "ref": ref,
+                                         "pri": priority}, separators=(",", ":")) + "\n")
+
+    def play_ended(self, receiver: str, t: float, why: str) -> bool:
+        """The receiver stopped playing; False (nothing recorded) if it was not playing."""
+        plays = self._plays.get(receiver)
+        if not plays or plays[-1].end is not None:
+            return False
+        last = plays[-1]
+        plays[-1] = Played(last.receiver, last.source, last.ref, last.priority, last.start, t, why)
+        if self._file is not None:
+            self._file.write(json.dumps({"receiver": receiver, "t": t, "play": "end", "why": why},
+                                        separators=(",", ":")) + "\n")
+        return True
+
+    def played(self, receiver: str) -> list[Played]:
+        """What the receiver played, in order (the last one may still be playing)."""
+        return list(self._plays.get(receiver, ()))
 
     def is_up(self, receiver: str) -> bool:
         entries = self._log.get(receiver)
@@ -107,18 +156,31 @@ class GroundTruth:
         """Read a JSON-lines file written by a simulation (for analysis after the run)."""
         truth = cls()
         rows: list[Transition] = []
+        plays: list[dict[str, object]] = []
         with open(path, encoding="utf-8") as f:
             for line in f:
-                if line.strip():
+                if not line.strip():
+                    continue
+                if '"play"' in line:
+                    plays.append(json.loads(line))
+                else:
                     rows.append(Transition.from_json(line))
         rows.sort(key=lambda r: r.t)
         for row in rows:
             truth.record(row.receiver, row.up, row.cause, row.t)
+        for obj in plays:  # written in time order per receiver
+            receiver, t = str(obj["receiver"]), float(obj["t"])  # type: ignore[arg-type]
+            if obj["play"] == "start":
+                truth.play_started(receiver, str(obj["src"]), str(obj["ref"]), str(obj["pri"]), t)
+            elif obj["play"] == "end":
+                truth.play_ended(receiver, t, str(obj["why"]))
+            else:
+                raise ValueError(f"play must be 'start' or 'end', not {obj['play']!r}")
         return truth
 
     @property
     def receivers(self) -> list[str]:
-        return sorted(self._log)
+        return sorted(self._log.keys() | self._plays.keys())
 
     def transitions(self, receiver: str | None = None) -> Iterator[Transition]:
         names: Iterable[str] = [receiver] if receiver is not None else sorted(self._log)

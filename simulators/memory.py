@@ -67,7 +67,7 @@ async def measure(
             await fleet.wait_up(timeout=connect_timeout)
             # Up (birth sent) is not yet established (subscribed, event acknowledged): wait for
             # every receiver's first report, so that nothing transient is counted.
-            while any(rx.telemetry_sent == 0 for rx in fleet.receivers.values()):
+            while any(fleet.status(rid).telemetry_sent == 0 for rid in fleet.receivers):
                 if time.monotonic() - started > connect_timeout:
                     raise TimeoutError("receivers did not all start reporting")
                 await asyncio.sleep(0.1)

@@ -13,14 +13,16 @@ the 0x80 failure code, PINGREQ/PINGRESP keepalive with a dead-connection timeout
 DISCONNECT. Not supported: QoS 2 (a receiver never subscribes above QoS 1), persistent
 sessions.
 
-Buffers are bounded: at most ``MAX_INFLIGHT`` unacknowledged requests, and the receive
-buffer holds at most one partial packet of at most ``max_packet`` bytes.
+Buffers are bounded: at most ``MAX_INFLIGHT`` unacknowledged requests (QoS 1 publishes beyond
+that wait, at most ``MAX_BACKLOG`` of them, for a free slot), and the receive buffer holds at
+most one partial packet of at most ``max_packet`` bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -32,6 +34,9 @@ log = logging.getLogger("loa.simulator.mqtt")
 # Requests (QoS 1 publishes, subscribes) awaiting their acknowledgement at once. A receiver has
 # a birth, an event or two and a subscribe in flight at most; more means the link is stuck.
 MAX_INFLIGHT = 16
+# QoS 1 publishes waiting for a free in-flight slot (a burst of acknowledgements, or the events
+# queued while offline, sent after a birth). Beyond this the link is stuck: refuse.
+MAX_BACKLOG = 64
 # Largest packet accepted from the broker: state messages and commands are a few hundred
 # bytes; anything bigger is a protocol error rather than a reason to grow a buffer.
 MAX_PACKET = 16 * 1024
@@ -192,7 +197,7 @@ class MqttClient:
         "_conn", "_loop", "_client_id", "_username", "_password", "_keepalive", "_response_timeout",
         "_will", "_handler", "_max_packet", "_state", "_buf", "_connack", "_pending",
         "_next_pid", "_last_tx", "_last_rx", "_pings", "_ping_sent", "_timer", "_probe", "closed",
-        "dropped",
+        "dropped", "_backlog",
     )
 
     def __init__(
@@ -225,6 +230,8 @@ class MqttClient:
         self._buf: bytearray | None = None
         self._connack: asyncio.Future[int] | None = None
         self._pending: dict[int, asyncio.Future[bytes]] = {}
+        # QoS 1 publishes waiting for an in-flight slot (created on first use).
+        self._backlog: deque[tuple[int, bytes, asyncio.Future[bytes]]] | None = None
         self._next_pid = 0
         now = self._loop.time()
         self._last_tx = now
@@ -300,10 +307,35 @@ class MqttClient:
             return None
         if qos != 1:
             raise ValueError("only QoS 0 and 1 are supported")
+        if len(self._pending) >= MAX_INFLIGHT:
+            backlog = self._backlog
+            if backlog is None:
+                backlog = self._backlog = deque()
+            if len(backlog) >= MAX_BACKLOG:
+                raise InflightFull(f"{MAX_INFLIGHT} requests await acknowledgement and {MAX_BACKLOG} more wait")
+            future: asyncio.Future[bytes] = self._loop.create_future()
+            backlog.append((header, _string(topic.encode()) + b"\0\0" + payload, future))
+            return future
         pid, future = self._request()
         if not self._write(_packet(header, _string(topic.encode()) + pid.to_bytes(2, "big") + payload)):
             self.close(SendBufferFull(f"cannot send PUBLISH to {topic}"))
         return future
+
+    def _drain_backlog(self) -> None:
+        """Send waiting publishes while in-flight slots are free (the packet id goes into the
+        two placeholder bytes after the topic)."""
+        backlog = self._backlog
+        while backlog and len(self._pending) < MAX_INFLIGHT and self._state == _CONNECTED:
+            header, body, future = backlog.popleft()
+            if future.done():
+                continue
+            pid, _ = self._request(future)
+            at = int.from_bytes(body[:2], "big") + 2
+            if not self._write(_packet(header, body[:at] + pid.to_bytes(2, "big") + body[at + 2:])):
+                self.close(SendBufferFull("cannot send a waiting PUBLISH"))
+                return
+        if not backlog:
+            self._backlog = None
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False, timeout: float = 10.0) -> None:
         """Publish; for QoS 1 wait for PUBACK (:class:`AckTimeout` after ``timeout``)."""
@@ -446,6 +478,8 @@ class MqttClient:
                 self._pending = {}  # an empty dict without the table the last request grew
             if future is not None and not future.done():
                 future.set_result(body[2:])
+            if self._backlog:
+                self._drain_backlog()
         elif kind == _CONNACK:
             connack = self._connack
             if self._state != _CONNECTING or connack is None or len(body) != 2:
@@ -488,7 +522,7 @@ class MqttClient:
             except Exception:  # a bad message never kills the connection
                 log.exception("message handler failed for %s", topic)
 
-    def _request(self) -> tuple[int, asyncio.Future[bytes]]:
+    def _request(self, future: asyncio.Future[bytes] | None = None) -> tuple[int, asyncio.Future[bytes]]:
         if len(self._pending) >= MAX_INFLIGHT:
             raise InflightFull(f"{MAX_INFLIGHT} requests already await acknowledgement")
         pid = self._next_pid
@@ -497,7 +531,8 @@ class MqttClient:
             if pid not in self._pending:
                 break
         self._next_pid = pid
-        future: asyncio.Future[bytes] = self._loop.create_future()
+        if future is None:
+            future = self._loop.create_future()
         self._pending[pid] = future
         return pid, future
 
@@ -576,7 +611,8 @@ class MqttClient:
             connack.set_exception(lost)
             connack.exception()  # retrieved here; connect() sees it when it awaits
         pending, self._pending = self._pending, {}
-        for future in pending.values():
+        backlog, self._backlog = self._backlog or (), None
+        for future in (*pending.values(), *(f for _, _, f in backlog)):
             if not future.done():
                 future.set_exception(lost)
                 future.exception()

@@ -9,8 +9,13 @@ Life of a receiver (see docs/simulator.md for the full protocol):
    ``offline/<session>/lost`` (retained, QoS 1) on its state topic;
 3. after CONNACK, publish the birth ``online/<session>/boot|reconnect`` (retained, QoS 1),
    subscribe to its own ``state`` and ``cmd`` topics, publish the ``boot`` or ``link_lost``
-   event (QoS 1), then telemetry (QoS 0) every ``telemetry_interval``;
+   event (QoS 1), the events queued while offline, the play status (retained, QoS 1), then
+   telemetry (QoS 0) every ``telemetry_interval``;
 4. when the connection is lost, reconnect with jittered exponential backoff.
+
+Beside the session it runs the application of protocol 1.1: commands and their
+acknowledgements (never twice, priorities, expiry), the stream player, the broadcast schedule
+by its own clock, and the clock sync.
 """
 
 from __future__ import annotations
@@ -19,25 +24,45 @@ import asyncio
 import logging
 import random
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+import httpx
+from pydantic import BaseModel
+
 from fleet_service.protocol import (
+    Ack,
+    AckReason,
+    AckStatus,
     AmpState,
+    CommandError,
+    ConfigCommand,
     DecodeError,
     Event,
     EventKind,
     MessageKind,
+    PlayCommand,
+    PlayReason,
+    PlaySource,
+    PlayStatus,
+    Priority,
+    RebootCommand,
     ResetCause,
+    ScheduleCommand,
     State,
     StateMessage,
+    StopCommand,
     StreamState,
     Telemetry,
+    VolumeCommand,
     decode,
+    decode_command,
     receiver_topics,
 )
-from fleet_service.protocol.messages import SESSION_MAX, StateReason, csq_to_dbm
+from fleet_service.protocol.messages import RECEIVER_REMEMBERS_COMMANDS, SESSION_MAX, StateReason, csq_to_dbm
 from fleet_service.protocol.topics import TOPIC_ROOT
 from simulators import ground_truth as gt
+from simulators import schedule as sched
 from simulators.ground_truth import GroundTruth
 from simulators.link import Link, LinkDown
 from simulators.mqtt import (
@@ -54,8 +79,26 @@ from simulators.mqtt import (
 
 log = logging.getLogger("loa.simulator")
 
-# Largest state or command payload a receiver decodes; the protocol's messages are far smaller.
+# Largest state payload a receiver decodes; the protocol's messages are far smaller.
 MAX_PAYLOAD = 4096
+# Events kept while there is no connection (docs/protocol.md): the oldest go first.
+OFFLINE_EVENTS = 16
+# Volume of a factory-new receiver.
+DEFAULT_VOLUME = 80
+# Re-sync the clock this often while connected (and after every link-up).
+CLOCK_RESYNC_S = 6 * 3600
+# A clock corrected by more than this is worth a clock_sync event.
+CLOCK_EVENT_MS = 1000
+# Without fetching, a stream "opens" after this long (a 4G GET's first bytes).
+SIMULATED_OPEN_S = 0.2
+# A slot timer fires this long after the boundary, so the clock reads past it.
+BOUNDARY_MARGIN_S = 0.005
+# Power stays off this long in a reboot the receiver was commanded to do.
+REBOOT_OFF_S = 0.5
+# A command still being carried out when the power went: its outcome after the boot.
+INTERRUPTED = "reboot"
+# Largest clock skew telemetry can carry (int32 milliseconds).
+_SKEW_MS_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +121,10 @@ class ReceiverConfig:
     backoff_cap: float = 60.0
     # Modem attach time after power-on, uniform in this range.
     attach_delay: tuple[float, float] = (1.0, 5.0)
+    # Really fetch the stream of a play (an HTTP GET per playing receiver), or only simulate
+    # it at ``stream_kbps`` (large fleets). See docs/simulator.md.
+    fetch_streams: bool = True
+    stream_kbps: int = 64
 
     def __post_init__(self) -> None:
         if not 0 <= self.keepalive <= 0xFFFF:
@@ -106,21 +153,80 @@ class ReceiverStatus:
     telemetry_sent: int
     last_error: str | None
     clock_skew: float
+    clock_synced: bool
+    playing: str | None      # "cmd:<id>" or "sched:<slot>" while a stream plays
+    volume: int
+    schedule_version: int | None
+    acks_sent: int
+    events_queued: int       # events not yet acknowledged by the broker
 
 
 class Context:
     """What the receivers of one fleet share."""
 
-    __slots__ = ("config", "rng", "truth")
+    __slots__ = ("config", "rng", "truth", "_http")
 
     def __init__(self, config: ReceiverConfig, rng: random.Random, truth: GroundTruth) -> None:
         self.config = config
         self.rng = rng
         self.truth = truth
+        self._http: httpx.AsyncClient | None = None
+
+    def http(self) -> httpx.AsyncClient:
+        """The fleet's HTTP client for streams (created on first use, in the running loop)."""
+        if self._http is None:
+            from simulators.stream import STREAM_OPEN_TIMEOUT_S, STREAM_READ_TIMEOUT_S
+
+            self._http = httpx.AsyncClient(
+                follow_redirects=True, trust_env=False,
+                timeout=httpx.Timeout(STREAM_OPEN_TIMEOUT_S, read=STREAM_READ_TIMEOUT_S),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+            )
+        return self._http
+
+    async def aclose(self) -> None:
+        client, self._http = self._http, None
+        if client is not None:
+            await client.aclose()
 
 
-def _json(message: StateMessage | Telemetry | Event) -> bytes:
+def _json(message: BaseModel) -> bytes:
     return message.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+class Playback:
+    """What the player is playing (or opening) now."""
+
+    __slots__ = ("source", "ref", "priority", "url", "volume", "occurrence", "command_id", "duration",
+                 "playing", "kbps", "started", "task", "timer")
+
+    def __init__(self, source: PlaySource, ref: str, priority: Priority, url: str, *, volume: int | None = None,
+                 occurrence: str | None = None, command_id: str | None = None, duration: int | None = None) -> None:
+        self.source = source
+        self.ref = ref
+        self.priority = priority
+        self.url = url
+        self.volume = volume            # a slot's own volume, while it plays
+        self.occurrence = occurrence    # a slot's "id@date"
+        self.command_id = command_id    # the play command to acknowledge "done"
+        self.duration = duration
+        self.playing = False            # False while the stream is being opened
+        self.kbps: int | None = None
+        self.started = 0.0              # loop time the first audio arrived
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.source.value}:{self.ref}"
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self.task = None
 
 
 def _loss_cause(reason: BaseException) -> str:
@@ -147,9 +253,17 @@ class VirtualReceiver:
         "_client", "_online", "_born", "_birth_reason", "_birth_off", "_heard_at", "_boot_pending", "_loss_cause", "_boot_at", "_reset_cause",
         "_seq", "_timer", "_csq", "_underruns", "_state_topic", "connects", "refused", "births",
         "republished_births", "commands_received", "telemetry_sent", "last_error",
+        # persisted ("flash"), beside the session counter
+        "_outcomes", "schedule", "volume", "_settings",
+        # clock
+        "clock_sync", "_offset", "_synced_at", "_skew_ms",
+        # player, schedule runner, events
+        "_play", "_player", "_why", "_stream_bytes", "_slot_seen", "_slot_timer", "_events", "_epoch",
+        "_reboot_task", "acks_sent", "_interval",
     )
 
-    def __init__(self, receiver_id: str, password: str, ctx: Context, *, session: int = 0, clock_skew: float = 0.0) -> None:
+    def __init__(self, receiver_id: str, password: str, ctx: Context, *, session: int = 0, clock_skew: float = 0.0,
+                 clock_sync: bool = True) -> None:
         topics = receiver_topics(receiver_id)  # validates the id
         self.receiver_id = receiver_id
         self._password = password
@@ -183,6 +297,28 @@ class VirtualReceiver:
         self.commands_received = 0
         self.telemetry_sent = 0
         self.last_error: str | None = None
+        #: Ids and final outcomes of the last commands (kept across power loss, like flash).
+        self._outcomes: OrderedDict[str, tuple[AckStatus, str | None]] | None = None
+        #: The broadcast schedule held (kept across power loss).
+        self.schedule: ScheduleCommand | None = None
+        self.volume = DEFAULT_VOLUME
+        self._settings: dict[str, object] | None = None  # from config commands
+        #: Whether the clock may sync at all (a scenario can keep a receiver unsynced).
+        self.clock_sync = clock_sync
+        self._offset = clock_skew           # the clock's error now, seconds
+        self._synced_at: float | None = None  # loop time of the last sync since power-on
+        self._skew_ms: int | None = None      # measured then
+        self._play: Playback | None = None
+        self._player = StreamState.IDLE
+        self._why = PlayReason.BOOT
+        self._stream_bytes = 0
+        self._slot_seen: str | None = None  # occurrence of the slot last started (or passed over)
+        self._slot_timer: asyncio.TimerHandle | None = None
+        self._events: deque[list[object]] | None = None  # [kind, detail, ts, in flight] not yet acknowledged
+        self._epoch = 0  # counts power changes, so a delayed boot knows it is stale
+        self._reboot_task: asyncio.Task[None] | None = None
+        self.acks_sent = 0
+        self._interval = ctx.config.telemetry_interval  # of this session (settings apply per connection)
 
     # -- topics -----------------------------------------------------------------------------
 
@@ -196,12 +332,22 @@ class VirtualReceiver:
         if self.powered:
             return
         self.powered = True
+        self._epoch += 1
         self._boot_at = asyncio.get_running_loop().time()
         self._reset_cause = reset_cause
         self._born = False
         self._boot_pending = True
         self._loss_cause = None
         self._underruns = 0
+        # RAM is gone: the clock runs from its hardware error again, unsynced; nothing plays.
+        self._offset = self.clock_skew
+        self._synced_at = self._skew_ms = None
+        self._player, self._why, self._stream_bytes, self._slot_seen = StreamState.IDLE, PlayReason.BOOT, 0, None
+        self._events = None
+        if self._outcomes:
+            for cid, (status, _) in self._outcomes.items():
+                if status is AckStatus.ACCEPTED:  # cut short by the power loss: never carried out
+                    self._outcomes[cid] = (AckStatus.FAILED, INTERRUPTED)
         self._task = asyncio.get_running_loop().create_task(self._life(), name=f"rx-{self.receiver_id}")
 
     def power_loss(self, cause: str = gt.POWER_LOSS) -> None:
@@ -210,6 +356,8 @@ class VirtualReceiver:
         if not self.powered:
             return
         self.powered = False
+        self._epoch += 1
+        self._halt_application(cause)
         self._mark_down(cause)
         self.link.freeze()
         self._drop_session(halt=True)
@@ -222,6 +370,8 @@ class VirtualReceiver:
         if not self.powered:
             return
         self.powered = False
+        self._epoch += 1
+        self._halt_application(gt.SHUTDOWN)
         self._mark_down(gt.SHUTDOWN)
         task, self._task = self._task, None
         if task is not None:
@@ -247,6 +397,20 @@ class VirtualReceiver:
         """End of a simulation without goodbye: stop and reset every socket."""
         self.power_loss(gt.STOPPED)
         self.link.close_all()
+        task, self._reboot_task = self._reboot_task, None
+        if task is not None:
+            task.cancel()
+
+    def _halt_application(self, why: str) -> None:
+        """Power goes: the player and the schedule stop where they are (no events)."""
+        play, self._play = self._play, None
+        if play is not None:
+            play.cancel()
+            if play.playing:
+                self._ctx.truth.play_ended(self.receiver_id, time.time(), why)
+        if self._slot_timer is not None:
+            self._slot_timer.cancel()
+            self._slot_timer = None
 
     # -- link -------------------------------------------------------------------------------
 
@@ -328,6 +492,7 @@ class VirtualReceiver:
         if not self._owns_life():
             conn.close()
             raise asyncio.CancelledError
+        self._sync_clock()  # the link is up: sync against the reference first
         self.session = self.session % SESSION_MAX + 1
         session = self.session
         will = Will(self._state_topic, _json(StateMessage(state=State.OFFLINE, session=session, reason=StateReason.LOST)))
@@ -336,7 +501,7 @@ class VirtualReceiver:
             client_id=self.receiver_id,
             username=self.receiver_id,
             password=self._password,
-            keepalive=config.keepalive,
+            keepalive=int(self._setting("keepalive", config.keepalive)),
             response_timeout=config.response_timeout,
             will=will,
             handler=self,
@@ -378,6 +543,10 @@ class VirtualReceiver:
                 raise asyncio.CancelledError
             self._boot_pending = False
             self.last_error = None
+            for entry in self._events or ():  # what happened while offline, with its own time
+                self._send_event(client, entry)
+            self._publish_play()
+            self._interval = self._setting("telemetry_interval", config.telemetry_interval)
             self._telemetry()
         except BaseException as exc:
             if self._client is client:
@@ -455,11 +624,16 @@ class VirtualReceiver:
                     ack.add_done_callback(_consume)
         elif topic == self._topic("cmd"):
             self.commands_received += 1
+            self._command(payload)
 
     # -- telemetry --------------------------------------------------------------------------
 
     def _clock(self) -> int:
-        return max(0, int(time.time() + self.clock_skew))
+        return max(0, int(time.time() + self._offset))
+
+    def _setting(self, name: str, default: float) -> float:
+        value = self._settings.get(name) if self._settings else None
+        return default if value is None else float(value)  # type: ignore[arg-type]
 
     def _telemetry(self) -> None:
         """Send one report now and schedule the next (while the session lasts)."""
@@ -470,7 +644,9 @@ class VirtualReceiver:
         if client is None or not client.connected or not self._online:
             return
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._ctx.config.telemetry_interval, self._telemetry)
+        self._timer = loop.call_later(self._interval, self._telemetry)
+        if self._synced_at is not None and loop.time() - self._synced_at >= CLOCK_RESYNC_S:
+            self._sync_clock()
         rng = self._ctx.rng
         self._csq = min(31, max(5, self._csq + rng.choice((-1, 0, 0, 1))))
         if rng.random() < 0.02:
@@ -484,13 +660,18 @@ class VirtualReceiver:
             signal_csq=self._csq,
             temperature_c=round(rng.uniform(32.0, 52.0), 1),
             supply_v=round(rng.uniform(11.8, 12.4), 2),
-            amplifier=AmpState.ON,
-            stream=StreamState.PLAYING,
-            bitrate_kbps=64,
+            amplifier=AmpState.ON if self._player is StreamState.PLAYING else AmpState.OFF,
+            stream=self._player,
+            bitrate_kbps=self._play.kbps if self._play is not None and self._play.playing else None,
             underruns=self._underruns,
             free_memory=rng.randrange(80_000, 120_000, 16),
             reset_cause=self._reset_cause,
             firmware=self._ctx.config.firmware,
+            stream_bytes=self._bytes_received(),
+            volume=self._output_volume(),
+            schedule_version=self.schedule.version if self.schedule is not None else None,
+            clock_skew_ms=self._skew_ms,
+            clock_synced_s=None if self._synced_at is None else int(loop.time() - self._synced_at),
         )
         self._seq += 1
         self.telemetry_sent += 1
@@ -519,7 +700,343 @@ class VirtualReceiver:
             telemetry_sent=self.telemetry_sent,
             last_error=self.last_error,
             clock_skew=self.clock_skew,
+            clock_synced=self._synced_at is not None,
+            playing=self._play.label if self._play is not None and self._play.playing else None,
+            volume=self._output_volume(),
+            schedule_version=self.schedule.version if self.schedule is not None else None,
+            acks_sent=self.acks_sent,
+            events_queued=len(self._events or ()),
         )
+
+    def set_clock(self, skew: float) -> None:
+        """The clock's error becomes ``skew`` now, and again after every power-on (its RTC)."""
+        self.clock_skew = self._offset = skew
+        self._arm_schedule()
+
+    # -- clock ------------------------------------------------------------------------------
+
+    def _sync_clock(self) -> None:
+        """Sync against the reference (the host clock stands in for SNTP): measure the error,
+        correct it, say so if it was more than a second."""
+        if not self.clock_sync:
+            return
+        skew_ms = max(-_SKEW_MS_MAX, min(_SKEW_MS_MAX, round(self._offset * 1000)))
+        self._offset = 0.0
+        self._skew_ms = skew_ms
+        self._synced_at = asyncio.get_running_loop().time()
+        if abs(skew_ms) > CLOCK_EVENT_MS:
+            self._event(EventKind.CLOCK_SYNC, f"ntp:{skew_ms}")
+        self._arm_schedule()
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _event(self, kind: EventKind, detail: str | None) -> None:
+        """An event now: published at once when online, else queued for the next birth. It
+        stays queued until the broker acknowledges it, so a connection that dies first does
+        not lose it."""
+        events = self._events
+        if events is None:
+            events = self._events = deque(maxlen=OFFLINE_EVENTS)
+        entry: list[object] = [kind, detail, self._clock(), False]
+        events.append(entry)
+        client = self._client
+        if self._online and client is not None and client.connected:
+            self._send_event(client, entry)
+
+    def _send_event(self, client: MqttClient, entry: list[object]) -> None:
+        kind, detail, ts, in_flight = entry
+        if in_flight:
+            return
+        event = Event(session=self.session, sent_at=ts, kind=kind, detail=detail)  # type: ignore[arg-type]
+        try:
+            ack = client.publish_nowait(self._topic("event"), _json(event), qos=1)
+        except MqttError as exc:
+            log.info("%s: event kept for later: %s", self.receiver_id, exc)
+            return
+        if ack is not None:
+            entry[3] = True
+            ack.add_done_callback(lambda f: self._event_acknowledged(f, entry))
+
+    def _event_acknowledged(self, future: asyncio.Future[bytes], entry: list[object]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            entry[3] = False
+            return  # stays queued: sent again after the next birth
+        events = self._events
+        if events is not None:
+            try:
+                events.remove(entry)
+            except ValueError:
+                pass
+            if not events:
+                self._events = None
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def _command(self, payload: bytes) -> None:
+        try:
+            command = decode_command(payload)
+        except CommandError as exc:
+            if exc.command_id is None:
+                self._event(EventKind.BAD_COMMAND, exc.reason.value)
+            elif not self._answer_duplicate(exc.command_id):
+                self._final(exc.command_id, AckStatus.REJECTED, exc.reason.value)
+            return
+        cid = command.command_id
+        if self._answer_duplicate(cid):
+            return
+        if self._synced_at is not None and self._clock() > command.expires_at:
+            self._final(cid, AckStatus.EXPIRED, AckReason.EXPIRED.value)
+            return
+        if isinstance(command, PlayCommand):
+            playing = self._play
+            if playing is not None and command.priority.rank < playing.priority.rank:
+                self._final(cid, AckStatus.REJECTED, AckReason.LOWER_PRIORITY.value)
+                return
+            self._remember(cid, AckStatus.ACCEPTED, None)
+            self._ack(cid, AckStatus.ACCEPTED, None)
+            self._start(Playback(PlaySource.COMMAND, cid, command.priority, command.url, command_id=cid,
+                                 duration=command.duration_s), PlayReason.COMMAND)
+        elif isinstance(command, StopCommand):
+            playing = self._play
+            if playing is None:
+                self._final(cid, AckStatus.DONE, AckReason.NOTHING_PLAYING.value)
+            elif command.priority.rank < playing.priority.rank:
+                self._final(cid, AckStatus.REJECTED, AckReason.LOWER_PRIORITY.value)
+            else:
+                self._end(PlayReason.STOPPED)
+                self._final(cid, AckStatus.DONE, None)
+        elif isinstance(command, VolumeCommand):
+            self.volume = command.volume
+            self._final(cid, AckStatus.DONE, None)
+            self._publish_play()
+        elif isinstance(command, ConfigCommand):
+            self._settings = {**(self._settings or {}), **command.settings.model_dump(exclude_none=True)}
+            self._final(cid, AckStatus.DONE, None)  # takes effect at the next connection
+        elif isinstance(command, ScheduleCommand):
+            self.schedule = command
+            self._final(cid, AckStatus.DONE, None)
+            self._publish_play()
+            self._arm_schedule()
+        elif isinstance(command, RebootCommand):
+            self._final(cid, AckStatus.DONE, None)  # just before the goodbye
+            if self._reboot_task is None:
+                self._reboot_task = asyncio.get_running_loop().create_task(self._reboot())
+
+    def _answer_duplicate(self, cid: str) -> bool:
+        known = self._outcomes.get(cid) if self._outcomes else None
+        if known is None:
+            return False
+        self._ack(cid, known[0], known[1], duplicate=True)
+        return True
+
+    def _remember(self, cid: str, status: AckStatus, why: str | None) -> None:
+        outcomes = self._outcomes
+        if outcomes is None:
+            outcomes = self._outcomes = OrderedDict()
+        outcomes[cid] = (status, why)
+        outcomes.move_to_end(cid)
+        while len(outcomes) > RECEIVER_REMEMBERS_COMMANDS:
+            outcomes.popitem(last=False)
+
+    def _final(self, cid: str, status: AckStatus, why: str | None) -> None:
+        self._remember(cid, status, why)
+        self._ack(cid, status, why)
+
+    def _ack(self, cid: str, status: AckStatus, why: str | None, *, duplicate: bool = False) -> None:
+        """Acknowledge (QoS 1). Lost if the connection is down: the service delivers the
+        command again after the next birth, and the stored outcome answers it."""
+        client = self._client
+        if not (self._online and client is not None and client.connected):
+            return
+        ack = Ack(session=self.session, command_id=cid, status=status, reason=why, sent_at=self._clock(),
+                  duplicate=duplicate)
+        try:
+            future = client.publish_nowait(self._topic("ack"), _json(ack), qos=1)
+        except MqttError as exc:
+            log.info("%s: acknowledgement of %s not sent: %s", self.receiver_id, cid, exc)
+            return
+        self.acks_sent += 1
+        if future is not None:
+            future.add_done_callback(_consume)
+
+    async def _reboot(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let the acknowledgement go first
+            await self.shutdown()
+            epoch = self._epoch
+            await asyncio.sleep(REBOOT_OFF_S)
+            if not self.powered and self._epoch == epoch:
+                self.power_on(ResetCause.SOFT)
+        finally:
+            self._reboot_task = None
+
+    # -- player -----------------------------------------------------------------------------
+
+    def _output_volume(self) -> int:
+        play = self._play
+        return play.volume if play is not None and play.volume is not None else self.volume
+
+    def _start(self, play: Playback, why: PlayReason) -> None:
+        """Open a stream, replacing what plays (preempted)."""
+        if self._play is not None:
+            self._end(PlayReason.PREEMPTED, publish=False)
+        self._play = play
+        self._player, self._why = StreamState.CONNECTING, why
+        self._publish_play()
+        config = self._ctx.config
+        loop = asyncio.get_running_loop()
+        if config.fetch_streams:
+            play.task = loop.create_task(self._fetch(play), name=f"stream-{self.receiver_id}")
+        else:
+            play.timer = loop.call_later(SIMULATED_OPEN_S, self._opened, play, config.stream_kbps)
+
+    async def _fetch(self, play: Playback) -> None:
+        from simulators.stream import Stream, StreamUnreachable
+
+        try:
+            stream = await Stream.open(self._ctx.http(), play.url)
+        except StreamUnreachable as exc:
+            log.info("%s: %s", self.receiver_id, exc)
+            self._failed(play)
+            return
+        if self._play is not play:
+            await stream.close()
+            return
+        self._opened(play, stream.kbps or self._ctx.config.stream_kbps)
+        try:
+            await stream.play(self._received)
+        except (OSError, httpx.HTTPError, TimeoutError) as exc:
+            log.info("%s: stream %s broke off: %s", self.receiver_id, play.url, exc)
+            if self._play is play:
+                self._event(EventKind.STREAM_ERROR, play.label)
+                self._end(PlayReason.STREAM_ERROR)
+            return
+        if self._play is play:
+            self._end(PlayReason.ENDED)
+
+    def _received(self, count: int) -> None:
+        self._stream_bytes += count
+
+    def _bytes_received(self) -> int:
+        """Stream bytes since boot (a simulated stream counts at its bitrate)."""
+        play = self._play
+        if play is not None and play.playing and not self._ctx.config.fetch_streams and play.kbps:
+            return self._stream_bytes + int((asyncio.get_running_loop().time() - play.started) * play.kbps * 125)
+        return self._stream_bytes
+
+    def _opened(self, play: Playback, kbps: int) -> None:
+        """The first audio arrived: it plays."""
+        if self._play is not play:
+            return
+        play.timer = None
+        play.playing = True
+        play.kbps = kbps
+        play.started = asyncio.get_running_loop().time()
+        self._player = StreamState.PLAYING
+        self._ctx.truth.play_started(self.receiver_id, play.source.value, play.ref, play.priority.value, time.time())
+        self._event(EventKind.PLAY_STARTED, play.label)
+        if play.command_id is not None:
+            self._final(play.command_id, AckStatus.DONE, None)
+        if play.duration is not None:
+            play.timer = asyncio.get_running_loop().call_later(play.duration, self._end_if, play, PlayReason.ENDED)
+        self._publish_play()
+
+    def _failed(self, play: Playback) -> None:
+        """The stream could not be opened."""
+        if self._play is not play:
+            return
+        self._play = None
+        play.task = None
+        self._player, self._why = StreamState.ERROR, PlayReason.STREAM_ERROR
+        self._event(EventKind.STREAM_ERROR, play.label)
+        if play.command_id is not None:
+            self._final(play.command_id, AckStatus.FAILED, AckReason.STREAM_UNREACHABLE.value)
+        self._publish_play()
+
+    def _end_if(self, play: Playback, why: PlayReason) -> None:
+        if self._play is play:
+            play.timer = None
+            self._end(why)
+
+    def _end(self, why: PlayReason, *, publish: bool = True) -> None:
+        """Stop what plays: play_stopped "<why>:<ref>" if it was playing."""
+        play, self._play = self._play, None
+        if play is None:
+            return
+        if play.task is asyncio.current_task():
+            play.task = None  # ending by itself: nothing to cancel
+        play.cancel()
+        if play.playing:
+            if not self._ctx.config.fetch_streams and play.kbps:
+                self._stream_bytes += int((asyncio.get_running_loop().time() - play.started) * play.kbps * 125)
+            self._ctx.truth.play_ended(self.receiver_id, time.time(), why.value)
+            self._event(EventKind.PLAY_STOPPED, f"{why.value}:{play.ref}")
+        elif play.command_id is not None:
+            # Replaced or stopped before its stream opened: it never played.
+            self._final(play.command_id, AckStatus.FAILED, why.value)
+        self._player = StreamState.ERROR if why is PlayReason.STREAM_ERROR else StreamState.IDLE
+        self._why = why
+        if publish:
+            self._publish_play()
+
+    def _publish_play(self) -> None:
+        """The retained play status (on every change, and after every birth)."""
+        client = self._client
+        if not (self._online and client is not None and client.connected):
+            return
+        play = self._play
+        status = PlayStatus(
+            session=self.session, sent_at=self._clock(), stream=self._player,
+            priority=play.priority if play is not None else None,
+            source=play.source if play is not None else PlaySource.NONE,
+            ref=play.ref if play is not None else None,
+            url=play.url if play is not None else None,
+            volume=self._output_volume(), why=self._why,
+            schedule_version=self.schedule.version if self.schedule is not None else None,
+        )
+        try:
+            future = client.publish_nowait(self._topic("play"), _json(status), qos=1, retain=True)
+        except MqttError as exc:
+            log.info("%s: play status not sent: %s", self.receiver_id, exc)
+            return
+        if future is not None:
+            future.add_done_callback(_consume)
+
+    # -- schedule ---------------------------------------------------------------------------
+
+    def _arm_schedule(self) -> None:
+        """Run the schedule from now: only while powered, with a schedule and a synced clock."""
+        if self._slot_timer is not None:
+            self._slot_timer.cancel()
+            self._slot_timer = None
+        if self.powered and self.schedule is not None and self._synced_at is not None:
+            self._slot_boundary()
+
+    def _slot_boundary(self) -> None:
+        """At a slot's start or end (by the receiver's own clock): start or stop slots, then
+        arm the timer for the next boundary."""
+        self._slot_timer = None
+        schedule = self.schedule
+        if schedule is None or not self.powered:
+            return
+        clock = time.time() + self._offset
+        found = sched.active(schedule, clock)
+        play = self._play
+        if play is not None and play.source is PlaySource.SCHEDULE and (found is None or found[1] != play.occurrence):
+            self._end(PlayReason.ENDED)  # its slot is over (or no longer in the schedule)
+            play = None
+        if found is not None:
+            slot, occurrence, _ = found
+            if occurrence != self._slot_seen:
+                self._slot_seen = occurrence
+                # A slot starts unless something of higher priority plays.
+                if play is None or slot.priority.rank >= play.priority.rank:
+                    self._start(Playback(PlaySource.SCHEDULE, slot.slot_id, slot.priority, slot.url,
+                                         volume=slot.volume, occurrence=occurrence), PlayReason.SCHEDULE)
+        boundary = sched.next_boundary(schedule, clock)
+        if boundary is not None:
+            self._slot_timer = asyncio.get_running_loop().call_later(
+                boundary - clock + BOUNDARY_MARGIN_S, self._slot_boundary)
 
 
 def _consume(future: asyncio.Future[bytes]) -> None:

@@ -47,6 +47,8 @@ class Scenario:
     faults: tuple[Fault, ...] = ()
     clock_skew: Mapping[str, float] = field(default_factory=dict)
     seed: int | None = None
+    # Receivers whose clock never syncs (they check no expiry and run no schedule).
+    unsynced: frozenset[str] = frozenset()
 
     @classmethod
     def random(
@@ -60,11 +62,13 @@ class Scenario:
         lengths: Mapping[FaultKind, tuple[float, float]] = DEFAULT_LENGTHS,
         max_clock_skew: float = 0.0,
         skewed_fraction: float = 0.1,
+        unsynced_fraction: float = 0.0,
     ) -> Scenario:
         """Each receiver gets ``faults_per_receiver`` (inclusive range) faults of random
         ``kinds``. The duration is split into as many equal slots as the receiver has faults
         and each fault lies wholly inside its slot, so a receiver's faults never overlap. A
-        ``skewed_fraction`` of receivers get a clock offset uniform in ±``max_clock_skew``."""
+        ``skewed_fraction`` of receivers get a clock offset uniform in ±``max_clock_skew``; an
+        ``unsynced_fraction`` never sync their clock."""
         if duration <= 0:
             raise ValueError("duration must be > 0")
         lo, hi = faults_per_receiver
@@ -75,6 +79,7 @@ class Scenario:
         rng = random.Random(seed)
         faults: list[Fault] = []
         skew: dict[str, float] = {}
+        unsynced: set[str] = set()
         for receiver in receivers:
             count = rng.randint(lo, hi)
             slot = duration / count if count else duration
@@ -86,8 +91,10 @@ class Scenario:
                 faults.append(Fault(receiver, kind, round(at, 3), round(length, 3)))
             if max_clock_skew and rng.random() < skewed_fraction:
                 skew[receiver] = round(rng.uniform(-max_clock_skew, max_clock_skew), 3)
+            if unsynced_fraction and rng.random() < unsynced_fraction:
+                unsynced.add(receiver)
         faults.sort(key=lambda f: (f.at, f.receiver))
-        return cls(duration, tuple(faults), skew, seed)
+        return cls(duration, tuple(faults), skew, seed, frozenset(unsynced))
 
     def to_json(self) -> str:
         return json.dumps(
@@ -95,6 +102,7 @@ class Scenario:
                 "duration": self.duration,
                 "seed": self.seed,
                 "clock_skew": dict(self.clock_skew),
+                "unsynced": sorted(self.unsynced),
                 "faults": [f.to_dict() for f in self.faults],
             },
             indent=1,
@@ -107,7 +115,8 @@ class Scenario:
             Fault(str(f["receiver"]), FaultKind(f["kind"]), float(f["at"]), float(f["length"])) for f in obj["faults"]
         )
         skew = {str(k): float(v) for k, v in (obj.get("clock_skew") or {}).items()}
-        return cls(float(obj["duration"]), tuple(sorted(faults, key=lambda f: f.at)), skew, obj.get("seed"))
+        unsynced = frozenset(str(rid) for rid in obj.get("unsynced") or ())
+        return cls(float(obj["duration"]), tuple(sorted(faults, key=lambda f: f.at)), skew, obj.get("seed"), unsynced)
 
     @classmethod
     def load(cls, path: Path | str) -> Scenario:

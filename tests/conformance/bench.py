@@ -4,14 +4,17 @@ and the checks that hold for every receiver lifetime."""
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from fleet_service.protocol import Event, EventKind, State, StateMessage, Telemetry
+from fleet_service.protocol import Ack, AckStatus, Event, EventKind, PlayStatus, State, StateMessage, Telemetry
 from fleet_service.protocol.messages import StateReason
 from tests.conformance.driver import CanCutLink, CountsCommands, ReceiverDriver, ReceiverSpec, Unsupported
 from tests.conformance.wire import Observer, Seen, sessions_in_order
@@ -37,6 +40,21 @@ EVENT_DEADLINE = 3.0
 SLACK = 1.0
 
 COMMAND_PAYLOAD = b'{"v":1}'
+
+# -- commands (protocol 1.1) --------------------------------------------------------------------
+# From publishing a command to its acknowledgement.
+ACK_DEADLINE = 5.0
+# From a play command to "done": the stream server answers at once and sends a burst.
+STREAM_DEADLINE = 10.0
+# From power-on to the first telemetry that says the clock is synced (SNTP on loopback).
+SYNC_DEADLINE = 10.0
+# How far a time the receiver stamps may be from the observer's clock once synced: whole
+# seconds in "ts", and delivery.
+STAMP_SLACK = 2.0
+# Slots of test schedules are in the station's time of Asia/Ho_Chi_Minh (UTC+7, no DST).
+STATION_TZ_MIN = 420
+# Commands of the suite expire this long after they are sent.
+COMMAND_LIFETIME = 600
 
 
 def now() -> float:
@@ -104,6 +122,60 @@ class Bench:
                 raise AssertionError(f"retained state {retained}, expected {expected}")
             await asyncio.sleep(0.2)
 
+    # -- commands (protocol 1.1) -----------------------------------------------------------
+
+    async def send(self, command: dict[str, Any] | bytes) -> float:
+        """Publish a command (a dict is sent as JSON) on the receiver's cmd topic, as the
+        service does; returns the monotonic time just before, for the waits that follow."""
+        t = now()
+        payload = command if isinstance(command, bytes) else json.dumps(command).encode()
+        await self.publish("cmd", payload)
+        return t
+
+    async def ack(self, command_id: str, status: AckStatus, *, after: float, timeout: float = ACK_DEADLINE,
+                  duplicate: bool = False) -> Ack:
+        """The receiver's acknowledgement of ``command_id`` with ``status`` (and ``dup`` as
+        given), received after ``after``."""
+        _, ack = await self.observer.wait_for(
+            lambda m, a: isinstance(a, Ack) and a.command_id == command_id and a.status is status
+            and a.duplicate == duplicate,
+            timeout=timeout, after=after, what=f"ack {status.value}{' dup' if duplicate else ''} of {command_id}")
+        return ack
+
+    def acks(self, command_id: str, *, after: float = float("-inf")) -> list[Ack]:
+        return [a for _, a in self.observer.messages(Ack, after=after) if a.command_id == command_id]
+
+    async def play_status(self, where: Callable[[PlayStatus], bool], *, after: float, what: str,
+                          timeout: float = ACK_DEADLINE) -> tuple[Seen, PlayStatus]:
+        return await self.observer.wait_for(lambda m, p: isinstance(p, PlayStatus) and where(p),
+                                            timeout=timeout, after=after, what=what)
+
+    def latest_play_status(self) -> PlayStatus | None:
+        statuses = self.observer.messages(PlayStatus)
+        return statuses[-1][1] if statuses else None
+
+    async def event(self, kind: EventKind, detail: str | None = None, *, after: float,
+                    timeout: float = ACK_DEADLINE) -> tuple[Seen, Event]:
+        return await self.observer.wait_for(
+            lambda m, e: isinstance(e, Event) and e.kind is kind and (detail is None or e.detail == detail),
+            timeout=timeout, after=after, what=f"{kind.value} event" + (f" {detail}" if detail else ""))
+
+    def events(self, kind: EventKind, *, after: float = float("-inf")) -> list[Event]:
+        return [e for _, e in self.observer.messages(Event, after=after) if e.kind is kind]
+
+    async def synced(self, *, after: float, timeout: float = SYNC_DEADLINE) -> Telemetry:
+        """The first telemetry report saying the clock is synced (``sync`` present)."""
+        _, report = await self.observer.wait_for(
+            lambda m, r: isinstance(r, Telemetry) and r.clock_synced_s is not None,
+            timeout=timeout, after=after, what="telemetry of a synced clock (sync field)")
+        return report
+
+    async def start_synced(self) -> tuple[StateMessage, Telemetry]:
+        """Start the receiver and wait until its clock is synced."""
+        started = now()
+        _, birth = await self.start()
+        return birth, await self.synced(after=started)
+
     async def finish(self) -> None:
         """Stop the receiver and check the whole lifetime as the observer saw it."""
         await self.driver.stop()
@@ -136,6 +208,44 @@ class Bench:
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.2)
         assert counter() == base + 3, f"3 commands published, {counter() - base} received"
+
+
+# -- building commands --------------------------------------------------------------------------
+
+
+def command(op: str, command_id: str, *, lifetime: float = COMMAND_LIFETIME, **fields: Any) -> dict[str, Any]:
+    """A command as the service sends it: issued now (host clock), expiring ``lifetime`` s later."""
+    issued = int(time.time())
+    return {"v": 1, "id": command_id, "op": op, "ts": issued, "exp": int(issued + lifetime), **fields}
+
+
+def station_time(t: float) -> datetime:
+    """Unix time ``t`` in the station's local time (STATION_TZ_MIN)."""
+    return datetime.fromtimestamp(t, timezone(timedelta(minutes=STATION_TZ_MIN)))
+
+
+def slot(slot_id: str, start: float, end: float, url: str, **fields: Any) -> dict[str, Any]:
+    """A schedule slot from ``start`` to ``end`` (Unix times, the same station day), every day."""
+    s, e = station_time(start), station_time(end)
+    assert s.date() == e.date(), "a slot of the suite must not cross the station's midnight"
+    return {"id": slot_id, "s": s.strftime("%H:%M:%S"), "e": e.strftime("%H:%M:%S"), "d": 127, "u": url, **fields}
+
+
+async def clear_of_midnight(seconds: float) -> None:
+    """Wait, if need be, until the next ``seconds`` do not cross the station's midnight (slot
+    times are within one day)."""
+    t = time.time()
+    if station_time(t).date() != station_time(t + seconds).date():
+        await asyncio.sleep(86400 - (t + STATION_TZ_MIN * 60) % 86400 + 0.5)
+
+
+def wall(seen_t: float) -> float:
+    """The wall-clock time of a monotonic ``Seen.t``."""
+    return time.time() - (now() - seen_t)
+
+
+def utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 # -- checks on decoded messages -----------------------------------------------------------------

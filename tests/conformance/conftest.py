@@ -17,8 +17,10 @@ pytest.register_assert_rewrite("tests.conformance.bench", "tests.conformance.wir
 from tests.conformance.bench import BACKOFF_CAP, KEEPALIVE, TELEMETRY_INTERVAL, Bench
 from tests.conformance.brokers import PermissiveBroker, permissive_mosquitto
 from tests.conformance.driver import ReceiverDriver, ReceiverSpec, load_driver
+from tests.conformance.sntp import SntpServer
 from tests.conformance.wire import Observer, Rules
 from tests.support.mosquitto_production import ProductionBroker, production_mosquitto
+from tests.support.stream_server import StreamServer
 
 RECEIVER_ID = "rx-conformance-01"
 # Run each test against every one of these when no implementation is named.
@@ -69,13 +71,27 @@ async def driver(receiver_impl: str) -> AsyncIterator[ReceiverDriver]:
         await driver.stop()
 
 
-def _spec(host: str, port: int, password: str, state_dir: Path) -> ReceiverSpec:
+def _spec(host: str, port: int, password: str, state_dir: Path, ntp_server: str) -> ReceiverSpec:
     state_dir.mkdir(parents=True, exist_ok=True)
     return ReceiverSpec(
         receiver_id=RECEIVER_ID, host=host, port=port, username=RECEIVER_ID, password=password,
         keepalive=KEEPALIVE, telemetry_interval=TELEMETRY_INTERVAL, backoff_cap=BACKOFF_CAP,
-        state_dir=state_dir,
+        state_dir=state_dir, ntp_server=ntp_server,
     )
+
+
+@pytest.fixture
+def sntp_server() -> Iterator[SntpServer]:
+    """The receiver's clock reference: SNTP on loopback, serving the host's clock."""
+    with SntpServer() as server:
+        yield server
+
+
+@pytest.fixture
+def stream_server() -> Iterator[StreamServer]:
+    """A real HTTP MP3 stream (64 kbit/s) for play commands and schedule slots."""
+    with StreamServer(bitrate_kbps=64) as server:
+        yield server
 
 
 @pytest.fixture
@@ -86,7 +102,7 @@ def production_broker(tmp_path: Path) -> Iterator[ProductionBroker]:
 
 @pytest.fixture
 async def bench(receiver_impl: str, driver: ReceiverDriver, production_broker: ProductionBroker, rules: Rules,
-                tmp_path: Path) -> AsyncIterator[Bench]:
+                sntp_server: SntpServer, tmp_path: Path) -> AsyncIterator[Bench]:
     """The receiver on Mosquitto in its production configuration, with its own login; the
     observer logs in as the service and subscribes to loa/v1/rx/#."""
     password = secrets.token_urlsafe(16)
@@ -95,14 +111,16 @@ async def bench(receiver_impl: str, driver: ReceiverDriver, production_broker: P
                         production_broker.service_password, RECEIVER_ID, topic_filter="loa/v1/rx/#", rules=rules)
     try:
         yield Bench(receiver_impl, driver, _spec(production_broker.host, production_broker.port, password,
-                                                 tmp_path / "receiver-state"), observer, production_broker)
+                                                 tmp_path / "receiver-state", sntp_server.address),
+                    observer, production_broker)
     finally:
         await driver.stop()
         observer.close()
 
 
 @pytest.fixture
-async def open_bench(receiver_impl: str, driver: ReceiverDriver, rules: Rules, tmp_path: Path) -> AsyncIterator[Bench]:
+async def open_bench(receiver_impl: str, driver: ReceiverDriver, rules: Rules, sntp_server: SntpServer,
+                     tmp_path: Path) -> AsyncIterator[Bench]:
     """The receiver on a permissive Mosquitto where it could publish anywhere; the observer
     (the tester login, which may also write anywhere) subscribes to #."""
     password = secrets.token_urlsafe(16)
@@ -110,7 +128,8 @@ async def open_bench(receiver_impl: str, driver: ReceiverDriver, rules: Rules, t
         observer = _open_observer(broker, rules)
         try:
             yield Bench(receiver_impl, driver, _spec(broker.host, broker.port, password,
-                                                     tmp_path / "receiver-state"), observer, broker)
+                                                     tmp_path / "receiver-state", sntp_server.address),
+                        observer, broker)
         finally:
             await driver.stop()
             observer.close()

@@ -56,6 +56,19 @@ class ReceiverSpec:
     # Persistent storage of this receiver (its flash): empty at start(), kept as it is across
     # power_off()/power_on() and reboot(). Where a real implementation keeps its session counter.
     state_dir: Path
+    # -- clock (protocol 1.1). The suite runs an SNTP server on loopback serving the host's
+    # clock, which is also the observer's: a receiver synced to it stamps times the suite can
+    # check. The defaults describe a receiver with a right clock and a reachable server.
+    # "host:port" of that SNTP server: the implementation's clock reference ("" = none given;
+    # an implementation that syncs by other means may ignore it).
+    ntp_server: str = ""
+    # Seconds the receiver's clock is off at every power-on, before its first sync (its RTC
+    # error). The firmware driver has its simulated board start its clock this far off.
+    clock_offset: float = 0.0
+    # False: the receiver must not manage to sync its clock at all (e.g. point it at an SNTP
+    # server that does not answer and give its modem no network time), so that what it does
+    # unsynced can be checked: no expiry check, no schedule.
+    clock_sync: bool = True
 
 
 class Unsupported(Exception):
@@ -100,8 +113,9 @@ class CountsCommands(Protocol):
 
 class SimulatorDriver:
     """The virtual receiver of ``simulators/`` (a one-receiver :class:`~simulators.fleet.Fleet`).
-    Its session counter lives in the receiver object, which survives power loss and reboot the
-    way flash would, so ``state_dir`` is not needed."""
+    Its session counter, remembered commands, schedule, volume and settings live in the
+    receiver object, which survives power loss and reboot the way flash would, so ``state_dir``
+    is not needed."""
 
     # Connection timing the spec does not fix, chosen for a local broker: connection attempts
     # start within 50 ms of power-on and give up after 1 s; the first retry waits up to 0.1 s.
@@ -131,6 +145,11 @@ class SimulatorDriver:
             backoff_base=min(self.BACKOFF_BASE, spec.backoff_cap),
             backoff_cap=spec.backoff_cap,
             attach_delay=self.ATTACH_DELAY,
+            # The virtual receiver syncs against the host clock, the reference the SNTP server
+            # serves, so spec.ntp_server is not needed.
+            clock_skew={spec.receiver_id: spec.clock_offset},
+            unsynced=() if spec.clock_sync else (spec.receiver_id,),
+            fetch_streams=True,
         )
         await self._fleet.start()
 
@@ -177,3 +196,10 @@ def load_driver(name: str) -> ReceiverDriver:
         raise ValueError(f"unknown receiver implementation {name!r}: use one of {known} or 'package.module:Factory'")
     factory = getattr(importlib.import_module(module_name), attribute)
     return factory()
+
+
+# Implementations that do not carry out commands yet (docs/protocol.md "Commands"): the command
+# and schedule checks are skipped for them, with this reason, rather than failed.
+WITHOUT_COMMANDS: dict[str, str] = {
+    "firmware": "the firmware's command, priority and schedule handling is not finished yet",
+}

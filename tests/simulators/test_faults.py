@@ -201,16 +201,21 @@ async def test_clean_reboot_says_goodbye_and_boots_soft(make_broker, make_observ
     assert truth[2].t >= truth[1].t + 0.5
 
 
-async def test_clock_skew_shows_in_payloads_not_in_the_ground_truth(make_broker, make_observer) -> None:
+async def test_clock_skew_is_synced_away_reported_and_never_in_the_ground_truth(make_broker, make_observer) -> None:
+    """rx-000 boots an hour fast and syncs at link-up: it says so (clock_sync event, telemetry
+    skew) and stamps the right time. rx-001 never syncs: its stamps stay two hours slow and it
+    reports no skew. rx-002's clock jumps after its sync: its stamps move until the next one."""
     creds = credentials(3)
     broker = make_broker(creds)
     observer = make_observer(broker)
     started = time.time()
-    fleet = Fleet(broker.host, broker.port, creds, clock_skew={"rx-000": 3600.0}, **FAST)
+    fleet = Fleet(broker.host, broker.port, creds, clock_skew={"rx-000": 3600.0, "rx-001": -7200.0},
+                  unsynced={"rx-001"}, **FAST)
     await fleet.start()
     try:
         await fleet.wait_up(timeout=10)
-        fleet.set_clock_skew("rx-001", -7200.0)
+        await observer.wait_for(lambda m: m.receiver == "rx-002" and m.kind == "telemetry")
+        fleet.set_clock_skew("rx-002", 600.0)
         changed = time.time()
         await asyncio.sleep(1.0)
     finally:
@@ -218,19 +223,28 @@ async def test_clock_skew_shows_in_payloads_not_in_the_ground_truth(make_broker,
     ended = time.time()
     await asyncio.sleep(0.3)
 
-    expected = {"rx-000": 3600.0, "rx-001": -7200.0, "rx-002": 0.0}
-    for rid, skew in expected.items():
-        stamped = [
-            (m, d.message) for m, d in observer.protocol_messages()
-            if m.receiver == rid and isinstance(d.message, (Telemetry, Event)) and m.t > changed + 0.1
-        ]
-        assert stamped
-        for m, msg in stamped:
-            assert abs(msg.sent_at - (m.t + skew)) <= 1.5, (rid, msg)
+    def stamped(rid: str, after: float = 0.0) -> list[tuple[Seen, Telemetry | Event]]:
+        return [(m, d.message) for m, d in observer.protocol_messages()
+                if m.receiver == rid and isinstance(d.message, (Telemetry, Event)) and m.t > after]
+
+    synced = stamped("rx-000")
+    assert synced and all(abs(msg.sent_at - m.t) <= 1.5 for m, msg in synced)
+    assert [e.detail for _, e in synced if isinstance(e, Event) and e.kind is EventKind.CLOCK_SYNC] == ["ntp:3600000"]
+    reports = [r for _, r in synced if isinstance(r, Telemetry)]
+    assert all(r.clock_skew_ms == 3_600_000 and r.clock_synced_s is not None and r.clock_synced_s <= 3 for r in reports)
+
+    unsynced = stamped("rx-001")
+    assert unsynced and all(abs(msg.sent_at - (m.t - 7200)) <= 1.5 for m, msg in unsynced)
+    assert all(r.clock_skew_ms is None and r.clock_synced_s is None for _, r in unsynced if isinstance(r, Telemetry))
+    assert not [e for _, e in unsynced if isinstance(e, Event) and e.kind is EventKind.CLOCK_SYNC]
+
+    jumped = stamped("rx-002", after=changed + 0.1)
+    assert jumped and all(abs(msg.sent_at - (m.t + 600)) <= 1.5 for m, msg in jumped)
+    assert all(r.clock_skew_ms == 0 for _, r in jumped if isinstance(r, Telemetry))  # measured at its sync
+
+    for rid in creds:
         for transition in fleet.ground_truth.transitions(rid):
             assert started <= transition.t <= ended  # wall clock, whatever the receiver's clock says
-    boot = next(d.message for m, d in observer.protocol_messages() if m.receiver == "rx-000" and m.kind == "event")
-    assert abs(boot.sent_at - (time.time() + 3600)) < 5
 
 
 async def test_backoff_spreads_reconnects_after_a_broker_restart(make_broker, make_observer) -> None:

@@ -159,3 +159,17 @@ async def test_subscription_refused_by_the_broker_raises(tmp_path: Path) -> None
         assert refused.value.refused == ("loa/v1/rx/rx-000/cmd",)
         assert client.connected  # a refused subscription does not end the connection
         client.disconnect()
+
+
+async def test_qos1_publishes_beyond_the_in_flight_limit_wait_their_turn(make_broker, make_observer) -> None:
+    from simulators.mqtt import MAX_INFLIGHT
+
+    broker = make_broker(credentials(1))
+    observer = make_observer(broker)
+    client = await _client(broker.host, broker.port, "rx-000", "secret-000", keepalive=5)
+    count = 3 * MAX_INFLIGHT
+    futures = [client.publish_nowait("loa/v1/rx/rx-000/burst", b"%d" % i, qos=1) for i in range(count)]
+    await asyncio.wait_for(asyncio.gather(*futures), 5)
+    await asyncio.sleep(0.2)
+    assert [m.payload for m in observer.messages("rx-000", "burst")] == [b"%d" % i for i in range(count)]
+    client.disconnect()

@@ -8,7 +8,19 @@ from __future__ import annotations
 import asyncio
 import time
 
-from fleet_service.protocol import AmpState, Event, EventKind, ResetCause, State, StateMessage, StreamState, Telemetry
+from fleet_service.protocol import (
+    AmpState,
+    Event,
+    EventKind,
+    PlayReason,
+    PlaySource,
+    PlayStatus,
+    ResetCause,
+    State,
+    StateMessage,
+    StreamState,
+    Telemetry,
+)
 from fleet_service.protocol.messages import StateReason, csq_to_dbm
 from simulators.fleet import Fleet
 from tests.simulators.helpers import FAST, credentials, retained_state
@@ -37,10 +49,14 @@ async def test_configured_sessions_firmware_values_and_goodbye_at_stop(make_brok
             StateMessage(state=State.ONLINE, session=session, reason=StateReason.BOOT, firmware="sim-2.3.4"),
             StateMessage(state=State.OFFLINE, session=session, reason=StateReason.SHUTDOWN),
         ]
-        # Order on the wire (docs/simulator.md): birth, boot event, telemetry..., goodbye.
+        # Order on the wire (docs/simulator.md): birth, boot event, play status, telemetry...,
+        # goodbye.
         kinds = [type(msg).__name__ for _, msg in seen]
-        assert kinds[0] == "StateMessage" and kinds[1] == "Event" and kinds[-1] == "StateMessage"
-        assert set(kinds[2:-1]) == {"Telemetry"}
+        assert kinds[:3] == ["StateMessage", "Event", "PlayStatus"] and kinds[-1] == "StateMessage"
+        assert set(kinds[3:-1]) == {"Telemetry"}
+        play = next(msg for _, msg in seen if isinstance(msg, PlayStatus))
+        assert (play.session, play.stream, play.source, play.why, play.volume, play.priority) == (
+            session, StreamState.IDLE, PlaySource.NONE, PlayReason.BOOT, 80, None)
 
         events = [msg for _, msg in seen if isinstance(msg, Event)]
         assert [(e.kind, e.detail) for e in events] == [(EventKind.BOOT, "power_on")]
@@ -53,7 +69,10 @@ async def test_configured_sessions_firmware_values_and_goodbye_at_stop(make_brok
             assert r.firmware == "sim-2.3.4"
             assert r.reset_cause is ResetCause.POWER_ON
             assert r.signal_csq is not None and r.signal_dbm == csq_to_dbm(r.signal_csq)
-            assert r.amplifier is AmpState.ON and r.stream is StreamState.PLAYING
+            # Nothing plays after a boot: amplifier off, player idle, no bitrate, no bytes.
+            assert r.amplifier is AmpState.OFF and r.stream is StreamState.IDLE and r.bitrate_kbps is None
+            assert (r.stream_bytes, r.volume, r.schedule_version, r.clock_skew_ms) == (0, 80, None, 0)
+            assert r.clock_synced_s is not None and r.clock_synced_s <= 2
             assert abs(r.sent_at - m.t) <= 1.5  # no skew configured
 
         retained = retained_state(broker.host, broker.port, rid)
@@ -103,7 +122,7 @@ async def test_commands_reach_only_the_addressed_receiver(make_broker, make_obse
         await fleet.wait_up(timeout=10)
         await observer.wait_for(lambda m: m.receiver == "rx-001" and m.kind == "event")
         for _ in range(3):
-            observer.publish("loa/v1/rx/rx-001/cmd", b'{"v":1}', qos=1)
+            observer.publish("loa/v1/rx/rx-001/cmd", b'{"v":1}', qos=1)  # each answered by a bad_command event
         deadline = time.monotonic() + 5
         while fleet.status("rx-001").commands_received < 3 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
