@@ -53,7 +53,6 @@ from bench.connections import (
     Broker,
     SysObserver,
     make_registry,
-    memory_kib,
     open_files_limit,
     production_tuning,
     raise_nofile,
@@ -472,16 +471,17 @@ def run_service(setup: Setup, number: int, spy: str | None = None) -> Phase:
               "what_if": setup.what_if}
     process = ctx.Process(target=_service_main, args=(params, events, go), daemon=True, name="service")
     process.start()
+    pid = process.pid
+    assert pid is not None  # started
     spying: subprocess.Popen[bytes] | None = None
     try:
         ready = _expect(events, "service-ready", watch=[process])[1]
         if spy:
-            spying = _attach_py_spy(process.pid, spy)
+            spying = _attach_py_spy(pid, spy)
         dropped = _dropped(setup)
-        memory_before = memory_kib(process.pid)
         sampler = CpuSampler({"broker": [f"/proc/{setup.broker.pid}/stat"],
                               "responders": [f"/proc/{pid}/stat" for pid in setup.responder_pids],
-                              "service": [f"/proc/{process.pid}/stat"]})
+                              "service": [f"/proc/{pid}/stat"]})
         sampler.start()
         time.sleep(0.2)
         go.set()
@@ -497,7 +497,7 @@ def run_service(setup: Setup, number: int, spy: str | None = None) -> Phase:
             except subprocess.TimeoutExpired:
                 spying.terminate()
                 spying.wait(timeout=10)
-    phase = Phase(SERVICE, number, result["at"], facts={**result, **ready, "memory_before": memory_before})
+    phase = Phase(SERVICE, number, result["at"], facts={**result, **ready})
     phase.cpu = sampler.cores(result["t0"], result["end"])
     phase.cpu_db = sampler.cores(result["t0"], result["db_end"])
     phase.facts["cpu_s"] = sampler.seconds("service", result["t0"], result["end"])
@@ -565,7 +565,7 @@ def write_costs(workdir: Path, registry_db: Path, n: int) -> dict[str, float]:
     bulk UPDATE by primary key. Each is run WRITE_COST_RUNS times on a fresh copy of the registry
     and the least CPU is kept (the run least disturbed by the rest of the machine). Every run ends
     with all targets ``done`` (checked)."""
-    from sqlalchemy import and_, bindparam, update
+    from sqlalchemy import Table, and_, bindparam, update
 
     from fleet_service.auth.models import Role
     from fleet_service.commands import repository
@@ -576,7 +576,7 @@ def write_costs(workdir: Path, registry_db: Path, n: int) -> dict[str, float]:
     from fleet_service.db import make_engine, make_sessionmaker, session_scope, utcnow
     from fleet_service.protocol.messages import CommandOp
 
-    table = CommandTarget.__table__
+    table: Table = CommandTarget.__table__  # type: ignore[assignment]
 
     def core_update(session: Any, rows: list[dict[str, Any]]) -> None:
         values = [k for k in rows[0] if k not in ("command_id", "receiver_id")]
@@ -645,7 +645,8 @@ def table(phases: list[Phase]) -> str:
         if p.kind == SERVICE:
             raws = [r for r in phases if r.kind == RAW and r.round == p.round]
             for i, share in enumerate(SHARES):
-                ratios = [f"{p.at[share] / r.at[share]:.2f}×" for r in raws if r.at[share] and p.at[share]]
+                mine = p.at[share]
+                ratios = [f"{mine / theirs:.2f}×" for r in raws if (theirs := r.at[share]) and mine]
                 if ratios:
                     cells[i] += f" ({' / '.join(ratios)})"
         db = _s(p.facts["db_s"]) if p.kind == SERVICE else "—"
@@ -809,6 +810,7 @@ def main(argv: list[str] | None = None) -> int:
     events = ctx.Queue()
     totals: Counter[str] = Counter()
     writes: dict[str, float] = {}
+    spied: Phase | None = None
     try:
         workdir = Path(tmp)
         registry = make_registry(workdir, n)
@@ -889,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     if writes:
         section += ["", f"The database side alone (in-process, SQLite, {n:,} targets, CPU seconds of one thread, "
                     f"least of {WRITE_COST_RUNS} runs; `--breakdown`):", "", *[f"- {label}: {seconds:.3f} s" for label, seconds in writes.items()]]
-    if sampled:
+    if sampled and spied is not None:
         section += ["", "Where the service process's time went in one more service phase (py-spy, not in the table; "
                     f"99 % after {_s(spied.at[0.99])} under sampling):", "", "```", sampled, "```"]
     snippet = "\n".join(section) + "\n"
