@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from fleet_service.auth.models import Role
 from fleet_service.commands import repository
-from fleet_service.commands.models import Command, CommandTarget, TargetKind, TargetStatus
+from fleet_service.commands.models import Command, CommandTarget, TargetKind
 from fleet_service.commands.schemas import DEFAULT_EXPIRY_S, CommandCreate, CommandOut, Target, TargetOut
 from fleet_service.db import utcnow
 from fleet_service.errors import Forbidden, Invalid, NotFound
@@ -193,11 +192,3 @@ def target_out(target: CommandTarget) -> TargetOut:
                      reason_text=f"{text[0]} / {text[1]}" if text else None, deliveries=target.deliveries,
                      first_sent_at=target.first_sent_at, accepted_at=target.accepted_at,
                      finished_at=target.finished_at)
-
-
-def is_final(status: str) -> bool:
-    return TargetStatus(status).final
-
-
-def to_json(payload: bytes) -> dict[str, Any]:
-    return json.loads(payload)

@@ -16,74 +16,44 @@ directory; usage reporting and the ``_internal`` monitor database are off.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 
 from tests.support.ports import free_port
+from tests.support.server_process import HttpServerProcess
 
 INFLUXD = shutil.which("influxd") or "/usr/bin/influxd"
-# influxd 1.6 opens its HTTP port only after loading its shards; a second is typical here, the
-# rest is room for a loaded 2-core machine.
-START_TIMEOUT_S = 60.0
 
 
 class InfluxError(RuntimeError):
     """The server refused a write or a query; the message is the server's."""
 
 
-class Influx1:
+class Influx1(HttpServerProcess):
+    name = "influxd"
+    health_path = "/ping"
+    health_status = 204
+
     def __init__(self, directory: Path | None = None) -> None:
         """``directory`` holds data, meta, WAL, config and log; by default a temporary one,
         removed by ``close``."""
         self._temporary = directory is None
-        self.directory = Path(tempfile.mkdtemp(prefix="loa-influxdb1-")) if directory is None else Path(directory)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._http = httpx.Client(base_url=self.url, timeout=30.0)
+        super().__init__(Path(tempfile.mkdtemp(prefix="loa-influxdb1-")) if directory is None else Path(directory))
 
-    # --- lifecycle ----------------------------------------------------------------------------
-
-    def start(self) -> Influx1:
-        """Write a config and start influxd; returns once it answers ``/ping``."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def command(self) -> list[str]:
         config = self.directory / "influxdb.conf"
         config.write_text(self._config())
-        log = (self.directory / "influxd.log").open("ab")
-        self._process = subprocess.Popen([INFLUXD, "-config", str(config)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"influxd exited with {self._process.returncode}:\n{self.log}")
-            try:
-                if self._http.get("/ping").status_code == 204:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"influxd did not answer on {self.url} after {START_TIMEOUT_S}s:\n{self.log}")
+        return [INFLUXD, "-config", str(config)]
 
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
+    def start(self) -> Influx1:
+        return super().start()
 
     def close(self) -> None:
-        self.stop()
-        self._http.close()
+        super().close()
         if self._temporary:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -93,10 +63,6 @@ class Influx1:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @property
-    def log(self) -> str:
-        path = self.directory / "influxd.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
     # --- API ----------------------------------------------------------------------------------
 
