@@ -669,7 +669,7 @@ class VirtualReceiver:
             firmware=self._ctx.config.firmware,
             stream_bytes=self._bytes_received(),
             volume=self._output_volume(),
-            schedule_version=self.schedule.version if self.schedule is not None else None,
+            schedule_version=self.schedule.schedule_version if self.schedule is not None else None,
             clock_skew_ms=self._skew_ms,
             clock_synced_s=None if self._synced_at is None else int(loop.time() - self._synced_at),
         )
@@ -703,7 +703,7 @@ class VirtualReceiver:
             clock_synced=self._synced_at is not None,
             playing=self._play.label if self._play is not None and self._play.playing else None,
             volume=self._output_volume(),
-            schedule_version=self.schedule.version if self.schedule is not None else None,
+            schedule_version=self.schedule.schedule_version if self.schedule is not None else None,
             acks_sent=self.acks_sent,
             events_queued=len(self._events or ()),
         )
@@ -992,7 +992,7 @@ class VirtualReceiver:
             ref=play.ref if play is not None else None,
             url=play.url if play is not None else None,
             volume=self._output_volume(), why=self._why,
-            schedule_version=self.schedule.version if self.schedule is not None else None,
+            schedule_version=self.schedule.schedule_version if self.schedule is not None else None,
         )
         try:
             future = client.publish_nowait(self._topic("play"), _json(status), qos=1, retain=True)

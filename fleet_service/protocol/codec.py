@@ -108,7 +108,7 @@ def decode_command(payload: bytes) -> Command:
     """What a receiver does with ``.../cmd``: the command, or a CommandError saying why not."""
     try:
         raw = json.loads(payload) if len(payload) <= COMMAND_MAX_BYTES else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
         raw = None
     if not isinstance(raw, dict):
         raise CommandError(AckReason.MALFORMED, "not a JSON object of at most 8 KiB", None)

@@ -284,7 +284,8 @@ class ScheduleCommand(_Command):
     """Replaces the receiver's whole schedule (stored on it, run by its own clock)."""
 
     op: Literal[CommandOp.SCHEDULE] = CommandOp.SCHEDULE
-    version: int = Field(alias="ver", ge=0, le=SESSION_MAX)
+    # Not "version": that is the protocol's own major version ("v"), which every command carries.
+    schedule_version: int = Field(alias="ver", ge=0, le=SESSION_MAX)
     tz_offset_min: int = Field(default=420, alias="tz", ge=-720, le=840, description="local time = UTC + tz")
     slots: tuple[ScheduleSlot, ...] = Field(default=(), max_length=SCHEDULE_MAX_SLOTS)
 

@@ -122,7 +122,7 @@ def receiver_slots(session: Session, reached: Sequence[tuple[str, int, str]]) ->
 
 def _validated(rid: str, slots: list[ScheduleSlot]) -> ScheduleCommand:
     try:
-        return ScheduleCommand(command_id="check", issued_at=0, expires_at=0, version=0, tz_offset_min=TZ_OFFSET_MIN,
+        return ScheduleCommand(command_id="check", issued_at=0, expires_at=0, schedule_version=0, tz_offset_min=TZ_OFFSET_MIN,
                                slots=tuple(slots))
     except ValidationError as exc:
         detail = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")

@@ -32,7 +32,7 @@ async def test_a_station_schedule_reaches_its_receivers_as_one_versioned_command
     assert [(s.start, s.end, s.days, s.priority.value) for s in command.slots] == [
         ("05:30", "06:00", 127, "normal"), ("17:00", "17:30", 0b10101, "priority")]
     expected = (await fleet.api.get("/api/v1/receivers/x-2/schedule", headers=fleet.admin)).json()
-    assert expected["expected_version"] == command.version and expected["held_version"] is None
+    assert expected["expected_version"] == command.schedule_version and expected["held_version"] is None
     assert expected["in_step"] is False and len(expected["slots"]) == 2
 
 
