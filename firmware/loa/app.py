@@ -4,32 +4,62 @@
 #      {"v":1,"state":"offline","session":n,"reason":"lost"} (retained, QoS 1);
 #   2. after CONNACK, the retained birth {"state":"online","reason":"boot"|"reconnect"} (with
 #      "off" on a reconnect), subscribe to its own state and cmd topics, the "boot" or
-#      "link_lost" event, then telemetry every telemetry_interval;
+#      "link_lost" event, the events kept while offline, the play status, then telemetry
+#      every telemetry_interval;
 #   3. a retained offline state of another session seen while online (a late Will): the
 #      birth again;
 #   4. on a lost connection: reconnect with jittered exponential backoff;
 #   5. on a planned stop: the retained goodbye {"state":"offline","reason":"shutdown"},
 #      then DISCONNECT (the broker discards the Will).
+#
+# Beside the session, two tasks run for the receiver's whole life, connected or not: the
+# control task (commands, priorities, the schedule, what plays) and the clock task (SNTP).
+# Neither ever waits for the network of the session: acks, events and the play status go
+# into bounded queues that the session loop sends while it is online.
 
+import gc
 import json
 import random
 
 import asyncio
-from loa import FIRMWARE, config, hal, mqtt
+from loa import FIRMWARE, commands, config, hal, mqtt
+from loa.clock import Clock
+from loa.player import Player, PlayerError
+from loa.schedule import NO_VOLUME, Schedule, local_day
 from loa.state import State
 from loa.supervisor import Supervisor
 
 TOPIC_ROOT = "loa/v1/rx/"
-# Largest state or command payload decoded; the protocol's own are far smaller.
+# Largest state payload decoded; the protocol's own are far smaller. (Commands have their
+# own limit, in loa/commands.py.)
 MAX_PAYLOAD = 4096
-# How often the session loop wakes: reports to the supervisor, checks for telemetry, stop
-# requests and lost connections.
+# How often the session and control loops wake.
 TICK_MS = 250
 # The session loop must report at least this often, or the watchdog resets the board. The
 # longest wait it does is one connect attempt (TCP, TLS, CONNACK: 2 x connect_timeout).
 SESSION_LIMIT_MS = 60000
+# The control loop's longest wait is a stream start (PLAY_TIMEOUT_S) after a stop.
+CONTROL_LIMIT_MS = 45000
+# The clock loop's longest wait: SNTP_TRIES requests of 2 s, and a DNS lookup.
+CLOCK_LIMIT_MS = 45000
 # The goodbye gets this long for its PUBACK before DISCONNECT is sent anyway.
 GOODBYE_TIMEOUT = 5
+# A stream that does not play within this is "stream_unreachable" / "stream_error".
+PLAY_TIMEOUT_S = 15
+# Events raised while offline, kept for the next birth (the oldest go first); acks waiting
+# for the connection (an ack lost with it is answered again: the service re-sends the
+# command at the next birth); commands received but not yet handled.
+EVENT_QUEUE = 16
+ACK_QUEUE = 8
+INBOX = 8
+# A slot whose stream failed is tried again this often while the slot lasts.
+SLOT_RETRY_S = 30
+# Clock syncs: every 6 h (an ESP32 crystal drifts well under a second in that time), and
+# after a failed one, again after a minute (until the first, the schedule does not run).
+SYNC_EVERY_MS = 6 * 3600 * 1000
+SYNC_RETRY_MS = 60 * 1000
+# A correction larger than this is reported as a clock_sync event.
+CLOCK_EVENT_MS = 1000
 
 
 def csq_to_dbm(csq):
@@ -53,18 +83,21 @@ def _loss_cause(exc):
 
 
 class Receiver:
-    def __init__(self, board, cfg, state, supervisor=None, log=print):
+    def __init__(self, board, cfg, state, supervisor=None, log=print, config_path="config.json"):
         self.board = board
         self.cfg = cfg
         self.state = state
         self.supervisor = supervisor
         self.log = log
+        self.config_path = config_path
         rid = cfg["id"]
         self.rid = rid
         self.state_topic = TOPIC_ROOT + rid + "/state"
         self.cmd_topic = TOPIC_ROOT + rid + "/cmd"
         self.telemetry_topic = TOPIC_ROOT + rid + "/telemetry"
         self.event_topic = TOPIC_ROOT + rid + "/event"
+        self.play_topic = TOPIC_ROOT + rid + "/play"
+        self.ack_topic = TOPIC_ROOT + rid + "/ack"
         self.client = None
         self.online = False
         self.born = False          # a birth was sent since boot
@@ -75,11 +108,37 @@ class Receiver:
         self.reassert = False
         self.births = 0
         self.commands = 0
-        self.stream = "idle"       # no stream player yet
-        self.underruns = 0
         self.birth = ""            # the current session's birth, as sent
         # Called once, after the first session is established (commits a trial slot).
         self.on_first_online = None
+        self.clock = Clock(board)
+        self.player = Player(board, log)
+        self.player.on_end = self._on_player_end
+        self.schedule = Schedule(log=log)
+        self.schedule.load()
+        self.ledger = commands.Ledger(log=log)
+        # The link reports modem recovery steps (modem_reset) through the event queue.
+        board.link_layer().on_event = self.raise_event
+        self.inbox = []            # command payloads, oldest first
+        self.acks = []             # ack payloads to send
+        self.events = []           # (ts, kind, detail) to send
+        self.play_sent = None      # the play status last sent in this session
+        self.reboot = False        # a reboot command was carried out
+        self.sync_wanted = True    # a clock sync is due (the first link-up)
+        self.next_sync_ms = None   # uptime of the next periodic sync
+        # What plays: its source ("none", "cmd", "sched"), reference (command or slot id),
+        # priority rank (-1 for nothing), URL, why the player is in its state, and for a play
+        # with a duration, the uptime it ends at.
+        self.src = "none"
+        self.ref = None
+        self.rank = -1
+        self.url = None
+        self.why = "boot"
+        self.until_ms = None
+        self.ended = None          # set by the player when playback ended by itself
+        self.slot_key = None       # (slot id, local day) of the slot occurrence dealt with
+        self.slot_failed = None    # the occurrence whose stream failed (reported once)
+        self.slot_retry = 0        # Unix s before which a failed slot is not tried again
 
     # -- payloads -----------------------------------------------------------------------------
 
@@ -91,27 +150,74 @@ class Receiver:
             msg["off"] = off
         return json.dumps(msg)
 
-    def _event(self, kind, detail=None):
-        msg = {"v": 1, "session": self.state.session, "ts": self.board.unix_time(), "kind": kind}
+    def _event(self, kind, detail=None, ts=None):
+        msg = {"v": 1, "session": self.state.session, "kind": kind,
+               "ts": self.clock.unix_time() if ts is None else ts}
         if detail:
             msg["detail"] = detail[:120]
         return json.dumps(msg)
 
+    def raise_event(self, kind, detail=None):
+        """Queue an event with the time it happened; sent at once when online, else after
+        the next birth."""
+        if len(self.events) >= EVENT_QUEUE:
+            self.events.pop(0)
+        self.events.append((self.clock.unix_time(), kind, detail))
+
+    def _ack(self, command_id, status, why=None, dup=False):
+        msg = {"v": 1, "session": self.state.session, "id": command_id, "st": status,
+               "ts": self.clock.unix_time()}
+        if why:
+            msg["why"] = why
+        if dup:
+            msg["dup"] = True
+        if len(self.acks) >= ACK_QUEUE:
+            self.acks.pop(0)
+        self.acks.append(json.dumps(msg))
+
+    def _play_view(self):
+        """What the play status says, without its time: sent again whenever it changes."""
+        return (self.player.state, self.src, self.ref, self.rank, self.url, self.board.volume(),
+                self.why, self.schedule.version)
+
+    def _play_status(self, view):
+        st, src, ref, rank, url, volume, why, version = view
+        msg = {"v": 1, "session": self.state.session, "ts": self.clock.unix_time(), "st": st,
+               "src": src, "vol": volume, "why": why}
+        if src != "none":
+            msg["pri"] = commands.PRIORITIES[rank]
+            msg["ref"] = ref
+            msg["url"] = url
+        if version is not None:
+            msg["sched"] = version
+        return json.dumps(msg)
+
     def telemetry(self):
         board = self.board
+        player = self.player
+        clock = self.clock
         msg = {
             "v": 1,
             "session": self.state.session,
             "seq": self.seq,
-            "ts": board.unix_time(),
+            "ts": clock.unix_time(),
             "up": board.uptime_ms() // 1000,
             "amp": board.amp_state(),
-            "st": self.stream,
-            "urun": self.underruns,
+            "st": player.state,
+            "urun": player.underruns,
+            "sb": player.bytes,
+            "vol": board.volume(),
             "mem": board.free_memory(),
             "rst": board.reset_cause(),
             "fw": FIRMWARE,
         }
+        if player.kbps and player.state in ("playing", "buffering"):
+            msg["kbps"] = player.kbps
+        if self.schedule.version is not None:
+            msg["sched"] = self.schedule.version
+        if clock.skew_ms is not None:
+            msg["skew"] = clock.skew_ms
+            msg["sync"] = clock.since_sync()
         csq = board.signal_csq()
         if csq is not None and (0 <= csq <= 31 or csq == 99):
             msg["csq"] = csq
@@ -131,9 +237,17 @@ class Receiver:
     # -- incoming -----------------------------------------------------------------------------
 
     def on_message(self, topic, payload, retained):
-        if len(payload) > MAX_PAYLOAD:
+        if topic == self.cmd_topic:
+            self.commands += 1
+            self.log("app: cmd", self.commands)  # the conformance driver counts these lines
+            if len(self.inbox) < INBOX:
+                self.inbox.append(payload)
+            else:
+                # Not acknowledged, not remembered: the service sends it again at the next
+                # birth.
+                self.log("app: command inbox full, dropping a command")
             return
-        if topic == self.state_topic:
+        if topic == self.state_topic and len(payload) <= MAX_PAYLOAD:
             try:
                 msg = json.loads(payload)
             except ValueError:
@@ -147,14 +261,236 @@ class Receiver:
                 self.log("app: retained state is offline of session", msg.get("session"),
                          "while session", self.state.session, "is online: re-asserting the birth")
                 self.reassert = True
-        elif topic == self.cmd_topic:
-            self.commands += 1  # commands come in a later version
+
+    # -- what plays ---------------------------------------------------------------------------
+
+    def _on_player_end(self, why):
+        self.ended = why  # handled in the control loop
+
+    def _check_end(self):
+        """Deal with playback that ended by itself (the stream ended or broke)."""
+        why = self.ended
+        if why is None:
+            return
+        self.ended = None
+        self.log("app: playback of", self.src, self.ref, why)
+        if self.src == "sched" and why == "stream_error":
+            self.slot_key = None  # the slot's stream is tried again while the slot lasts
+            self.slot_retry = self.clock.unix_time() + SLOT_RETRY_S
+        self._stopped(why)
+
+    def _stopped(self, why):
+        if self.src != "none":
+            self.raise_event("play_stopped", why + ":" + self.ref)
+        self.src, self.ref, self.rank, self.url = "none", None, -1, None
+        self.why = why
+        self.until_ms = None
+
+    async def _stop(self, why):
+        await self.player.stop()
+        self._stopped(why)
+
+    async def _start(self, src, ref, rank, url, why, duration=None):
+        """Play ``url`` in place of whatever plays. None once it plays, else the failure."""
+        self._check_end()
+        if self.src != "none":
+            await self._stop("preempted")
+        self.src, self.ref, self.rank, self.url, self.why = src, ref, rank, url, why
+        self.until_ms = None
+        gc.collect()  # the stream buffer wants one large block: free what can be freed first
+        try:
+            await self.player.play(url, PLAY_TIMEOUT_S)
+        except Exception as exc:  # PlayerError, or no memory left for the stream
+            self.log("app: could not play", url, repr(exc))
+            self.src, self.ref, self.rank, self.url = "none", None, -1, None
+            self.why = "stream_error"
+            return exc.reason if isinstance(exc, PlayerError) else "stream_error"
+        self.ended = None  # an end reported before this stream started was the old one's
+        if duration:
+            self.until_ms = self.board.uptime_ms() + duration * 1000
+        self.raise_event("play_started", src + ":" + ref)
+        return None
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def _final(self, command_id, status, why=None):
+        """Remember a final outcome (before telling it), then acknowledge it."""
+        try:
+            self.ledger.remember(command_id, status, why)
+        except OSError as exc:
+            self.log("app: could not remember command", command_id, repr(exc))
+        self._ack(command_id, status, why)
+
+    async def _command(self, payload):
+        try:
+            cmd = commands.decode(payload)
+        except commands.Rejected as exc:
+            if exc.command_id is None:
+                self.log("app: command without a usable id:", exc.reason)
+                self.raise_event("bad_command", exc.reason)
+                return
+            cid, cmd, rejection = exc.command_id, None, exc.reason
+        else:
+            cid, rejection = cmd["id"], None
+        known = self.ledger.get(cid)
+        if known is not None:
+            self.log("app: command", cid, "again: answered", known[1])
+            self._ack(cid, known[1], known[2], dup=True)
+            return
+        if cmd is None:
+            self.log("app: command", cid, "rejected:", rejection)
+            self._final(cid, "rejected", rejection)
+            return
+        if self.clock.synced and self.clock.unix_time() > cmd["exp"]:
+            self._final(cid, "expired")
+            return
+        op = cmd["op"]
+        self.log("app: command", cid, op)
+        if op == "play":
+            if cmd["pri"] < self.rank:
+                self._final(cid, "rejected", "lower_priority")
+                return
+            try:
+                self.ledger.remember(cid, "accepted")
+            except OSError as exc:
+                self.log("app: could not remember command", cid, repr(exc))
+            self._ack(cid, "accepted")
+            failure = await self._start("cmd", cid, cmd["pri"], cmd["url"], "command", cmd["dur"])
+            if failure is None:
+                self._final(cid, "done")
+            else:
+                self._final(cid, "failed", failure)
+        elif op == "stop":
+            if self.src == "none":
+                self._final(cid, "done", "nothing_playing")
+            elif cmd["pri"] < self.rank:
+                self._final(cid, "rejected", "lower_priority")
+            else:
+                await self._stop("stopped")
+                self._final(cid, "done")
+        elif op == "volume":
+            self.board.set_volume(cmd["vol"])
+            self._final(cid, "done")
+        elif op == "reboot":
+            self._final(cid, "done")
+            self.reboot = True
+        elif op == "config":
+            try:
+                config.update(cmd["set"], self.config_path)
+            except OSError as exc:
+                self.log("app: config not written:", repr(exc))
+                self._final(cid, "failed", "storage")
+                return
+            for key in cmd["set"]:  # effective at the next connection
+                value = cmd["set"][key]
+                self.cfg[key] = float(value) if key == "telemetry_interval" else value
+            self._final(cid, "done")
+        elif op == "schedule":
+            try:
+                self.schedule.store(cmd["ver"], cmd["tz"], cmd["slots"])
+            except OSError as exc:
+                self.log("app: schedule not written:", repr(exc))
+                self._final(cid, "failed", "storage")
+                return
+            self.log("app: schedule", cmd["ver"], "with", len(cmd["slots"]), "slots")
+            self._final(cid, "done")
+
+    # -- the schedule -------------------------------------------------------------------------
+
+    async def _run_schedule(self):
+        """Start the slot in force unless something of higher priority plays; stop a slot's
+        playback when its slot is over. Only by a synced clock (docs/protocol.md)."""
+        if not self.clock.synced:
+            return
+        now = self.clock.unix_time()
+        schedule = self.schedule
+        i = schedule.current(now)
+        slot_id = schedule.ids[i] if i >= 0 else ""
+        if self.src == "sched" and self.ref != slot_id:
+            await self._stop("ended")
+        if i < 0:
+            return
+        key = (slot_id, local_day(now, schedule.tz))
+        if key == self.slot_key or now < self.slot_retry:
+            return
+        self.slot_key = key
+        if self.src == "sched" and self.ref == slot_id:
+            return  # already playing it (the schedule was replaced by one with this slot)
+        if schedule.ranks[i] < self.rank:
+            self.log("app: slot", slot_id, "passed over: something of higher priority plays")
+            return
+        if schedule.volumes[i] != NO_VOLUME:
+            self.board.set_volume(schedule.volumes[i])
+        failure = await self._start("sched", slot_id, schedule.ranks[i], schedule.urls[i], "schedule")
+        if failure is not None:
+            self.slot_key = None
+            self.slot_retry = self.clock.unix_time() + SLOT_RETRY_S
+            if self.slot_failed != key:
+                self.slot_failed = key
+                self.raise_event("stream_error", failure + ":" + slot_id)
+
+    # -- the control and clock tasks ----------------------------------------------------------
+
+    def _alive(self, name="session"):
+        if self.supervisor is not None:
+            self.supervisor.alive(name)
+
+    async def control(self):
+        """Commands, the schedule and the end of playback, connected or not."""
+        if self.supervisor is not None:
+            self.supervisor.register("control", CONTROL_LIMIT_MS)
+        while True:
+            self._alive("control")
+            try:
+                self._check_end()
+                while self.inbox:
+                    await self._command(self.inbox.pop(0))
+                    self._check_end()
+                if self.until_ms is not None and self.board.uptime_ms() >= self.until_ms:
+                    await self._stop("ended")
+                await self._run_schedule()
+            except Exception as exc:  # a bug must not end commands and the schedule for good
+                self.log("app: control error:", repr(exc))
+            await asyncio.sleep_ms(TICK_MS)
+
+    async def keep_time(self):
+        """Sync the clock after every link-up (sync_wanted) and every SYNC_EVERY_MS."""
+        if self.supervisor is not None:
+            self.supervisor.register("clock", CLOCK_LIMIT_MS)
+        while True:
+            self._alive("clock")
+            due = self.next_sync_ms is not None and self.board.uptime_ms() >= self.next_sync_ms
+            if (self.sync_wanted or due) and self.board.link_is_up():
+                self.sync_wanted = False
+                try:
+                    await self.sync_clock()
+                except Exception as exc:
+                    self.log("app: clock sync error:", repr(exc))
+                    self.next_sync_ms = self.board.uptime_ms() + SYNC_RETRY_MS
+            await asyncio.sleep_ms(TICK_MS)
+
+    async def sync_clock(self):
+        cfg = self.cfg
+        skew = None
+        if cfg["ntp"]:
+            try:
+                skew = await self.clock.sync_ntp(cfg["ntp"], cfg["ntp_port"])
+            except OSError as exc:
+                self.log("app: sntp failed:", repr(exc))
+        if skew is None:
+            skew = self.clock.sync_modem()
+        now = self.board.uptime_ms()
+        if skew is None:
+            self.next_sync_ms = now + SYNC_RETRY_MS
+            self.log("app: clock not synced; next try in", SYNC_RETRY_MS // 1000, "s")
+            return
+        self.next_sync_ms = now + SYNC_EVERY_MS
+        source = self.clock.source
+        self.log("app: clock synced by", source, "skew", skew, "ms")
+        if abs(skew) > CLOCK_EVENT_MS:
+            self.raise_event("clock_sync", "%s:%d" % (source, skew))
 
     # -- one session --------------------------------------------------------------------------
-
-    def _alive(self):
-        if self.supervisor is not None:
-            self.supervisor.alive("session")
 
     def _new_client(self, session):
         cfg = self.cfg
@@ -188,6 +524,7 @@ class Receiver:
             self.born = True
             self.births += 1
             self.seq = 0
+            self.play_sent = None  # the play status goes out again after every birth
             self.log("app: online, session", session, reason, "" if off is None else off)
             granted = await client.subscribe([(self.state_topic, 1), (self.cmd_topic, 1)])
             if 0x80 in granted:
@@ -208,8 +545,24 @@ class Receiver:
             hook()
         return client
 
+    async def _send_queued(self, client):
+        """Acks, then the events kept (with their own time), then the play status if it
+        changed. Each leaves its queue only once the broker has it."""
+        while self.acks:
+            await client.publish(self.ack_topic, self.acks[0], 1)
+            self.acks.pop(0)
+        while self.events:
+            ts, kind, detail = self.events[0]
+            await client.publish(self.event_topic, self._event(kind, detail, ts), 1)
+            self.events.pop(0)
+        view = self._play_view()
+        if view != self.play_sent:
+            await client.publish(self.play_topic, self._play_status(view), 1, True)
+            self.play_sent = view
+
     async def _serve(self, client):
-        """Telemetry every interval until the connection ends or a stop is asked for."""
+        """Queued messages and telemetry every interval until the connection ends, a stop is
+        asked for, or a reboot command was acknowledged."""
         interval = int(self.cfg["telemetry_interval"] * 1000)
         next_report = self.board.uptime_ms()
         while not client.closed.is_set() and not self.board.stop_requested:
@@ -219,6 +572,9 @@ class Receiver:
                 if self.reassert:
                     self.reassert = False
                     await client.publish(self.state_topic, self.birth, 1, True)
+                await self._send_queued(client)
+                if self.reboot and not self.acks:
+                    break
                 if now - next_report >= 0:
                     next_report += interval
                     if now - next_report >= 0:  # fell behind (a long stall): no burst
@@ -247,20 +603,29 @@ class Receiver:
             self._alive()
             await asyncio.sleep_ms(TICK_MS)
 
+    def _leaving(self):
+        return self.board.stop_requested or self.reboot
+
     async def run(self):
-        """Connect, serve, reconnect, until a stop is asked for; then say goodbye."""
+        """Connect, serve, reconnect, until a stop or a reboot is asked for; then say
+        goodbye (and reset the board for a reboot)."""
         cfg = self.cfg
         failures = 0
+        link_was_up = False
         if self.supervisor is not None:
             self.supervisor.register("session", SESSION_LIMIT_MS)
-        while not self.board.stop_requested:
+        while not self._leaving():
             self._alive()
             client = None
             try:
                 await self.board.link_up()
+                if not link_was_up:
+                    self.sync_wanted = True  # the clock is synced after every link-up
+                link_was_up = True
                 client = await self._establish()
             except (OSError, mqtt.MQTTError) as exc:
                 failures += 1
+                link_was_up = link_was_up and self.board.link_is_up()
                 self.log("app: connect attempt failed:", repr(exc))
             except Exception as exc:  # a bug or a bad file must not end the receiver's life
                 failures += 1
@@ -268,14 +633,19 @@ class Receiver:
             if client is not None:
                 failures = 0
                 await self._serve(client)
-                if self.board.stop_requested and not client.closed.is_set():
+                if self._leaving() and not client.closed.is_set():
                     break
                 self._lost(client)
+                link_was_up = self.board.link_is_up()
             ceiling = min(cfg["backoff_cap"], cfg["backoff_base"] * 2 ** min(failures, 16))
             await self._pause(random.uniform(0, ceiling))
         await self.goodbye()
+        if self.reboot:
+            self.log("app: rebooting (command)")
+            self.board.reset()
 
     async def goodbye(self):
+        await self.player.stop()
         client = self.client
         if client is not None and self.online and client.connected:
             try:
@@ -292,18 +662,20 @@ class Receiver:
         await self.board.link_down()
 
 
-async def _main(board, cfg, state, log, on_first_online=None):
+async def _main(board, cfg, state, log, on_first_online=None, config_path="config.json"):
     supervisor = Supervisor(board, cfg["wdt_ms"], log)
     start = getattr(board, "start", None)
     if start is not None:
         start()
-    watchdog = asyncio.create_task(supervisor.run())
-    receiver = Receiver(board, cfg, state, supervisor, log)
+    receiver = Receiver(board, cfg, state, supervisor, log, config_path)
     receiver.on_first_online = on_first_online
+    tasks = [asyncio.create_task(supervisor.run()), asyncio.create_task(receiver.control()),
+             asyncio.create_task(receiver.keep_time())]
     try:
         await receiver.run()
     finally:
-        watchdog.cancel()
+        for task in tasks:
+            task.cancel()
 
 
 def main(slot="dev", trial=False, config_path="config.json", state_path="state.json"):
@@ -313,7 +685,7 @@ def main(slot="dev", trial=False, config_path="config.json", state_path="state.j
     state = State(state_path)
     print("loa:", FIRMWARE, "slot", slot, "trial" if trial else "", "board", board.name,
           "reset", board.reset_cause(), "id", cfg["id"], "session", state.session)
-    asyncio.run(_main(board, cfg, state, print, _committer(slot) if trial else None))
+    asyncio.run(_main(board, cfg, state, print, _committer(slot) if trial else None, config_path))
 
 
 def _committer(slot):

@@ -33,6 +33,10 @@ DEFAULTS = {
     "backoff_cap": 120.0,
     # Application.
     "telemetry_interval": 60.0,  # seconds; a float so that fractions are accepted
+    # Clock: SNTP server (synced after every link-up and every 6 h; "" = the modem's network
+    # time only). The Vietnamese zone of the NTP pool answers nearest.
+    "ntp": "vn.pool.ntp.org",
+    "ntp_port": 123,
     # Watchdog: the board resets if the supervisor does not feed it for this long.
     "wdt_ms": 60000,
 }
@@ -79,4 +83,16 @@ def save(cfg, path="config.json"):
     for key in cfg:
         if key not in DEFAULTS or cfg[key] != DEFAULTS[key]:
             device[key] = cfg[key]
+    files.write_json(path, device)
+
+
+def update(settings, path="config.json"):
+    """Write ``settings`` into the device file (atomically), keeping everything else in it.
+    Raises OSError if the file cannot be read back or written: rewriting it from nothing
+    would lose the receiver's login."""
+    device = files.read_json(path)
+    if device is None:
+        raise OSError("config: " + path + " is unreadable")
+    for key in settings:
+        device[key] = settings[key]
     files.write_json(path, device)

@@ -6,8 +6,9 @@
 import json
 import os
 
-# Largest file read back: config and state are a few hundred bytes. Anything bigger is
-# corrupt, and reading it could exhaust the heap.
+# Largest file read back by default: config and state are a few hundred bytes. Anything
+# bigger is corrupt, and reading it could exhaust the heap. (The schedule, up to 24 slots with
+# long stream URLs, passes its own limit.)
 MAX_FILE = 4096
 
 
@@ -19,23 +20,24 @@ def _exists(path):
         return False
 
 
-def _read(path):
-    with open(path) as f:
-        text = f.read(MAX_FILE + 1)
-    if len(text) > MAX_FILE:
+def _read(path, limit):
+    # Checked before reading, and read at its own size: a buffer of the limit would need a
+    # block that large free in a fragmented heap.
+    if os.stat(path)[6] > limit:
         raise ValueError("file too large")
-    value = json.loads(text)
+    with open(path) as f:
+        value = json.load(f)
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value
 
 
-def read_json(path):
+def read_json(path, limit=MAX_FILE):
     """The object stored at ``path``, or None if there is none (or it is unreadable)."""
     for candidate in (path, path + ".tmp"):
         if _exists(candidate):
             try:
-                return _read(candidate)
+                return _read(candidate, limit)
             except (OSError, ValueError):
                 pass
     return None

@@ -4,7 +4,8 @@
 #
 # It brings the modem to the point where PPP can start: modem answering, echo off, SIM ready,
 # registered on the network, APN set; and it reads the signal (AT+CSQ). A modem that stops
-# answering is reported (AtTimeout) so that the link layer can power-cycle it.
+# answering, or that stays off the network, is hung: Recovery climbs a ladder of ever harder
+# resets (radio off and on, power cycle, board reset), one step per failed link attempt.
 
 import asyncio
 from time import ticks_add, ticks_diff, ticks_ms
@@ -15,6 +16,18 @@ from micropython import const
 MAX_LINE = const(256)
 # Information lines kept per command (AT+COPS=? and similar list commands are not used).
 MAX_LINES = const(16)
+
+# AT commands unanswered in a row after which the modem counts as hung (one can be lost to
+# line noise or a busy modem; three in a row, across retries, is not bad luck).
+HUNG_TIMEOUTS = const(3)
+# Not registered for this long (with PPP down, since PPP is only dialled once registered):
+# the modem answers but its radio is stuck. Coverage gaps in the hills last minutes, so a
+# radio reset before 5 minutes would only add to the gap.
+UNREGISTERED_MS = 300000
+# AT+CFUN switches the radio: it may take several seconds to answer.
+CFUN_TIMEOUT_MS = 15000
+# The recovery ladder, gentlest first; the last step repeats.
+RECOVERY_STEPS = ("radio", "power", "board")
 
 # +CREG/+CEREG <stat>: 1 registered (home), 5 registered (roaming).
 REGISTERED = (1, 5)
@@ -75,6 +88,7 @@ class Modem:
         self.timeout_ms = timeout_ms
         self.log = log
         self.csq = None
+        self.silent = 0  # AT commands unanswered in a row
         self._lock = asyncio.Lock()
 
     async def _readline(self, deadline):
@@ -101,6 +115,7 @@ class Modem:
                     line = await self._readline(deadline)
                     if not line or line == echo:
                         continue
+                    self.silent = 0
                     if line.startswith(final):
                         if final != b"OK":
                             lines.append(line)
@@ -116,6 +131,7 @@ class Modem:
                     if len(lines) < MAX_LINES:
                         lines.append(line)
             except asyncio.TimeoutError:
+                self.silent += 1
                 raise AtTimeout(cmd + ": no answer")
 
     async def query(self, cmd, prefix, timeout_ms=None):
@@ -185,14 +201,70 @@ class Modem:
         self.csq = csq
         return csq
 
-    async def attach(self, apn, pin="", register_timeout_ms=60000):
+    async def attach(self, apn, pin="", register_timeout_ms=60000, poll_ms=2000):
         """Everything before PPP: answering, SIM, registered, APN set. Returns the CSQ."""
         await self.sync()
         await self.sim_ready(pin)
-        await self.wait_registered(register_timeout_ms)
+        await self.wait_registered(register_timeout_ms, poll_ms)
         await self.command('AT+CGDCONT=1,"IP","' + apn + '"')
         return await self.signal()
 
     async def dial(self, timeout_ms=30000):
         """Start the data call; the port then carries PPP."""
         await self.command("ATD*99#", timeout_ms, final=b"CONNECT")
+
+    async def radio_reset(self):
+        """Switch the radio off and on again (minimum functionality, then full)."""
+        await self.command("AT+CFUN=0", CFUN_TIMEOUT_MS)
+        await self.command("AT+CFUN=1", CFUN_TIMEOUT_MS)
+
+
+class Recovery:
+    """Detects a hung modem and climbs the recovery ladder: AT+CFUN=0/1, then a power cycle
+    through the board's PWRKEY, then a board reset. Each step is reported as the event
+    ``modem_reset`` with the detail ``<step>:<cause>`` (cause ``at_timeout`` or
+    ``not_registered``). ``healthy()`` (the link came up) starts the ladder again at the
+    bottom."""
+
+    def __init__(self, modem, board, report):
+        self.modem = modem
+        self.board = board
+        self.report = report  # report(kind, detail)
+        self.step = 0
+        self._unregistered_since = None
+
+    def not_registered(self):
+        if self._unregistered_since is None:
+            self._unregistered_since = ticks_ms()
+
+    def healthy(self):
+        self.step = 0
+        self._unregistered_since = None
+
+    def cause(self):
+        """Why the modem counts as hung, or None if it does not."""
+        if self.modem.silent >= HUNG_TIMEOUTS:
+            return "at_timeout"
+        since = self._unregistered_since
+        if since is not None and ticks_diff(ticks_ms(), since) >= UNREGISTERED_MS:
+            return "not_registered"
+        return None
+
+    async def recover(self, cause):
+        """Take the next step of the ladder; returns its name."""
+        step = RECOVERY_STEPS[min(self.step, len(RECOVERY_STEPS) - 1)]
+        self.step += 1
+        self.modem.log("modem: hung (" + cause + "), recovery step", step)
+        self.report("modem_reset", step + ":" + cause)
+        self._unregistered_since = None
+        self.modem.silent = 0
+        if step == "radio":
+            try:
+                await self.modem.radio_reset()
+            except ModemError as exc:  # the next failed attempt climbs to the power cycle
+                self.modem.log("modem: radio reset failed:", repr(exc))
+        elif step == "power":
+            await self.board.modem_power_cycle()
+        else:
+            self.board.reset()
+        return step

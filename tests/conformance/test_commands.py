@@ -39,6 +39,9 @@ from tests.conformance.bench import (
 )
 from tests.support.stream_server import StreamServer
 
+# Skipped, with the reason, for implementations listed in driver.WITHOUT_COMMANDS.
+pytestmark = pytest.mark.usefixtures("carries_out_commands")
+
 # A receiver's clock this far off at power-on, in the clock test (well above the 1 s a
 # clock_sync event needs, small enough for any RTC).
 CLOCK_OFFSET_S = 120.0
@@ -330,12 +333,3 @@ async def test_the_clock_is_synced_reported_and_used(bench: Bench) -> None:
         assert abs(r.sent_at - wall(m.t)) <= STAMP_SLACK, f"ts {r.sent_at} received at {wall(m.t):.1f}"
         assert r.clock_synced_s is not None and r.clock_synced_s <= 10
     await bench.finish()
-
-
-@pytest.fixture(autouse=True)
-def _carries_out_commands(request: pytest.FixtureRequest) -> None:
-    from tests.conformance.driver import WITHOUT_COMMANDS
-
-    impl = request.node.callspec.params.get("receiver_impl") if hasattr(request.node, "callspec") else None
-    if impl in WITHOUT_COMMANDS:
-        pytest.skip(f"{impl}: {WITHOUT_COMMANDS[impl]}")

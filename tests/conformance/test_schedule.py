@@ -5,12 +5,12 @@ and not run by a receiver whose clock never synced."""
 
 from __future__ import annotations
 
-import pytest
-
 import asyncio
 import dataclasses
 import time
 from datetime import date, timedelta
+
+import pytest
 
 from fleet_service.protocol import AckStatus, Event, EventKind, PlayReason, PlaySource, State, StreamState, Telemetry
 from tests.conformance.bench import (
@@ -28,6 +28,9 @@ from tests.conformance.bench import (
     wall,
 )
 from tests.support.stream_server import StreamServer
+
+# Skipped, with the reason, for implementations listed in driver.WITHOUT_COMMANDS.
+pytestmark = pytest.mark.usefixtures("carries_out_commands")
 
 # Slots of the timing tests start this long after the schedule is sent (time for its ack).
 LEAD_S = 3.0
@@ -171,12 +174,3 @@ async def test_an_unsynced_receiver_runs_no_schedule(bench: Bench, stream_server
     assert not bench.events(EventKind.PLAY_STARTED, after=sent), "ran a schedule on a clock never synced"
     assert stream_server.requests == 0
     await bench.finish()
-
-
-@pytest.fixture(autouse=True)
-def _carries_out_commands(request: pytest.FixtureRequest) -> None:
-    from tests.conformance.driver import WITHOUT_COMMANDS
-
-    impl = request.node.callspec.params.get("receiver_impl") if hasattr(request.node, "callspec") else None
-    if impl in WITHOUT_COMMANDS:
-        pytest.skip(f"{impl}: {WITHOUT_COMMANDS[impl]}")

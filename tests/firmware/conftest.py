@@ -212,3 +212,65 @@ def device_config(broker: ProductionBroker, rid: str, password: str, **overrides
     }
     cfg.update(overrides)
     return cfg
+
+
+# -- a real NTP server (chrony) on a free loopback UDP port -------------------------------------
+
+CHRONYD = shutil.which("chronyd") or "/usr/sbin/chronyd"
+NTP_TO_UNIX = 2208988800
+
+
+@dataclass
+class NtpServer:
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+def sntp_time(host: str, port: int, timeout: float = 1.0) -> float:
+    """The server's transmit time (Unix seconds) from one SNTP exchange."""
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(b"\x23" + bytes(47), (host, port))
+        data, _ = sock.recvfrom(128)
+    seconds, fraction = struct.unpack("!II", data[40:48])
+    return seconds - NTP_TO_UNIX + fraction / 2**32
+
+
+@pytest.fixture(scope="module")
+def ntp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NtpServer]:
+    """chronyd serving this machine's clock (``local stratum 8``) without touching it (-x)."""
+    import socket
+
+    if not Path(CHRONYD).exists():
+        pytest.fail("chronyd is not installed: apt-get install chrony")
+    directory = tmp_path_factory.mktemp("chrony")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = directory / "chrony.conf"
+    config.write_text(f"port {port}\nbindaddress 127.0.0.1\ncmdport 0\nlocal stratum 8\nallow 127.0.0.1\n"
+                      f"pidfile {directory}/chronyd.pid\ndriftfile {directory}/drift\n")
+    log = (directory / "chronyd.log").open("wb")
+    process = subprocess.Popen([CHRONYD, "-x", "-d", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def answers() -> bool:
+            try:
+                sntp_time("127.0.0.1", port, 0.2)
+                return True
+            except OSError:
+                return False
+
+        wait_for(answers, 10, "chronyd to answer")
+        yield NtpServer("127.0.0.1", port, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()

@@ -142,3 +142,86 @@ def test_registration_searching_then_registered_denied_and_never(tmp_path: Path)
     assert "stat 5 after 3" in out
     assert "refused not registered: denied" in out
     assert "gave up not registered: searching" in out
+
+
+# -- the link's view of the modem: PPP drops and a hung modem's recovery ladder ----------------
+# (run through loa.link.PppLink on the simulated board; the runner is in test_link.py)
+
+HUNG = 'for cmd in list(script) + ["AT+CFUN=0", "AT+CFUN=1"]:\n    script[cmd] = None'
+
+
+def test_a_dropped_ppp_session_is_dialled_again(tmp_path: Path) -> None:
+    from tests.firmware.test_link import run_link
+
+    lines = run_link(tmp_path, """
+    await attempt()
+    board.ppp_carrier = False   # the network ended the data call
+    print("is up", board.link_is_up())
+    await attempt()
+    print("dials", port.sent.count("ATD*99#"))
+""")
+    assert lines[:4] == ["up True 17", "is up False", "up True 17", "dials 2"]
+
+
+def test_a_hung_modem_climbs_the_recovery_ladder_in_order(tmp_path: Path) -> None:
+    from tests.firmware.test_link import run_link
+
+    lines = run_link(tmp_path, """
+    for _ in range(3):
+        await attempt()
+        print("power cycles", board.power_cycles)
+""", HUNG, exits=True)
+    # Radio reset (unanswered), power cycle (the modem stays silent), then the board reset
+    # ends the process: on the unix port the simulated reset exits.
+    assert lines == [
+        "event modem_reset radio:at_timeout", "down ppp: modem silent: AT: no answer", "power cycles 0",
+        "event modem_reset power:at_timeout", "power cycle", "down ppp: modem silent: AT: no answer", "power cycles 1",
+        "event modem_reset board:at_timeout",
+    ]
+
+
+def test_a_power_cycle_that_helps_starts_the_ladder_again(tmp_path: Path) -> None:
+    from tests.firmware.test_link import run_link
+
+    lines = run_link(tmp_path, """
+    healthy = dict(script)
+    after_power.update(healthy)
+    for cmd in list(script) + ["AT+CFUN=0", "AT+CFUN=1"]:
+        script[cmd] = None
+    for _ in range(3):
+        await attempt()
+    # Hung again later: the ladder starts at the radio reset, not at the board reset.
+    board.ppp_carrier = False
+    for cmd in list(script):
+        script[cmd] = None
+    await attempt()
+""")
+    assert lines == [
+        "event modem_reset radio:at_timeout", "down ppp: modem silent: AT: no answer",
+        "event modem_reset power:at_timeout", "power cycle", "down ppp: modem silent: AT: no answer",
+        "up True 17",
+        "event modem_reset radio:at_timeout", "down ppp: modem silent: AT: no answer",
+        "done",
+    ]
+
+
+def test_no_registration_for_too_long_resets_the_radio(tmp_path: Path) -> None:
+    from tests.firmware.test_link import run_link
+
+    lines = run_link(tmp_path, """
+    modem.UNREGISTERED_MS = 500
+    await attempt()            # searching: not yet a reason to reset anything
+    await asyncio.sleep_ms(300)
+    await attempt()            # searching for longer than UNREGISTERED_MS: radio reset
+    await attempt()            # registered after the radio reset
+    print("sent", [c for c in port.sent if c.startswith("AT+CFUN")])
+""", 'script["AT+CEREG?"] = ["+CEREG: 0,2", "OK"]\nscript["AT+CREG?"] = ["+CREG: 0,2", "OK"]\n'
+     'script["AT+CFUN=0"] = ["OK"]\nscript["AT+CFUN=1"] = ["OK"]\n'
+     'after_cfun["AT+CEREG?"] = ["+CEREG: 0,1", "OK"]')
+    assert lines == [
+        "down ppp: not registered: searching",
+        "event modem_reset radio:not_registered", "down ppp: not registered: searching",
+        "up True 17",
+        "sent ['AT+CFUN=0', 'AT+CFUN=1']",
+        "done",
+    ]

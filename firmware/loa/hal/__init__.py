@@ -22,6 +22,7 @@ class Board:
         self._volume = 50
         # Set when a planned stop is asked for (the application then says goodbye).
         self.stop_requested = False
+        self.link = None  # made on first use, from cfg["link"]
 
     # -- clock --------------------------------------------------------------------------------
 
@@ -53,6 +54,18 @@ class Board:
 
     def set_volume(self, level):
         self._volume = max(0, min(100, int(level)))
+
+    def audio_open(self, kbps):
+        """Make the MP3 decoder ready for a stream of ``kbps`` (None if unknown)."""
+        raise NotImplementedError
+
+    def audio_write(self, buf, n):
+        """Offer the first ``n`` bytes of ``buf`` to the decoder; returns how many it took now
+        (0 while its input FIFO is full: the decoder paces playback)."""
+        raise NotImplementedError
+
+    def audio_close(self):
+        """End of the stream: the decoder may stop (and be silent)."""
 
     def volume(self):
         return self._volume
@@ -87,22 +100,53 @@ class Board:
         """Hard reset (never returns)."""
         raise NotImplementedError
 
-    # -- network link -------------------------------------------------------------------------
+    # -- network link: loa/link.py, chosen by cfg["link"] ---------------------------------
+
+    def link_layer(self):
+        """The data link (loa/link.py), made on first use from cfg["link"]."""
+        if self.link is None:
+            self.link = self._new_link()
+        return self.link
+
+    def _new_link(self):
+        from loa import link
+
+        return link.make(self.cfg, self)
 
     async def link_up(self):
         """Bring the data link up (4G PPP, Wi-Fi, or nothing on the host). Raises OSError if
         it cannot."""
-        raise NotImplementedError
+        return await self.link_layer().up()
 
     async def link_down(self):
-        pass
+        await self.link_layer().down()
 
     def link_is_up(self):
-        return True
+        return self.link_layer().is_up()
 
     def signal_csq(self):
         """Last AT+CSQ value (0..31, 99 unknown), or None without a modem."""
-        return None
+        return self.link_layer().signal_csq()
+
+    # -- the 4G modem's hardware (used by loa.link.PppLink) -------------------------------
+
+    def modem_port(self):
+        """The modem's serial line: write(bytes) and async readline()."""
+        raise OSError("this board has no modem")
+
+    def ppp_start(self):
+        """Run PPP over the modem's serial line (after the modem answered CONNECT)."""
+        raise OSError("this board has no modem")
+
+    def ppp_connected(self):
+        return False
+
+    def ppp_stop(self):
+        pass
+
+    async def modem_power_cycle(self):
+        """Switch the modem off and on again with its PWRKEY."""
+        raise OSError("this board has no modem")
 
     def ssl_context(self, ca_path, verify):
         """An SSLContext for the broker connection."""

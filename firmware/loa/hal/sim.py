@@ -14,6 +14,11 @@ import asyncio
 from loa import files
 from loa.hal import RESET_CAUSES, Board
 
+# The simulated decoder's input FIFO: the VS1053's is 2 KiB.
+SIM_FIFO = 2048
+# Bitrate the simulated decoder plays at when the stream's is unknown.
+SIM_DEFAULT_KBPS = 128
+
 _SIM_DEFAULTS = {
     "temp": 38.5,     # degrees C
     "vin": 12.1,      # volts
@@ -49,6 +54,18 @@ class SimBoard(Board):
                 pass
         self._reset_cause = cause if cause in RESET_CAUSES else "power_on"
         self._stdin_task = None
+        # The simulated decoder: a FIFO that drains at the stream's bitrate in real time.
+        self.audio_rate = 0        # bytes per second while open, 0 when closed
+        self.audio_fifo = 0        # bytes in the FIFO
+        self.audio_bytes = 0       # bytes accepted since boot
+        self.audio_starved = 0     # times the FIFO ran empty while open after data came
+        self._audio_t = time.ticks_ms()
+        # A test may attach a scripted modem (write(), async readline()): then cfg "link"
+        # "ppp" dials through it; without one the link is the host's network.
+        self.modem = None
+        self.ppp_active = False
+        self.ppp_carrier = True    # a test sets it False to drop the PPP session
+        self.power_cycles = 0
 
     def start(self):
         """Start the stdin reader (called from inside the event loop)."""
@@ -73,6 +90,35 @@ class SimBoard(Board):
             return "off"
         return "fault" if self.values["amp_fault"] else "on"
 
+    def audio_open(self, kbps):
+        self.audio_rate = (kbps or SIM_DEFAULT_KBPS) * 1000 // 8
+        self.audio_fifo = 0
+        self._audio_t = time.ticks_ms()
+
+    def _drain(self):
+        now = time.ticks_ms()
+        played = time.ticks_diff(now, self._audio_t) * self.audio_rate // 1000
+        if played <= 0:
+            return
+        # Advance the clock only by the time those whole bytes took, keeping the remainder.
+        self._audio_t = time.ticks_add(self._audio_t, played * 1000 // self.audio_rate)
+        if played >= self.audio_fifo and self.audio_fifo:
+            self.audio_starved += 1
+        self.audio_fifo = max(0, self.audio_fifo - played)
+
+    def audio_write(self, buf, n):
+        if not self.audio_rate:
+            raise OSError("audio: decoder not open")
+        self._drain()
+        took = min(n, SIM_FIFO - self.audio_fifo)
+        self.audio_fifo += took
+        self.audio_bytes += took
+        return took
+
+    def audio_close(self):
+        self.audio_rate = 0
+        self.audio_fifo = 0
+
     # -- sensors ------------------------------------------------------------------------------
 
     def temperature(self):
@@ -83,9 +129,6 @@ class SimBoard(Board):
 
     def reset_cause(self):
         return self._reset_cause
-
-    def signal_csq(self):
-        return self.values["csq"]
 
     # -- watchdog -----------------------------------------------------------------------------
 
@@ -112,7 +155,36 @@ class SimBoard(Board):
     def reset(self):
         sys.exit(0)
 
-    # -- network link: the host's network -----------------------------------------------------
+    # -- network link: the host's network, or PPP through a test's scripted modem ----------
 
-    async def link_up(self):
-        return True
+    def _new_link(self):
+        from loa import link
+
+        if self.modem is None:
+            return link.HostLink()
+        return link.make(self.cfg, self)
+
+    def signal_csq(self):
+        csq = super().signal_csq()
+        return self.values["csq"] if csq is None else csq
+
+    def modem_port(self):
+        if self.modem is None:
+            raise OSError("no modem attached to the simulated board")
+        return self.modem
+
+    def ppp_start(self):
+        self.ppp_active = True
+        self.ppp_carrier = True
+
+    def ppp_connected(self):
+        return self.ppp_active and self.ppp_carrier
+
+    def ppp_stop(self):
+        self.ppp_active = False
+
+    async def modem_power_cycle(self):
+        self.power_cycles += 1
+        power_cycle = getattr(self.modem, "power_cycle", None)
+        if power_cycle is not None:
+            power_cycle()

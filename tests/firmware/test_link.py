@@ -1,0 +1,109 @@
+"""The link layer (firmware/loa/link.py) on the real micropython interpreter: which link the
+config chooses, and the 4G path (AT layer, dial, PPP) on the simulated board with a scripted
+modem (tests/firmware/mp/scripted_port.py). network.PPP and network.WLAN exist only on the
+ESP32; their code is type-checked (test_typecheck.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.firmware.conftest import FIRMWARE, run_micropython
+from tests.firmware.test_modem import HEALTHY, MP_SUPPORT
+
+PROGRAM = """
+import asyncio
+from loa import link, modem
+from loa.hal.sim import SimBoard
+from scripted_port import ScriptedPort
+# Shortened so that a hung modem is found in a fraction of a second rather than minutes.
+link.AT_TIMEOUT_MS = 100
+link.REGISTER_TIMEOUT_MS = 300
+link.REGISTER_POLL_MS = 20
+modem.CFUN_TIMEOUT_MS = 100
+script = {healthy}
+after_power = {{}}   # what the modem answers after a power cycle
+after_cfun = {{}}    # ... and after a radio reset
+{changes}
+class Port(ScriptedPort):
+    def write(self, data):
+        super().write(data)
+        if data == b"AT+CFUN=1\\r" and script.get("AT+CFUN=1"):
+            script.update(after_cfun)
+    def power_cycle(self):
+        print("power cycle")
+        script.update(after_power)
+port = Port(script)
+board = SimBoard({{"link": "ppp", "apn": "v-internet", "sim_pin": ""}})
+board.modem = port
+lnk = board.link_layer()
+lnk.on_event = lambda kind, detail: print("event", kind, detail)
+async def attempt():
+    try:
+        await board.link_up()
+        print("up", board.link_is_up(), board.signal_csq())
+    except OSError as exc:
+        print("down", exc)
+async def main():
+{body}
+asyncio.run(main())
+print("done")
+"""
+
+
+def run_link(tmp_path: Path, body: str, changes: str = "", *, exits: bool = False) -> list[str]:
+    program = PROGRAM.format(healthy=HEALTHY, changes=changes, body=body)
+    result = run_micropython(program, tmp_path, paths=(str(FIRMWARE), MP_SUPPORT), timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if not line.startswith(("modem:", "link:"))]
+    assert (lines[-1] == "done") is not exits, result.stdout
+    return lines
+
+
+def test_the_config_chooses_the_link(tmp_path: Path) -> None:
+    script = """
+import asyncio
+from loa import link
+from loa.hal.sim import SimBoard
+for kind in ("ppp", "wifi", "host", "none", "anything"):
+    print(kind, link.make({"link": kind}, None).name)
+# The simulated board without a modem uses the host's network whatever the config says.
+board = SimBoard({"link": "ppp"})
+print("sim", board.link_layer().name, board.signal_csq())
+async def main():
+    print("host up", await board.link_up(), board.link_is_up())
+    try:
+        await link.make({"link": "wifi", "wifi_ssid": "bench", "wifi_password": "x"}, None).up()
+    except OSError as exc:
+        print("wifi", exc)
+asyncio.run(main())
+"""
+    result = run_micropython(script, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "ppp ppp", "wifi wifi", "host host", "none host", "anything host",
+        "sim host 20", "host up True True", "wifi wifi: this board has no Wi-Fi"]
+
+
+def test_ppp_comes_up_through_the_modem_and_reports_its_signal(tmp_path: Path) -> None:
+    lines = run_link(tmp_path, """
+    print("before", board.link_is_up(), board.signal_csq())
+    await attempt()
+    await attempt()   # already up: nothing is sent
+    print("sent", port.sent)
+    await board.link_down()
+    print("after down", board.link_is_up())
+""")
+    assert lines[:3] == ["before False 20", "up True 17", "up True 17"]
+    assert lines[3] == ("sent ['AT', 'ATE0', 'AT+CPIN?', 'AT+CEREG?', 'AT+CGDCONT=1,\"IP\",\"v-internet\"', "
+                        "'AT+CSQ', 'ATD*99#']")
+    assert lines[4] == "after down False"
+
+
+def test_no_sim_fails_the_link_without_resetting_anything(tmp_path: Path) -> None:
+    lines = run_link(tmp_path, """
+    for _ in range(4):
+        await attempt()
+    print("power cycles", board.power_cycles)
+""", 'script["AT+CPIN?"] = ["+CME ERROR: 10"]')
+    assert lines[:4] == ["down ppp: no SIM (+CME ERROR 10)"] * 4
+    assert lines[4] == "power cycles 0"
