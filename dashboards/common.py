@@ -14,8 +14,8 @@ from dashboards.queries import POSTGRES
 TIMEZONE = "Asia/Ho_Chi_Minh"
 UTC_OFFSET_HOURS = 7
 TAGS = ["loa"]
-# Receivers report every 60 s: a finer $__interval would draw gaps between reports.
-MIN_INTERVAL = "1m"
+# Receivers report every 300 s by default: a finer $__interval would draw gaps between reports.
+MIN_INTERVAL = "5m"
 # Points per time series panel. Fixed (instead of the panel's pixel width) so that
 # $__interval is the same on every screen, and the tests can compute it the way Grafana does.
 MAX_DATA_POINTS = 300

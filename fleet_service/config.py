@@ -37,8 +37,8 @@ class Settings(BaseSettings):
     # Receivers: what the service expects of them. The inactivity timeout catches a link that
     # died without the broker noticing (or a receiver whose application hung while the MQTT
     # stack still answers pings): three missed telemetry reports plus slack.
-    telemetry_interval_s: float = 60.0
-    inactivity_timeout_s: float = 200.0
+    telemetry_interval_s: float = 300.0
+    inactivity_timeout_s: float = 960.0
     # After the service (re)starts it waits this long before it trusts silence: retained state
     # arrives first, and receivers that were online get a chance to report.
     startup_grace_s: float = 30.0

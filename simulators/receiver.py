@@ -107,8 +107,8 @@ class ReceiverConfig:
 
     host: str
     port: int
-    keepalive: int = 60
-    telemetry_interval: float = 60.0
+    keepalive: int = 300  # the firmware's defaults
+    telemetry_interval: float = 300.0
     firmware: str = "loa-sim-1.0.0"
     # TCP connect and CONNACK each; also how long a connect attempt lasts while the link is cut.
     connect_timeout: float = 10.0

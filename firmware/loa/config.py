@@ -22,7 +22,9 @@ DEFAULTS = {
     "wifi_ssid": "",
     "wifi_password": "",
     # MQTT session. Keepalive: the broker publishes the Will after 1.5x this without traffic.
-    "keepalive": 60,
+    # 300 s with telemetry every 300 s keeps a receiver under 10 MB of 4G data a month
+    # (bench/RESULTS.md); a shorter keepalive notices a dead link sooner at a cost in pings.
+    "keepalive": 300,
     "connect_timeout": 10,   # TCP (+TLS) connect, and CONNECT to CONNACK, each
     "ack_timeout": 10,       # PUBLISH to PUBACK, SUBSCRIBE to SUBACK
     "ack_retries": 2,        # retransmissions (DUP) of an unacknowledged QoS 1 PUBLISH
@@ -32,7 +34,7 @@ DEFAULTS = {
     "backoff_base": 1.0,
     "backoff_cap": 120.0,
     # Application.
-    "telemetry_interval": 60.0,  # seconds; a float so that fractions are accepted
+    "telemetry_interval": 300.0,  # seconds; a float so that fractions are accepted
     # Clock: SNTP server (synced after every link-up and every 6 h; "" = the modem's network
     # time only). The Vietnamese zone of the NTP pool answers nearest.
     "ntp": "vn.pool.ntp.org",
