@@ -38,10 +38,15 @@ REDELIVER_DELAY_S = 1.0
 RESEND_AFTER_S = 30.0
 # How often expiries and resends are checked.
 SWEEP_INTERVAL_S = 1.0
-# Outcome writes wait this long after the first so that a burst (a fleet-wide play) goes to
-# the database in a few large transactions.
-WRITE_COALESCE_S = 0.05
+# Outcome writes wait until outcomes have stopped arriving for WRITE_QUIET_S, at most
+# WRITE_MAX_DELAY_S after the first: during a fleet-wide play the writer then stays off the GIL
+# until the acknowledgements are in, and each target's "sent" and "done" become one row.
+WRITE_QUIET_S = 0.2
+WRITE_MAX_DELAY_S = 5.0
 WRITE_BATCH_MAX = 2000
+# Targets published per turn of the event loop, so that acknowledgements are read while the
+# rest of a large command goes out.
+PUBLISH_SLICE = 250
 # Progress of this many recent commands is kept in memory for the live view.
 PROGRESS_KEPT = 1000
 # Operations of which only the newest matters: an older one not yet delivered is superseded.
@@ -158,15 +163,27 @@ class CommandDelivery:
         pending = self._track(command_id, op, payload, expires_at)
         progress = self._progress_of(command_id)
         progress[TargetStatus.PENDING.value] += len(receiver_ids)
-        now = time.monotonic()
+        online: list[str] = []
         for rid in receiver_ids:
             targets = self._open.setdefault(rid, {})
             if op in _LATEST_WINS:
                 self._supersede(rid, targets, op)
-            targets[command_id] = state = _Open(TargetStatus.PENDING)
+            targets[command_id] = _Open(TargetStatus.PENDING)
             pending.receivers.add(rid)
             if self._is_online(rid):
-                self._send(rid, command_id, state, now)
+                online.append(rid)
+        self._send_slice(command_id, online, 0)
+
+    def _send_slice(self, cid: str, receiver_ids: list[str], start: int) -> None:
+        now = time.monotonic()
+        end = start + PUBLISH_SLICE
+        for rid in receiver_ids[start:end]:
+            state = self._open.get(rid, {}).get(cid)
+            # Still waiting: not answered, superseded, expired or sent at a birth meanwhile.
+            if state is not None and state.status is TargetStatus.PENDING:
+                self._send(rid, cid, state, now)
+        if end < len(receiver_ids) and self._loop is not None:
+            self._loop.call_soon(self._send_slice, cid, receiver_ids, end)
 
     def _supersede(self, rid: str, targets: dict[str, _Open], op: str) -> None:
         for cid, state in list(targets.items()):
@@ -256,7 +273,7 @@ class CommandDelivery:
         state.status = status
 
     def progress(self, command_id: str) -> dict[str, int] | None:
-        """Targets by status, as of now (the database follows within WRITE_COALESCE_S), for
+        """Targets by status, as of now (the database follows within WRITE_MAX_DELAY_S), for
         commands sent by this process; None for others."""
         progress = self._progress.get(command_id)
         return None if progress is None else {k: v for k, v in progress.items() if v}
@@ -307,7 +324,12 @@ class CommandDelivery:
         delay = 1.0
         while True:
             await self._updates_ready.wait()
-            await asyncio.sleep(WRITE_COALESCE_S)
+            first = time.monotonic()
+            while True:
+                self._updates_ready.clear()
+                await asyncio.sleep(WRITE_QUIET_S)
+                if not self._updates_ready.is_set() or time.monotonic() - first >= WRITE_MAX_DELAY_S:
+                    break
             self._updates_ready.clear()
             while self._updates:
                 self._idle.clear()

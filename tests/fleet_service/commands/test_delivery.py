@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fleet_service.protocol import Priority
+from fleet_service.auth.models import Role
+from fleet_service.commands import delivery as delivery_module
+from fleet_service.commands import repository
+from fleet_service.commands.delivery import CommandDelivery
+from fleet_service.commands.schemas import CommandCreate, Target
+from fleet_service.commands.service import Created, Issuer, create_command
+from fleet_service.db import session_scope, utcnow
+from fleet_service.protocol import Ack, CommandOp, Priority
 from tests.fleet_service.commands.conftest import Fleet
 from tests.support.waiting import wait_until
 
@@ -176,3 +183,71 @@ async def test_what_a_receiver_plays_and_why_shows_in_the_live_view(fleet, recei
     assert playing["x-1"] is None
     assert playing["x-2"]["priority"] == "emergency" and playing["x-2"]["why"] == "command"
     assert playing["x-2"]["ref"] == "abc123" and playing["x-2"]["schedule_version"] == 7
+
+
+# --- pacing: publishing in slices, writing after the burst -------------------------------------
+
+def _command_to_fleet(fleet: Fleet) -> Created:
+    with session_scope(fleet.runtime.sessions) as s:
+        return create_command(s, CommandCreate(target=Target(fleet=True), op=CommandOp.STOP),
+                              Issuer(None, "admin", Role.ADMIN, None))
+
+
+def _done(command_id: str) -> Ack:
+    return Ack(session=1, command_id=command_id, status="done", sent_at=0)
+
+
+async def test_a_large_command_goes_out_a_slice_per_turn_of_the_loop_and_once_to_each_target(fleet, monkeypatch):
+    monkeypatch.setattr(delivery_module, "PUBLISH_SLICE", 1)
+    published: list[str] = []
+    delivery = CommandDelivery(fleet.runtime.sessions, publish=lambda topic, _payload: published.append(topic) or True,
+                               is_online=lambda _rid: True)
+    await delivery.start()
+    try:
+        created = _command_to_fleet(fleet)
+        command = created.command
+        delivery.submit(command.id, command.op, created.payload, command.expires_at, created.receiver_ids)
+        await asyncio.sleep(0)  # the first slice goes out, the rest waits for later turns
+        assert len(published) == 1
+        # An answer read between two slices is applied at once.
+        first = published[0].split("/")[3]
+        delivery.on_ack(first, _done(command.id), utcnow())
+        assert delivery.progress(command.id)["done"] == 1
+        await wait_until(lambda: len(published) == 3, timeout=5)
+        assert sorted(t.split("/")[3] for t in published) == ["x-1", "x-2", "y-1"]
+        for rid in created.receiver_ids:
+            delivery.on_ack(rid, _done(command.id), utcnow())
+        assert delivery.progress(command.id) == {"done": 3}
+        await delivery.flush()
+        status = await targets(fleet, command.id)
+        assert {rid: (t["status"], t["deliveries"], t["first_sent_at"] is not None) for rid, t in status.items()} == \
+            {rid: ("done", 1, True) for rid in ("x-1", "x-2", "y-1")}
+    finally:
+        await delivery.stop()
+
+
+async def test_outcomes_are_written_while_they_keep_arriving_at_the_latest_after_the_longest_delay(fleet, monkeypatch):
+    # A steady trickle of answers never leaves the writer the quiet time it waits for, so
+    # the longest delay must bring them to the database anyway.
+    monkeypatch.setattr(delivery_module, "WRITE_QUIET_S", 0.3)
+    monkeypatch.setattr(delivery_module, "WRITE_MAX_DELAY_S", 1.0)
+    delivery = CommandDelivery(fleet.runtime.sessions, publish=lambda _topic, _payload: True,
+                               is_online=lambda _rid: True)
+    await delivery.start()
+    try:
+        commands = [_command_to_fleet(fleet) for _ in range(30)]
+        for created in commands:
+            c = created.command
+            delivery.submit(c.id, c.op, created.payload, c.expires_at, created.receiver_ids)
+        await asyncio.sleep(0)  # submitted commands are taken up at the loop's next turn
+        written_during_trickle = False
+        for created in commands:
+            delivery.on_ack("x-1", _done(created.command.id), utcnow())
+            await asyncio.sleep(0.1)
+            with session_scope(fleet.runtime.sessions) as s:
+                if repository.status_counts(s, [commands[0].command.id])[commands[0].command.id].get("done"):
+                    written_during_trickle = True
+                    break
+        assert written_during_trickle, "no outcome written while answers kept coming every 0.1 s"
+    finally:
+        await delivery.stop()
