@@ -90,6 +90,8 @@ class IngestService:
         # Set by the MQTT side when commands are delivered (commands.delivery.CommandDelivery):
         # told of every birth and acknowledgement.
         self.commands: Any = None
+        # Set by the MQTT side (schedules.sync.ScheduleSync): told of every birth.
+        self.schedules: Any = None
         # Set by the app when telemetry is written to InfluxDB (telemetry.service.TelemetryService):
         # handed every telemetry report and event; it only queues them.
         self.telemetry_writer: Any = None
@@ -173,9 +175,12 @@ class IngestService:
         self.counters.accepted += 1
         if isinstance(message, StateMessage):
             transitions = self.tracker.on_state(receiver_id, message, at, retained=retained)
-            if message.state is State.ONLINE and self.commands is not None and self.tracker.is_online(receiver_id) \
+            if message.state is State.ONLINE and self.tracker.is_online(receiver_id) \
                     and self.tracker.session_of(receiver_id) == message.session:
-                self.commands.on_birth(receiver_id)
+                if self.commands is not None:
+                    self.commands.on_birth(receiver_id)
+                if self.schedules is not None:
+                    self.schedules.on_birth(receiver_id)
         elif isinstance(message, PlayStatus):
             # Retained: also what a receiver reported before it went offline; not activity then.
             if not retained:

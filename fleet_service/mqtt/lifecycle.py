@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.accounts import BrokerAccounts, RegistryOnlyAccounts
 from broker.embedded import EmbeddedBroker, LoginRules
 from fleet_service.commands.delivery import CommandDelivery
+from fleet_service.schedules.sync import ScheduleSync
 from fleet_service.db import session_scope
 from fleet_service.ingest.service import IngestService
 from fleet_service.mqtt.adapter import MqttAdapter
@@ -99,6 +100,10 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> 
     await commands.start()
     ingest.commands = commands
     runtime.commands = commands
+    schedules = ScheduleSync(runtime.sessions, submit=lambda made: commands.submit(
+        made.command.id, made.command.op, made.payload, made.command.expires_at, made.receiver_ids))
+    await schedules.start()
+    ingest.schedules = schedules
     task = asyncio.create_task(adapter.run(), name="mqtt-adapter")
     try:
         try:
@@ -111,6 +116,7 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> 
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         runtime.commands = None
+        await schedules.stop()
         await commands.stop()
         await ingest.stop()
         close = getattr(broker_accounts, "close", None)

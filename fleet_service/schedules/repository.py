@@ -25,9 +25,10 @@ def list_schedules(session: Session, scope: str | None = None) -> Sequence[Sched
     return session.scalars(query).all()
 
 
-def receivers_reached(session: Session, *, station_id: int | None = None, under: str | None = None
-                      ) -> list[tuple[str, int, str]]:
-    """(receiver id, station id, region path) of the active receivers a schedule target reaches."""
+def receivers_reached(session: Session, *, station_id: int | None = None, under: str | None = None,
+                      receiver_ids: Sequence[str] | None = None) -> list[tuple[str, int, str]]:
+    """(receiver id, station id, region path) of the active receivers a schedule target reaches
+    (or of those of ``receiver_ids`` that serve a station)."""
     query = (select(Receiver.id, Station.id, Region.path).join(Station, Station.id == Receiver.station_id)
              .join(Region, Region.id == Station.region_id)
              .where(Receiver.status == ReceiverStatus.ACTIVE.value))
@@ -35,7 +36,14 @@ def receivers_reached(session: Session, *, station_id: int | None = None, under:
         query = query.where(Station.id == station_id)
     if under is not None:
         query = query.where(Region.path.startswith(under, autoescape=True))
+    if receiver_ids is not None:
+        query = query.where(Receiver.id.in_(list(receiver_ids)))
     return [(rid, sid, path) for rid, sid, path in session.execute(query.order_by(Receiver.id))]
+
+
+def station_names(session: Session, station_ids: Iterable[int]) -> dict[int, str]:
+    rows = session.execute(select(Station.id, Station.name).where(Station.id.in_(list(station_ids))))
+    return {sid: name for sid, name in rows}
 
 
 def schedules_on_paths(session: Session, paths: Iterable[str]) -> Sequence[Schedule]:

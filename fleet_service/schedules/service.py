@@ -9,6 +9,7 @@ receiver and the slots named, and nothing is stored."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ from fleet_service.schedules import repository
 from fleet_service.schedules.models import ReceiverSchedule, Schedule, ScheduleSlotRow
 from fleet_service.schedules.schemas import ScheduleCreate, ScheduleOut, SlotIn, SlotOut, days_of
 from fleet_service.timefmt import LOCAL_ZONE
+
+log = logging.getLogger(__name__)
 
 # Minutes east of UTC of the stations' local time (Asia/Ho_Chi_Minh has no daylight saving).
 TZ_OFFSET_MIN = int(datetime.now(LOCAL_ZONE).utcoffset().total_seconds() // 60)  # type: ignore[union-attr]
@@ -141,24 +144,65 @@ def push(session: Session, schedule: Schedule, issuer: commands.Issuer) -> list[
     wanted = receiver_slots(session, reached)
     for rid, slots in wanted.items():
         _validated(rid, slots)
+    kind = TargetKind.STATION if schedule.target_kind == "station" else TargetKind.REGION
+    target = (kind, str(schedule.target_id), schedule.name, schedule.target_path)
+    return _send_changed(session, wanted, {rid: target for rid, _, _ in reached}, issuer,
+                         f"lịch phát / schedule #{schedule.id}")
+
+
+def bring_up_to_date(session: Session, receiver_ids: Sequence[str]) -> list[commands.Created]:
+    """Send each of ``receiver_ids`` the schedule it should hold where that differs from what it
+    was last sent: for receivers registered, moved to another station, or under a region that
+    moved since the schedules were pushed. A receiver that was never sent a schedule and should
+    hold none is left alone; one whose combined slots would be invalid (a station that had no
+    receiver when its schedules were checked) keeps what it holds, and the log says why."""
+    reached = repository.receivers_reached(session, receiver_ids=receiver_ids)
+    if not reached:
+        return []
+    wanted = receiver_slots(session, reached)
     sent = repository.sent_schedules(session, [rid for rid, _, _ in reached])
-    groups: dict[str, list[str]] = defaultdict(list)
+    for rid, slots in list(wanted.items()):
+        if not slots and rid not in sent:
+            del wanted[rid]
+            continue
+        try:
+            _validated(rid, slots)
+        except Invalid as exc:
+            log.error("schedule of %s not brought up to date: %s", rid, exc.message_en)
+            del wanted[rid]
+    stations = repository.station_names(session, {sid for _, sid, _ in reached})
+    targets = {rid: (TargetKind.STATION, str(sid), stations[sid], path) for rid, sid, path in reached}
+    return _send_changed(session, wanted, targets, SYSTEM, "lịch phát cập nhật theo sổ thiết bị / schedule brought up "
+                         "to date with the registry", sent=sent)
+
+
+# Commands that other domains send on the service's own behalf carry this issuer.
+SYSTEM = commands.Issuer(None, "hệ thống / system", Role.ADMIN, None)
+
+
+def _send_changed(session: Session, wanted: dict[str, list[ScheduleSlot]],
+                  targets: dict[str, tuple[TargetKind, str, str, str]], issuer: commands.Issuer, note: str, *,
+                  sent: dict[str, ReceiverSchedule] | None = None) -> list[commands.Created]:
+    """One ``schedule`` command per distinct resulting schedule and command target, for the
+    receivers whose schedule differs from the one they were last sent; records what was sent."""
+    if sent is None:
+        sent = repository.sent_schedules(session, list(wanted))
+    groups: dict[tuple[str, tuple[TargetKind, str, str, str]], list[str]] = defaultdict(list)
     wire: dict[str, list[dict[str, object]]] = {}
     for rid, slots in wanted.items():
         as_wire = [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in slots]
         digest = hashlib.sha256(repr(as_wire).encode()).hexdigest()
         if rid in sent and sent[rid].digest == digest:
             continue
-        groups[digest].append(rid)
+        groups[(digest, targets[rid])].append(rid)
         wire[digest] = as_wire
     created: list[commands.Created] = []
     version = max(repository.highest_version(session) + 1, int(time.time()))
-    for digest, receiver_ids in groups.items():
+    for (digest, (kind, ref, name, path)), receiver_ids in groups.items():
         params = {"ver": version, "tz": TZ_OFFSET_MIN, "slots": wire[digest]}
-        kind = TargetKind.STATION if schedule.target_kind == "station" else TargetKind.REGION
         made = commands.create_system_command(
-            session, CommandOp.SCHEDULE, Priority.NORMAL, params, kind, str(schedule.target_id), schedule.name,
-            schedule.target_path, receiver_ids, issuer, note=f"lịch phát / schedule #{schedule.id} v{version}")
+            session, CommandOp.SCHEDULE, Priority.NORMAL, params, kind, ref, name, path, receiver_ids, issuer,
+            note=f"{note} v{version}")
         created.append(made)
         for rid in receiver_ids:
             row = sent.get(rid)

@@ -3,8 +3,12 @@ command, supersession, scoping."""
 
 from __future__ import annotations
 
+from fleet_service.db import session_scope
 from fleet_service.protocol import ScheduleCommand, decode_command
-from tests.fleet_service.commands.conftest import Fleet
+from fleet_service.registry import service as registry
+from fleet_service.registry.schemas import ReceiverCreate, ReceiverUpdate
+from fleet_service.schedules import sync
+from tests.fleet_service.commands.conftest import Fleet, ScriptedReceiver
 from tests.support.waiting import wait_until
 
 URL = "http://127.0.0.1:9/live.mp3"
@@ -100,3 +104,38 @@ async def test_replacing_and_deleting_slots_push_new_versions(fleet):
     assert (await fleet.api.delete(f"/api/v1/schedules/{made['id']}", headers=fleet.admin)).status_code == 204
     empty = (await fleet.api.get("/api/v1/receivers/x-1/schedule", headers=fleet.admin)).json()
     assert empty["slots"] == [] and empty["expected_version"] > after["expected_version"]
+
+
+async def test_a_receiver_registered_or_moved_later_gets_its_schedule_at_its_next_birth(fleet, monkeypatch):
+    monkeypatch.setattr(sync, "SYNC_INTERVAL_S", 0.2)
+    created = await create(fleet, fleet.admin, name="Đài xã", station=fleet.ids["sx"], slots=[MORNING])
+    assert created.status_code == 201, created.text
+    with session_scope(fleet.runtime.sessions) as s:
+        registry.register_receiver(s, ReceiverCreate(id="x-3", hardware_id="hw-x-3", station_id=fleet.ids["sx"]))
+        password = registry.provision(s, "x-3").mqtt_password
+    schedules = fleet.runtime.ingest.schedules
+    x3 = ScriptedReceiver("x-3", password, fleet.runtime.settings.mqtt_port)
+
+    async with x3.online():  # its first birth: the station's schedule
+        await wait_until(lambda: len(x3.received) == 1, timeout=10)
+    first = decode_command(x3.received[0])
+    assert isinstance(first, ScheduleCommand) and [s.start for s in first.slots] == ["05:30"]
+    log = (await fleet.api.get(f"/api/v1/commands/{first.command_id}", headers=fleet.admin)).json()
+    assert (log["issued_by"], log["target_kind"], log["target_ref"]) == ("hệ thống / system", "station",
+                                                                          str(fleet.ids["sx"]))
+
+    checked = schedules.checked
+    async with x3.online():  # nothing changed: nothing sent
+        await wait_until(lambda: schedules.checked > checked, timeout=10)
+        await fleet.runtime.commands.flush()
+    assert len(x3.received) == 1
+
+    with session_scope(fleet.runtime.sessions) as s:  # moved to a station without schedules
+        registry.update_receiver(s, "x-3", ReceiverUpdate(station_id=fleet.ids["sy"]))
+    async with x3.online():
+        await wait_until(lambda: len(x3.received) == 2, timeout=10)
+    emptied = decode_command(x3.received[1])
+    assert isinstance(emptied, ScheduleCommand) and emptied.slots == ()
+    assert emptied.schedule_version > first.schedule_version
+    expected = (await fleet.api.get("/api/v1/receivers/x-3/schedule", headers=fleet.admin)).json()
+    assert expected["expected_version"] == emptied.schedule_version and expected["slots"] == []
