@@ -5,6 +5,9 @@ is for people: Vietnamese first, English alongside, times in Vietnam time."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -313,14 +316,139 @@ def receivers_move(
         typer.echo(f"Đã chuyển / moved {receiver.id} → {where}")
 
 
+# The receiver firmware's defaults for the settings provisioning writes (DEFAULTS in
+# firmware/loa/config.py; tests/fleet_service/registry/test_cli.py checks that they agree).
+# A receiver's config.json holds only what differs from them, so that a firmware update can
+# change a default for every receiver that did not override it.
+FIRMWARE_DEFAULTS: dict[str, object] = {"port": 8883, "apn": "v-internet", "ca": "ca.crt"}
+
+# A host name or IPv4 address, without scheme or port.
+_HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+# An APN network identifier (3GPP TS 23.003: labels of letters, digits and '-', at most 100).
+_APN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,98}[A-Za-z0-9])?$")
+# The CA certificate's file name on the receiver's flash.
+_CA = re.compile(r"^/?[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}(?:/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63})*$")
+
+
+def _usage_error(vi: str, en: str) -> typer.Exit:
+    typer.echo(f"Lỗi: {vi}\nError: {en}", err=True)
+    return typer.Exit(2)
+
+
+def _device_settings(host: str | None, port: int | None, apn: str | None, ca: str | None,
+                     server_name: str | None = None) -> dict[str, object]:
+    """The broker and link settings of a receiver's config.json (without its login), checked;
+    only those that differ from the firmware's defaults."""
+    if host is None:
+        raise _usage_error("cần --host: địa chỉ broker mà thiết bị kết nối tới",
+                           "--config-out needs --host: the broker address the receiver connects to")
+    if not _HOST.match(host) or ".." in host:
+        raise _usage_error(f"--host '{host}' không hợp lệ: chỉ tên máy hoặc địa chỉ IPv4, không có 'mqtts://' "
+                           "hay ':cổng' (dùng --port)",
+                           f"--host '{host}' is not valid: a host name or IPv4 address only, without 'mqtts://' "
+                           "or ':port' (use --port)")
+    settings: dict[str, object] = {"host": host}
+    if server_name is not None and (not _HOST.match(server_name) or ".." in server_name):
+        raise _usage_error(f"--server-name '{server_name}' không hợp lệ: tên máy trong chứng chỉ của broker",
+                           f"--server-name '{server_name}' is not valid: the host name in the broker's certificate")
+    if port is not None and not 1 <= port <= 65535:
+        raise _usage_error(f"cổng --port {port} không hợp lệ: phải từ 1 đến 65535",
+                           f"--port {port} is not a valid port: it must be 1 to 65535")
+    if apn is not None and (not _APN.match(apn) or ".." in apn):
+        raise _usage_error(f"APN '{apn}' không hợp lệ: chữ không dấu, số, '-' và '.' (ví dụ v-internet)",
+                           f"APN '{apn}' is not valid: letters, digits, '-' and '.' (e.g. v-internet)")
+    if ca is not None and (not _CA.match(ca) or ".." in ca.split("/")):
+        raise _usage_error(f"--ca '{ca}' không hợp lệ: tên tệp chứng chỉ CA trên bộ nhớ thiết bị (ví dụ ca.crt)",
+                           f"--ca '{ca}' is not valid: the CA certificate's file name on the receiver (e.g. ca.crt)")
+    for key, value in (("port", port), ("apn", apn), ("ca", ca)):
+        if value is not None and value != FIRMWARE_DEFAULTS[key]:
+            settings[key] = value
+    if server_name is not None and server_name != host:
+        settings["server_name"] = server_name
+    return settings
+
+
+def _exists_error(path: Path) -> typer.Exit:
+    typer.echo(f"Lỗi: tệp {path} đã có; dùng --force để ghi đè. Chưa cấp mật khẩu mới.\n"
+               f"Error: {path} already exists; --force overwrites it. No new password was issued.", err=True)
+    return typer.Exit(1)
+
+
+def _write_private(path: Path, text: str, *, force: bool) -> None:
+    """Write ``text`` to ``path``, readable and writable by its owner only (it holds a
+    password). Without ``force`` an existing file is never touched; with it, the file is
+    replaced whole."""
+    target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if force else path
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise _exists_error(path) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)  # whatever the umask
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if force:
+            os.replace(target, path)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
 @receivers_app.command("provision")
-def receivers_provision(receiver_id: str) -> None:
+def receivers_provision(
+    receiver_id: str,
+    config_out: Annotated[Path | None, typer.Option(
+        "--config-out", help="Ghi luôn tệp config.json của thiết bị (quyền 0600) / also write the receiver's "
+                             "config.json here (mode 0600)")] = None,
+    host: Annotated[str | None, typer.Option(help="Địa chỉ broker / broker host (with --config-out)")] = None,
+    port: Annotated[int | None, typer.Option(help="Cổng TLS của broker / broker TLS port (8883)")] = None,
+    apn: Annotated[str | None, typer.Option(help="APN của nhà mạng / the SIM's APN (v-internet)")] = None,
+    ca: Annotated[str | None, typer.Option(help="Tên tệp CA trên thiết bị / CA file on the receiver (ca.crt)")] = None,
+    server_name: Annotated[str | None, typer.Option(
+        help="Tên trong chứng chỉ broker nếu khác --host / the broker certificate's name if not --host")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Ghi đè tệp đã có / overwrite an existing file")] = False,
+) -> None:
     """Cấp mật khẩu MQTT mới (mật khẩu cũ hết hiệu lực) / issue a new MQTT password."""
+    settings: dict[str, object] | None = None
+    if config_out is None:
+        if any(v is not None for v in (host, port, apn, ca, server_name)) or force:
+            raise _usage_error("--host, --port, --apn, --ca, --server-name và --force chỉ dùng cùng --config-out",
+                               "--host, --port, --apn, --ca, --server-name and --force go with --config-out only")
+    else:
+        settings = _device_settings(host, port, apn, ca, server_name)
+        if not force and (config_out.exists() or config_out.is_symlink()):
+            raise _exists_error(config_out)
     with loa_command() as runtime:
-        with session_scope(runtime.sessions) as session:
-            credential = service.provision(session, receiver_id)
+        written = False
+        try:
+            with session_scope(runtime.sessions) as session:
+                credential = service.provision(session, receiver_id)
+                if config_out is not None and settings is not None:
+                    # Written before the commit: if it cannot be, the old password stays valid.
+                    device = {"id": credential.receiver_id, "password": credential.mqtt_password, **settings}
+                    try:
+                        _write_private(config_out, json.dumps(device) + "\n", force=force)
+                    except OSError as exc:
+                        typer.echo(f"Lỗi: không ghi được {config_out}: {exc.strerror or exc}. Chưa cấp mật khẩu "
+                                   f"mới.\nError: cannot write {config_out}: {exc.strerror or exc}. No new "
+                                   "password was issued.", err=True)
+                        raise typer.Exit(1) from None
+                    written = True
+        except BaseException:
+            if written and config_out is not None:
+                config_out.unlink(missing_ok=True)
+            raise
         runtime.broker_accounts.add_receiver(credential.receiver_id, credential.mqtt_password)
         _credential(credential)
+        if config_out is not None and settings is not None:
+            ca_file = settings.get("ca", FIRMWARE_DEFAULTS["ca"])
+            typer.echo(f"Đã ghi cấu hình thiết bị / wrote the receiver's config: {config_out} (0600)")
+            typer.echo(f"Chép vào thiết bị cùng chứng chỉ CA / copy it to the receiver with the CA certificate:\n"
+                       f"  mpremote connect /dev/ttyUSB0 fs cp {config_out} :config.json\n"
+                       f"  mpremote connect /dev/ttyUSB0 fs cp ca.crt :{ca_file}")
+            typer.echo("Tệp có mật khẩu: xoá sau khi chép / the file holds the password: delete it once copied.")
 
 
 @receivers_app.command("revoke")

