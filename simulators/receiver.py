@@ -96,7 +96,7 @@ BOUNDARY_MARGIN_S = 0.005
 # Power stays off this long in a reboot the receiver was commanded to do.
 REBOOT_OFF_S = 0.5
 # A command still being carried out when the power went: its outcome after the boot.
-INTERRUPTED = "reboot"
+INTERRUPTED = AckReason.INTERRUPTED.value
 # Largest clock skew telemetry can carry (int32 milliseconds).
 _SKEW_MS_MAX = 2**31 - 1
 

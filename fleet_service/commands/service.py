@@ -46,6 +46,8 @@ REASON_TEXT: dict[str, tuple[str, str]] = {
     "stream_error": ("Luồng phát bị lỗi", "the stream failed"),
     "storage": ("Thiết bị không ghi được bộ nhớ", "the receiver could not write its storage"),
     "nothing_playing": ("Không có gì đang phát", "nothing was playing"),
+    "interrupted": ("Thiết bị mất điện hoặc khởi động lại khi đang thực hiện lệnh",
+                    "the receiver lost power or reset while carrying it out"),
     "not_delivered": ("Thiết bị không kết nối trước khi lệnh hết hạn", "the receiver did not connect before the command expired"),
     "no_answer": ("Thiết bị nhận lệnh nhưng không báo kết quả trước khi hết hạn", "accepted, but no outcome before the command expired"),
     "superseded": ("Đã có lệnh mới thay thế", "replaced by a newer command"),

@@ -335,6 +335,7 @@ class AckReason(StrEnum):
     STREAM_ERROR = "stream_error"
     STORAGE = "storage"                # could not write the config or schedule
     NOTHING_PLAYING = "nothing_playing"  # a stop with nothing to stop (status done)
+    INTERRUPTED = "interrupted"        # accepted, then the power went or the board reset (failed)
 
 
 class Ack(_Message):
