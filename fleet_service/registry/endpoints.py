@@ -4,7 +4,9 @@ Whatever lies outside the caller's subtree answers 404, as if it did not exist."
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Depends, Request, Response
 
 from fleet_service.auth.dependencies import AdminPrincipal, CurrentPrincipal, TechnicianPrincipal
 from fleet_service.deps import RuntimeDep, SessionDep
@@ -27,7 +29,18 @@ from fleet_service.registry.schemas import (
     StationUpdate,
 )
 
-router = APIRouter()
+
+
+def _registry_changes(request: Request, runtime: RuntimeDep) -> Iterator[None]:
+    """After a change (set up before the request's session, so this runs after its commit),
+    telemetry is tagged with the receivers' new stations and regions at once, not at the next
+    periodic refresh."""
+    yield
+    if request.method != "GET" and runtime.telemetry is not None:
+        runtime.telemetry.tags.invalidate()
+
+
+router = APIRouter(dependencies=[Depends(_registry_changes)])
 
 
 # --- regions -----------------------------------------------------------------------------

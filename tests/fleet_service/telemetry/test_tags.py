@@ -11,6 +11,9 @@ from fleet_service.db import make_engine, make_sessionmaker, session_scope
 from fleet_service.registry import service as registry
 from fleet_service.registry.schemas import ReceiverCreate, ReceiverUpdate
 from tests.fleet_service.telemetry.conftest import populate_registry as _populate
+from tests.fleet_service.telemetry.conftest import running_app
+from tests.support.ports import free_port
+from tests.support.service import service_settings
 from fleet_service.telemetry.tags import TagCache, region_tags
 from tests.support.waiting import wait_until
 
@@ -78,3 +81,19 @@ async def test_a_database_failure_keeps_the_tags_already_loaded(sqlite_url, tmp_
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         engine.dispose()
+
+
+async def test_a_change_through_the_api_retags_telemetry_at_once(sqlite_url, tmp_path: Path):
+    # InfluxDB is down (nothing listens): the writer buffers to disk; the tags are what matter.
+    settings = service_settings(sqlite_url, influx_url=f"http://127.0.0.1:{free_port()}", influx_token="t",
+                                influx_buffer_dir=str(tmp_path / "buffer"))
+    async with running_app(settings) as (_app, runtime, client):
+        tags = runtime.telemetry.tags
+        tags.refresh_s = tags.unknown_refresh_s = 3600  # only the API's change may bring a reload
+        _, station, station2 = _populate(runtime.sessions)
+        await asyncio.sleep(1.5)  # three ticks of the cache
+        assert tags.tags_of("rx-1") == ("none", "none")  # written behind the API's back: not seen yet
+        response = await client.patch("/api/v1/receivers/rx-1", json={"station_id": station2})
+        assert response.status_code == 200, response.text
+        await wait_until(lambda: tags.tags_of("rx-1")[0] == str(station2), timeout=5, what="the move")
+        assert tags.tags_of("rx-1") == (str(station2), "thai-nguyen/dai-tu/hung-son")
