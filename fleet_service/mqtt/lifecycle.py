@@ -4,6 +4,7 @@ MQTT connection feeding it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,9 +70,26 @@ def _mosquitto_accounts(runtime: Runtime) -> BrokerAccounts:
     return accounts
 
 
+# CPython's cyclic garbage collector during bursts (a fleet-wide command, a province coming back):
+# paho allocates several tracked objects per message (each publish a threading.Condition), so
+# the default young-generation threshold of 700 collects every few dozen messages, and objects
+# still in flight are promoted and traversed again and again (measured: about a quarter of the
+# service's time in a play to 10,000 receivers; bench/RESULTS.md). What was loaded at start-up
+# is frozen out of the collector's view, and the young generation is collected less often;
+# memory is still reclaimed, by reference counting at once and by the collector in larger steps.
+GC_THRESHOLD_GEN0 = 50_000
+
+
+def _tune_gc() -> None:
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD_GEN0, gen1, gen2)
+
+
 @asynccontextmanager
 async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> AsyncIterator[None]:
     settings = runtime.settings
+    _tune_gc()
     embedded: EmbeddedBroker | None = None
     broker_accounts: BrokerAccounts
     if settings.broker == "embedded":
