@@ -33,8 +33,9 @@ class ScheduleSync:
         self._due: set[str] = set()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.checked = 0  # births checked
-        self.sent = 0     # schedule commands sent
+        self.checked = 0   # births checked
+        self.sent = 0      # schedule commands sent
+        self.failures = 0  # checks that failed (the database unreachable) and were retried
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="schedule-sync")
@@ -58,6 +59,7 @@ class ScheduleSync:
             try:
                 created = await asyncio.to_thread(self._check, sorted(batch))
             except Exception as exc:
+                self.failures += 1
                 log.error("checking the schedules of %d receivers failed (%s); retrying in %.0f s",
                           len(batch), exc.__class__.__name__, delay)
                 self._due |= batch
