@@ -2,10 +2,10 @@
 #
 #   1. bring the link up; increment and persist the session counter; CONNECT with the Will
 #      {"v":1,"state":"offline","session":n,"reason":"lost"} (retained, QoS 1);
-#   2. after CONNACK, the retained birth {"state":"online","reason":"boot"|"reconnect"} (with
-#      "off" on a reconnect), subscribe to its own state and cmd topics, the "boot" or
-#      "link_lost" event, the events kept while offline, the play status, then telemetry
-#      every telemetry_interval;
+#   2. after CONNACK, subscribe to its own cmd topic, the retained birth {"state":"online",
+#      "reason":"boot"|"reconnect"} (with "off" on a reconnect), subscribe to its own state
+#      topic, the "boot" or "link_lost" event, the events kept while offline, the play
+#      status, then telemetry every telemetry_interval;
 #   3. a retained offline state of another session seen while online (a late Will): the
 #      birth again;
 #   4. on a lost connection: reconnect with jittered exponential backoff;
@@ -22,7 +22,7 @@ import json
 import random
 
 import asyncio
-from loa import FIRMWARE, commands, config, hal, mqtt
+from loa import FIRMWARE, commands, hal, mqtt, unload
 from loa.clock import Clock
 from loa.player import Player, PlayerError
 from loa.schedule import NO_VOLUME, Schedule, local_day
@@ -48,10 +48,16 @@ GOODBYE_TIMEOUT = 5
 PLAY_TIMEOUT_S = 15
 # Events raised while offline, kept for the next birth (the oldest go first); acks waiting
 # for the connection (an ack lost with it is answered again: the service re-sends the
-# command at the next birth); commands received but not yet handled.
+# command at the next birth); commands received but not yet handled, at most INBOX of them
+# and INBOX_BYTES of their payloads (one largest command and some small ones: a decoded
+# 24-slot schedule takes more heap than its 8 KiB of text).
 EVENT_QUEUE = 16
 ACK_QUEUE = 8
 INBOX = 8
+INBOX_BYTES = 9216
+# A command payload at least this large is followed by a collection, so that its decoding's
+# garbage does not stay between the blocks the session and the player hold.
+LARGE_COMMAND = 1024
 # A slot whose stream failed is tried again this often while the slot lasts.
 SLOT_RETRY_S = 30
 # Clock syncs: every 6 h (an ESP32 crystal drifts well under a second in that time), and
@@ -60,13 +66,6 @@ SYNC_EVERY_MS = 6 * 3600 * 1000
 SYNC_RETRY_MS = 60 * 1000
 # A correction larger than this is reported as a clock_sync event.
 CLOCK_EVENT_MS = 1000
-
-
-def csq_to_dbm(csq):
-    """3GPP TS 27.007: 0 is -113 dBm or less, 31 is -51 dBm or more, 99 is unknown."""
-    if csq is None or not 0 <= csq <= 31:
-        return None
-    return -113 + 2 * csq
 
 
 def _loss_cause(exc):
@@ -111,15 +110,30 @@ class Receiver:
         self.birth = ""            # the current session's birth, as sent
         # Called once, after the first session is established (commits a trial slot).
         self.on_first_online = None
-        self.clock = Clock(board)
+        # The two large buffers, allocated once and first, while the heap is in one piece:
+        # the incoming MQTT packet (lent to every connection) and the player's stream ring.
+        gc.collect()
+        self.packet_buffer = bytearray(mqtt.MAX_PACKET)
         self.player = Player(board, log)
+        # The TLS context, made once and kept for every connection: it holds mbedTLS's
+        # configuration, entropy and CA in one block of about 3 KiB, which a heap that has been
+        # in use for a while may no longer have in one piece. (Made again at a connection
+        # attempt if it could not be made here, e.g. without the CA file.)
+        self.ssl = None
+        if cfg["tls"]:
+            try:
+                self.ssl = board.ssl_context(cfg["ca"], bool(cfg["ca"]))
+            except Exception as exc:
+                log("app: no TLS context:", repr(exc))
+        self.clock = Clock(board)
         self.player.on_end = self._on_player_end
         self.schedule = Schedule(log=log)
         self.schedule.load()
         self.ledger = commands.Ledger(log=log)
         # The link reports modem recovery steps (modem_reset) through the event queue.
         board.link_layer().on_event = self.raise_event
-        self.inbox = []            # command payloads, oldest first
+        self.inbox = []            # decoded commands (or their commands.Rejected), oldest first
+        self.inbox_bytes = 0       # the payload bytes of those
         self.acks = []             # ack payloads to send
         self.events = []           # (ts, kind, detail) to send
         self.play_sent = None      # the play status last sent in this session
@@ -221,9 +235,8 @@ class Receiver:
         csq = board.signal_csq()
         if csq is not None and (0 <= csq <= 31 or csq == 99):
             msg["csq"] = csq
-            dbm = csq_to_dbm(csq)
-            if dbm is not None:
-                msg["rssi"] = dbm
+            if csq != 99:  # 3GPP TS 27.007: 0 is -113 dBm or less, 31 is -51 dBm or more
+                msg["rssi"] = -113 + 2 * csq
         # Values outside the protocol's ranges come from a broken sensor: left out rather
         # than have the whole report refused.
         temp = board.temperature()
@@ -240,12 +253,34 @@ class Receiver:
         if topic == self.cmd_topic:
             self.commands += 1
             self.log("app: cmd", self.commands)  # the conformance driver counts these lines
-            if len(self.inbox) < INBOX:
-                self.inbox.append(payload)
-            else:
+            size = len(payload)
+            if len(self.inbox) >= INBOX or self.inbox_bytes + size > INBOX_BYTES:
                 # Not acknowledged, not remembered: the service sends it again at the next
                 # birth.
                 self.log("app: command inbox full, dropping a command")
+                return
+            # Decoded at once: the payload is a view into the MQTT client's buffer, which the
+            # next packet overwrites.
+            if size >= LARGE_COMMAND:
+                gc.collect()  # as much of the heap in one piece as there can be
+            try:
+                command = self._decode(payload)
+            except MemoryError:
+                # The largest commands (a schedule of 24 slots with long URLs) decode into
+                # more than their size; with such a schedule held as well, its URLs make room
+                # (the control task reads them back from flash).
+                self.schedule.shed_urls()
+                gc.collect()
+                try:
+                    command = self._decode(payload)
+                except MemoryError:
+                    # Not acknowledged, not remembered: sent again at the next birth.
+                    self.log("app: no memory to decode a command of", size, "bytes")
+                    return
+            self.inbox.append((command, size))
+            self.inbox_bytes += size
+            if size >= LARGE_COMMAND:
+                gc.collect()
             return
         if topic == self.state_topic and len(payload) <= MAX_PAYLOAD:
             try:
@@ -261,6 +296,13 @@ class Receiver:
                 self.log("app: retained state is offline of session", msg.get("session"),
                          "while session", self.state.session, "is online: re-asserting the birth")
                 self.reassert = True
+
+    @staticmethod
+    def _decode(payload):
+        try:
+            return commands.decode(payload)
+        except commands.Rejected as exc:
+            return exc
 
     # -- what plays ---------------------------------------------------------------------------
 
@@ -297,10 +339,9 @@ class Receiver:
             await self._stop("preempted")
         self.src, self.ref, self.rank, self.url, self.why = src, ref, rank, url, why
         self.until_ms = None
-        gc.collect()  # the stream buffer wants one large block: free what can be freed first
         try:
             await self.player.play(url, PLAY_TIMEOUT_S)
-        except Exception as exc:  # PlayerError, or no memory left for the stream
+        except Exception as exc:  # PlayerError, or no memory left for the connection
             self.log("app: could not play", url, repr(exc))
             self.src, self.ref, self.rank, self.url = "none", None, -1, None
             self.why = "stream_error"
@@ -321,15 +362,14 @@ class Receiver:
             self.log("app: could not remember command", command_id, repr(exc))
         self._ack(command_id, status, why)
 
-    async def _command(self, payload):
-        try:
-            cmd = commands.decode(payload)
-        except commands.Rejected as exc:
-            if exc.command_id is None:
-                self.log("app: command without a usable id:", exc.reason)
-                self.raise_event("bad_command", exc.reason)
+    async def _command(self, cmd):
+        """Carry out a decoded command (a dict of commands.decode, or its Rejected)."""
+        if isinstance(cmd, commands.Rejected):
+            if cmd.command_id is None:
+                self.log("app: command without a usable id:", cmd.reason)
+                self.raise_event("bad_command", cmd.reason)
                 return
-            cid, cmd, rejection = exc.command_id, None, exc.reason
+            cid, rejection, cmd = cmd.command_id, cmd.reason, None
         else:
             cid, rejection = cmd["id"], None
         known = self.ledger.get(cid)
@@ -342,7 +382,7 @@ class Receiver:
             self._final(cid, "rejected", rejection)
             return
         if self.clock.synced and self.clock.unix_time() > cmd["exp"]:
-            self._final(cid, "expired")
+            self._final(cid, "expired", "expired")
             return
         op = cmd["op"]
         self.log("app: command", cid, op)
@@ -375,12 +415,17 @@ class Receiver:
             self._final(cid, "done")
             self.reboot = True
         elif op == "config":
+            from loa import config  # rarely needed: loaded for the command, then let go
+
             try:
                 config.update(cmd["set"], self.config_path)
             except OSError as exc:
                 self.log("app: config not written:", repr(exc))
                 self._final(cid, "failed", "storage")
                 return
+            finally:
+                del config
+                unload("config")
             for key in cmd["set"]:  # effective at the next connection
                 value = cmd["set"][key]
                 self.cfg[key] = float(value) if key == "telemetry_interval" else value
@@ -444,10 +489,14 @@ class Receiver:
             try:
                 self._check_end()
                 while self.inbox:
-                    await self._command(self.inbox.pop(0))
+                    command, size = self.inbox.pop(0)
+                    self.inbox_bytes -= size
+                    await self._command(command)
                     self._check_end()
                 if self.until_ms is not None and self.board.uptime_ms() >= self.until_ms:
                     await self._stop("ended")
+                if self.schedule.shed:
+                    self.schedule.load()  # the URLs let go for a large command (on_message)
                 await self._run_schedule()
             except Exception as exc:  # a bug must not end commands and the schedule for good
                 self.log("app: control error:", repr(exc))
@@ -495,15 +544,15 @@ class Receiver:
     def _new_client(self, session):
         cfg = self.cfg
         will = (self.state_topic, self._state("offline", "lost"), 1, True)
-        ssl = None
-        if cfg["tls"]:
-            ssl = self.board.ssl_context(cfg["ca"], bool(cfg["ca"]))
+        if cfg["tls"] and self.ssl is None:
+            gc.collect()
+            self.ssl = self.board.ssl_context(cfg["ca"], bool(cfg["ca"]))
         return mqtt.Client(
             cfg["id"], username=cfg["id"], password=cfg["password"], keepalive=cfg["keepalive"],
             will=will, on_message=self.on_message, connect_timeout=cfg["connect_timeout"],
             ack_timeout=cfg["ack_timeout"], ack_retries=cfg["ack_retries"],
-            ping_timeout=cfg["ping_timeout"], ssl=ssl,
-            server_hostname=cfg["server_name"] or None, log=self.log)
+            ping_timeout=cfg["ping_timeout"], ssl=self.ssl if cfg["tls"] else None,
+            server_hostname=cfg["server_name"] or None, log=self.log, buffer=self.packet_buffer)
 
     async def _establish(self):
         cfg = self.cfg
@@ -519,6 +568,11 @@ class Receiver:
                 off = round(max(0, self.board.uptime_ms() - self.heard_ms) / 1000, 1)
             self.online = True
             self.reassert = False
+            # Commands before the birth: the service sends what is pending when it sees a
+            # birth, and with a clean session a command published before the subscription
+            # would be lost. The state topic after it, so that the retained state it brings is
+            # this birth or what came after.
+            granted = await client.subscribe([(self.cmd_topic, 1)])
             self.birth = self._state("online", reason, off)
             await client.publish(self.state_topic, self.birth, 1, True)
             self.born = True
@@ -526,7 +580,7 @@ class Receiver:
             self.seq = 0
             self.play_sent = None  # the play status goes out again after every birth
             self.log("app: online, session", session, reason, "" if off is None else off)
-            granted = await client.subscribe([(self.state_topic, 1), (self.cmd_topic, 1)])
+            granted += await client.subscribe([(self.state_topic, 1)])
             if 0x80 in granted:
                 self.log("app: subscription refused:", granted)
             if self.boot_pending:
@@ -680,7 +734,11 @@ async def _main(board, cfg, state, log, on_first_online=None, config_path="confi
 
 def main(slot="dev", trial=False, config_path="config.json", state_path="state.json"):
     """Entry point (main.py calls it with the slot it chose)."""
+    from loa import config
+
     cfg = config.load(config_path)
+    del config
+    unload("config")  # needed again only for a config command
     board = hal.make(cfg)
     state = State(state_path)
     print("loa:", FIRMWARE, "slot", slot, "trial" if trial else "", "board", board.name,
@@ -693,6 +751,8 @@ def _committer(slot):
         from loa import slots
 
         slots.commit(slot)
+        del slots
+        unload("slots")
         print("loa: slot", slot, "committed")
 
     return commit

@@ -22,6 +22,9 @@ URL_MAX = const(256)
 ID_MAX = const(32)
 SLOT_ID_MAX = const(16)
 NTP_HOST_MAX = const(64)
+# More opening brackets than this in a payload that exhausted the heap: nesting, not a command
+# (the largest valid one, 24 slots, has 27, and a few more in its URLs).
+NESTING_MAX = const(256)
 SESSION_MAX = 0xFFFFFFFF
 I64 = 1 << 63
 OPS = ("play", "stop", "volume", "reboot", "config", "schedule")
@@ -38,6 +41,11 @@ _SPACES = _STRIPPED + "\x1c\x1d\x1e\x1f"
 _DIGITS = "0123456789"
 _ABSENT = object()
 
+# The checks below look at codes, times and dates byte by byte (their UTF-8, where anything
+# outside ASCII fails them): MicroPython makes every one-character string it hands out a qstr,
+# kept for good in pools that grow in blocks of a few hundred bytes, at the arrival of a command
+# in a heap that may be fragmented by then.
+
 
 class Rejected(Exception):
     """A command not carried out: ``reason`` is the ack's "why"; ``command_id`` is None when
@@ -49,11 +57,11 @@ class Rejected(Exception):
         self.command_id = command_id
 
 
-def _code(value, longest, extra="-_"):
+def _code(value, longest, extra=b"-_"):
     if not isinstance(value, str) or not 0 < len(value) <= longest:
         return False
-    for c in value:
-        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in extra):
+    for c in value.encode():
+        if not (97 <= c <= 122 or 65 <= c <= 90 or 48 <= c <= 57 or c in extra):  # a-z A-Z 0-9
             return False
     return True
 
@@ -119,27 +127,32 @@ def _clock_time(value):
         return None
     # The definition's pattern ends in "$", which in Python also matches before a final
     # newline; only the HH:MM:SS form then survives its conversion to seconds.
-    if len(value) == 9 and value[8] == "\n":
+    if len(value) == 9 and value.endswith("\n"):
         value = value[:8]
-    if len(value) not in (5, 8) or value[2] != ":" or (len(value) == 8 and value[5] != ":"):
+    v = value.encode()
+    n = len(v)
+    if n != len(value) or n not in (5, 8) or v[2] != 58 or (n == 8 and v[5] != 58):  # ":"
         return None
     total = 0
-    for pos, scale, tens in ((0, 3600, "012"), (3, 60, "012345"), (6, 1, "012345")):
-        if pos >= len(value):
+    for pos, scale, tens in ((0, 3600, 2), (3, 60, 5), (6, 1, 5)):
+        if pos >= n:
             break
-        a, b = value[pos], value[pos + 1]
-        if a not in tens or b not in _DIGITS:
+        a, b = v[pos] - 48, v[pos + 1] - 48
+        if not (0 <= a <= tens and 0 <= b <= 9):
             return None
-        total += (int(a) * 10 + int(b)) * scale
+        total += (a * 10 + b) * scale
     return total if total < 86400 else None
 
 
 def _date(value):
     """Day number of "YYYY-MM-DD" (a real calendar date), or None."""
-    if not isinstance(value, str) or len(value) != 10 or value[4] != "-" or value[7] != "-":
+    if not isinstance(value, str):
+        return None
+    v = value.encode()
+    if len(v) != 10 or len(value) != 10 or v[4] != 45 or v[7] != 45:  # "-"
         return None
     for i in (0, 1, 2, 3, 5, 6, 8, 9):
-        if value[i] not in _DIGITS:
+        if not 48 <= v[i] <= 57:
             return None
     year, month, day = int(value[:4]), int(value[5:7]), int(value[8:])
     if year < 1 or not 1 <= month <= 12:
@@ -157,13 +170,28 @@ def _get(raw, short, long, default=_ABSENT):
     return raw.get(long, default)
 
 
+def _brackets(payload):
+    n = 0
+    for byte in payload:
+        if byte == 0x5B or byte == 0x7B:  # [ {
+            n += 1
+    return n
+
+
 def parse(payload):
     """The JSON object in ``payload``; Rejected("malformed") without an id if there is none."""
     if len(payload) > COMMAND_MAX:
         raise Rejected("malformed")
     try:
         raw = json.loads(payload)
-    except Exception:  # not JSON, not UTF-8, nested too deep for the heap
+    except MemoryError:
+        # Nested deeper than the heap holds is not JSON to the receiver (nor to the
+        # definition, whose decoder gives up on it too); a command of the protocol is nested
+        # three deep, and one that ran a full heap out is raised as it is, for the caller.
+        if _brackets(payload) > NESTING_MAX:
+            raise Rejected("malformed")
+        raise
+    except Exception:  # not JSON, not UTF-8
         raise Rejected("malformed")
     if not isinstance(raw, dict):
         raise Rejected("malformed")
@@ -241,7 +269,7 @@ def _settings(value):
             continue
         bounds = SETTINGS[key]
         if bounds is None:
-            if not _code(setting, NTP_HOST_MAX, ".-"):
+            if not _code(setting, NTP_HOST_MAX, b".-"):
                 return None
         else:
             setting = _bounded(setting, bounds[0], bounds[1])
@@ -257,7 +285,9 @@ def _slots(value):
     if not isinstance(value, list) or len(value) > MAX_SLOTS:
         return None
     slots = []
-    for raw in value:
+    for i in range(len(value)):
+        raw = value[i]
+        value[i] = None  # the decoded JSON of a slot can go once its tuple is made
         if not isinstance(raw, dict):
             return None
         sid = _get(raw, "id", "slot_id")

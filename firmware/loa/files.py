@@ -46,7 +46,7 @@ def read_json(path, limit=MAX_FILE):
 def write_json(path, value):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.write(json.dumps(value))
+        json.dump(value, f)  # written as it is encoded: no string of the whole file in the heap
         f.flush()
     sync = getattr(os, "sync", None)
     if sync is not None:

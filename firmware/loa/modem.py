@@ -6,6 +6,9 @@
 # registered on the network, APN set; and it reads the signal (AT+CSQ). A modem that stops
 # answering, or that stays off the network, is hung: Recovery climbs a ladder of ever harder
 # resets (radio off and on, power cycle, board reset), one step per failed link attempt.
+#
+# PppLink, the 4G data link (loa/link.py chooses it for "link": "ppp"), drives it: the AT layer
+# brings the modem to a data call, then PPP runs over the same serial line.
 
 import asyncio
 from time import ticks_add, ticks_diff, ticks_ms
@@ -32,6 +35,16 @@ RECOVERY_STEPS = ("radio", "power", "board")
 # +CREG/+CEREG <stat>: 1 registered (home), 5 registered (roaming).
 REGISTERED = (1, 5)
 REG_TEXT = {0: "not_searching", 2: "searching", 3: "denied", 4: "unknown"}
+
+# The link's timing. An AT command's answer: SIMCom modules answer within 100 ms unless busy.
+AT_TIMEOUT_MS = 2000
+# How long the modem may take to register after power-on or a radio reset before one link
+# attempt gives up (the application retries with backoff).
+REGISTER_TIMEOUT_MS = 60000
+REGISTER_POLL_MS = 2000
+# From CONNECT to an IP address over PPP (LCP, authentication, IPCP), normally 1-3 s.
+PPP_UP_MS = 30000
+POLL_MS = 250
 
 
 class ModemError(Exception):
@@ -268,3 +281,90 @@ class Recovery:
         else:
             self.board.reset()
         return step
+
+
+def _log_event(log):
+    def report(kind, detail):
+        log("link: event", kind, detail)
+
+    return report
+
+
+class PppLink:
+    """4G: the modem's AT layer brings it to a data call, then PPP over the same serial line
+    (the board's ppp_start(): network.PPP on the ESP32). A modem found hung on the way is
+    recovered one ladder step per failed attempt (loa.modem.Recovery)."""
+
+    name = "ppp"
+
+    def __init__(self, board, cfg, log=print):
+        self.board = board
+        self.cfg = cfg
+        self.log = log
+        self.on_event = _log_event(log)
+        self.modem = None
+        self.recovery = None
+        self._dialled = False
+
+    def _report(self, kind, detail):
+        if self.on_event is not None:
+            self.on_event(kind, detail)
+
+    async def up(self):
+        if self.is_up():
+            return True
+        board = self.board
+        if self.modem is None:
+            self.modem = Modem(board.modem_port(), AT_TIMEOUT_MS, self.log)
+            self.recovery = Recovery(self.modem, board, self._report)
+        modem = self.modem
+        recovery = self.recovery
+        assert recovery is not None
+        if self._dialled:
+            # The PPP session dropped: the modem is back in command mode after NO CARRIER.
+            self.log("link: ppp dropped, dialling again")
+            board.ppp_stop()
+            self._dialled = False
+        try:
+            await modem.attach(self.cfg["apn"], self.cfg["sim_pin"], REGISTER_TIMEOUT_MS, REGISTER_POLL_MS)
+            await modem.dial()
+        except NotRegistered as exc:
+            recovery.not_registered()
+            await self._recover_if_hung()
+            raise OSError("ppp: " + str(exc))
+        except AtTimeout as exc:
+            await self._recover_if_hung()
+            raise OSError("ppp: modem silent: " + str(exc))
+        except ModemError as exc:  # no SIM, locked SIM, ERROR: no reset helps, retried later
+            raise OSError("ppp: " + str(exc))
+        self._dialled = True
+        board.ppp_start()
+        deadline = ticks_add(ticks_ms(), PPP_UP_MS)
+        while not board.ppp_connected():
+            if ticks_diff(deadline, ticks_ms()) <= 0:
+                board.ppp_stop()
+                self._dialled = False
+                raise OSError("ppp: no IP address")
+            await asyncio.sleep_ms(POLL_MS)
+        recovery.healthy()
+        self.log("link: ppp up, csq", modem.csq)
+        return True
+
+    async def _recover_if_hung(self):
+        recovery = self.recovery
+        assert recovery is not None
+        cause = recovery.cause()
+        if cause is not None:
+            await recovery.recover(cause)
+
+    async def down(self):
+        if self._dialled:
+            self.board.ppp_stop()
+            self._dialled = False
+
+    def is_up(self):
+        return self._dialled and self.board.ppp_connected()
+
+    def signal_csq(self):
+        # Read when the link comes up: while PPP runs, the serial line carries PPP, not AT.
+        return self.modem.csq if self.modem is not None else None

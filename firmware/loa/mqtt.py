@@ -6,8 +6,10 @@
 # detection, DISCONNECT, optional TLS. Not supported: QoS 2 (never requested), persistent
 # sessions, MQTT 5.
 #
-# Memory is bounded: at most MAX_INFLIGHT unacknowledged QoS 1 packets, incoming packets
-# larger than MAX_PACKET are skipped (and acknowledged) without being read into memory.
+# Memory is bounded: at most MAX_INFLIGHT unacknowledged QoS 1 packets; an incoming packet is
+# read into one buffer of MAX_PACKET bytes that the application allocates once (at start-up,
+# before the heap fragments) and lends to every connection; a larger one is skipped (and
+# acknowledged) without being kept.
 #
 # One connection per Client object: when it ends (error, ping timeout, disconnect), `closed`
 # is set and `error` says why; the application makes a new Client to reconnect.
@@ -27,12 +29,12 @@ _PINGREQ = const(0xC0)
 _PINGRESP = const(0xD0)
 _DISCONNECT = const(0xE0)
 
-# Largest incoming packet read into memory: Loa payloads are at most 4 KiB plus the topic.
-MAX_PACKET = const(5120)
+# Largest incoming packet read into memory: a PUBLISH of the largest command the protocol
+# allows (docs/protocol.md: 8192 bytes) on the longest command topic ("loa/v1/rx/" + a 64-character
+# receiver id + "/cmd": 78 bytes): 2 (topic length) + 78 + 2 (packet id) + 8192.
+MAX_PACKET = const(8274)
 # Unacknowledged QoS 1 PUBLISH/SUBSCRIBE at once; a further one waits for room.
 MAX_INFLIGHT = const(4)
-# Chunk used to skip an oversized packet.
-_SKIP_CHUNK = const(256)
 
 # CONNACK return codes (MQTT 3.1.1, 3.2.2.3).
 REFUSED = {
@@ -100,12 +102,14 @@ def _packet(first, body):
 
 class Client:
     """``will`` is (topic, payload, qos, retain) or None. ``on_message(topic, payload,
-    retained)`` is called for each incoming PUBLISH; an exception in it is logged and
-    dropped, never ends the connection."""
+    retained)`` is called for each incoming PUBLISH with the payload as a memoryview into
+    ``buffer`` (a bytearray of MAX_PACKET, reused for the next packet: what the handler keeps
+    it must copy or decode at once); an exception in it is logged and dropped, never ends the
+    connection."""
 
     def __init__(self, client_id, username=None, password=None, keepalive=60, will=None,
                  on_message=None, connect_timeout=10, ack_timeout=10, ack_retries=2,
-                 ping_timeout=10, ssl=None, server_hostname=None, log=None):
+                 ping_timeout=10, ssl=None, server_hostname=None, log=None, buffer=None):
         self.client_id = client_id
         self.username = username
         self.password = password
@@ -132,6 +136,7 @@ class Client:
         self._pid = 0
         self._ping_at = None  # ticks of an unanswered PINGREQ
         self._tasks = []
+        self._buf = memoryview(buffer if buffer is not None else bytearray(MAX_PACKET))
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -323,16 +328,36 @@ class Client:
             raise ConnectionLost("read failed: " + repr(e))
         return data
 
+    async def _readinto(self, n):
+        """Read exactly ``n`` bytes into the start of the buffer; returns a view of them."""
+        reader = self._reader
+        if reader is None:
+            raise ConnectionLost("not connected")
+        view = self._buf[:n]
+        got = 0
+        while got < n:
+            try:
+                k = await reader.readinto(view[got:] if got else view)
+            except OSError as e:
+                raise ConnectionLost("read failed: " + repr(e))
+            if k is None:  # TLS: the socket was readable, but no whole record yet
+                continue
+            if not k:
+                raise ConnectionLost("closed by the broker")
+            got += k
+        return view
+
     async def _skip(self, n):
+        size = len(self._buf)
         while n > 0:
-            k = n if n < _SKIP_CHUNK else _SKIP_CHUNK
-            await self._readexactly(k)
+            k = n if n < size else size
+            await self._readinto(k)
             n -= k
 
     async def _read_packet(self):
-        """(first byte, body). The body is None for a PUBLISH too large to keep: its topic
-        and payload are skipped, and the first byte then carries the packet id's need for an
-        acknowledgement (see _read_loop)."""
+        """(first byte, body). The body is a view into the buffer, valid until the next read;
+        it is None for a PUBLISH too large to keep: its topic and payload are skipped, and the
+        first byte then carries the packet id's need for an acknowledgement (see _read_loop)."""
         first = (await self._readexactly(1))[0]
         length = 0
         shift = 0
@@ -346,14 +371,12 @@ class Client:
                 raise ProtocolError("bad remaining length")
         self.last_received = ticks_ms()
         self._ping_at = None
-        if length <= MAX_PACKET:
-            body = await self._readexactly(length) if length else b""
-            return first, body
+        if length <= len(self._buf):
+            return first, await self._readinto(length)
         if first & 0xF0 != _PUBLISH:
             raise ProtocolError("oversized packet")
         # An oversized PUBLISH: skip the topic and payload, keep the packet id.
-        head = await self._readexactly(2)
-        topic_len = int.from_bytes(head, "big")
+        topic_len = int.from_bytes(await self._readexactly(2), "big")
         await self._skip(topic_len)
         used = 2 + topic_len
         pid = None
@@ -381,7 +404,7 @@ class Client:
                     pid = int.from_bytes(body[:2], "big")
                     slot = self._pending.get(pid)
                     if slot is not None:
-                        slot[1] = body[2:] if kind == _SUBACK else b""
+                        slot[1] = bytes(body[2:]) if kind == _SUBACK else b""
                         slot[0].set()
                 elif kind == _PINGRESP:
                     pass
@@ -402,7 +425,7 @@ class Client:
         topic = bytes(body[2:2 + topic_len]).decode()
         pos = 2 + topic_len
         if qos:
-            pid = body[pos:pos + 2]
+            pid = bytes(body[pos:pos + 2])
             pos += 2
             await self._send(_packet(_PUBACK, pid))
         if self.on_message is not None:

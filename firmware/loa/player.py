@@ -11,10 +11,15 @@ from time import ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
 
-# Ring buffer between network and decoder. 16 KiB is 2 s of a 64 kbps programme (1 s at
-# 128 kbps): it rides out the usual 4G hiccups and still fits beside the MQTT session and its
-# TLS context in an ESP32's ~110 KiB of free heap.
-RING_BYTES = const(16384)
+# Ring buffer between network and decoder, allocated once when the player is made (at
+# start-up, while the heap is in one piece) and reused by every stream. 8 KiB is 2 s of the
+# 32 kbps mono MP3 that commune programmes mostly are, 1 s at 64 kbps, 0.5 s at 128 kbps;
+# the VS1053 holds another 2 KiB in its own FIFO. A live stream keeps the ring full (the
+# server's burst on connect fills it, then it is paced at its bitrate), so that much of a 4G
+# stall passes unheard; a longer one is an underrun, and playback resumes once PREBUFFER_BYTES
+# are back. Twice this would ride out twice the stall, but the heap cannot spare it beside the
+# MQTT session and the decoding of the largest command (docs/firmware.md, "Memory").
+RING_BYTES = const(8192)
 # Held before playback starts, and before it resumes after an underrun (0.5 s at 64 kbps): a
 # quick start matters more than avoiding a second underrun.
 PREBUFFER_BYTES = const(4096)
@@ -112,15 +117,14 @@ class Player:
         self.underruns = 0
         self.bytes = 0
         self.on_end = _no_end  # the application's callback(why)
-        # Allocated at the first play and kept: no fragmentation per stream, and a receiver
-        # that never plays (or boots with a tight heap) does not hold it.
-        self._ring = bytearray(0)
+        self._ring = bytearray(RING_BYTES)
         self._mv = memoryview(self._ring)
         self._start = 0      # ring position of the next byte for the decoder
         self._held = 0       # bytes in the ring
         self._done = None    # why the network side ended: None while it runs
         self._heard = 0      # ticks_ms of the last bytes received
         self._stream = None
+        self._ssl = None     # the TLS context for https streams, made at the first
         self._receiver = None
         self._feeder = None
         self._settled = asyncio.Event()
@@ -132,13 +136,6 @@ class Player:
         decoder. Raises PlayerError."""
         await self.stop()
         deadline = ticks_add(ticks_ms(), int(timeout_s * 1000))
-        if len(self._ring) != RING_BYTES:
-            try:
-                self._ring = bytearray(RING_BYTES)
-            except MemoryError:
-                self.state = "error"
-                raise PlayerError("stream_error", "no memory for the stream buffer")
-            self._mv = memoryview(self._ring)
         self.url = url
         self.state = "connecting"
         try:
@@ -209,11 +206,12 @@ class Player:
         chunked, content length or None, icy-br or None)."""
         for _ in range(MAX_REDIRECTS + 1):
             tls, host, port, path = split_url(url)
-            ssl = None
             if tls:
-                # Public programme audio: the board carries no CA bundle for stream hosts.
-                ssl = self.board.ssl_context("", False)
-                stream, writer = await asyncio.open_connection(host, port, ssl=ssl, server_hostname=host)
+                # Public programme audio: the board carries no CA bundle for stream hosts. The
+                # context is made once and kept (one block of about 3 KiB, see loa/app.py).
+                if self._ssl is None:
+                    self._ssl = self.board.ssl_context("", False)
+                stream, writer = await asyncio.open_connection(host, port, ssl=self._ssl, server_hostname=host)
             else:
                 stream, writer = await asyncio.open_connection(host, port)
             try:

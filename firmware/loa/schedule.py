@@ -55,11 +55,23 @@ class Schedule:
         self.froms = array("i", [0] * MAX_SLOTS)
         self.tos = array("i", [0] * MAX_SLOTS)
         self.volumes = array("i", [0] * MAX_SLOTS)
+        self.shed = False     # the URLs were let go (shed_urls): load() brings them back
+
+    def shed_urls(self):
+        """Let the slots' URLs go (up to 6 KiB of strings), to make room for decoding a large
+        command; the schedule does not run until load() has read them back from flash."""
+        if self.count:
+            for i in range(MAX_SLOTS):
+                self.urls[i] = ""
+            self.shed = True
 
     def load(self):
         """The schedule stored on flash, if there is a readable one."""
         stored = files.read_json(self.path, FILE_LIMIT)
         if stored is None:
+            if self.shed:  # its URLs are gone and cannot be read back: nothing to run
+                self.shed = False
+                self.count = 0
             return
         try:
             self._set(stored["ver"], stored["tz"], stored["slots"])
@@ -93,6 +105,7 @@ class Schedule:
         self.version = version
         self.tz = tz
         self.count = len(slots)
+        self.shed = False
 
     def current(self, unix_s):
         """Index of the slot in force at ``unix_s`` (slots never overlap), or -1."""

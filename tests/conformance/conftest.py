@@ -139,13 +139,3 @@ def _open_observer(broker: PermissiveBroker, rules: Rules) -> Observer:
     return Observer(broker.host, broker.port, broker.tester_username, broker.tester_password, RECEIVER_ID,
                     topic_filter="#", rules=rules)
 
-
-@pytest.fixture
-def carries_out_commands(request: pytest.FixtureRequest) -> None:
-    """For the command and schedule checks: skip an implementation that does not carry out
-    commands yet (driver.WITHOUT_COMMANDS), saying why."""
-    from tests.conformance.driver import WITHOUT_COMMANDS
-
-    impl = request.node.callspec.params.get("receiver_impl") if hasattr(request.node, "callspec") else None
-    if impl in WITHOUT_COMMANDS:
-        pytest.skip(f"{impl}: {WITHOUT_COMMANDS[impl]}")

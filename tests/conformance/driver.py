@@ -197,10 +197,3 @@ def load_driver(name: str) -> ReceiverDriver:
     factory = getattr(importlib.import_module(module_name), attribute)
     return factory()
 
-
-# Implementations that cannot pass the command and schedule checks yet: skipped for them, with
-# this reason, rather than failed.
-WITHOUT_COMMANDS: dict[str, str] = {
-    "firmware": "the firmware carries out commands, but cannot play a stream within its 128 KiB heap yet "
-                "(tests/firmware/test_receiver.py checks its commands at 192 KiB)",
-}

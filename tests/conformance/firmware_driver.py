@@ -3,12 +3,16 @@
 (its ``Device``: main.py, slot "a" with the ``loa`` package and config.json in a directory that
 is the receiver's flash).
 
-    start      the flash laid out in ``spec.state_dir`` with a config.json from ``spec``, then
-               ``micropython main.py`` in it
+    start      the flash laid out in ``spec.state_dir`` (the modules compiled to .mpy, as on a
+               receiver) with a config.json from ``spec``, then ``micropython main.py`` in it,
+               with a 128 KiB heap
     power_off  SIGKILL (no goodbye, no DISCONNECT); state.json stays as the firmware wrote it
     power_on   the same process again on the same directory
     reboot     "stop" on stdin (goodbye, DISCONNECT, exit), then the process again
     stop       SIGTERM, SIGKILL after a short wait
+
+A process that ends by itself while the receiver is on (the board's reset() after a reboot
+command, the simulated watchdog) is started again, as a board comes back after a reset.
 
 The firmware connects to the broker through a TCP relay (tests/support/tcp_relay.py), which
 gives the two optional capabilities:
@@ -17,6 +21,11 @@ gives the two optional capabilities:
     commands_received  the firmware prints ``app: cmd N`` (its Receiver.commands counter) for
                        every message on its cmd topic; the count is summed over the processes
                        since start (a power cycle starts the firmware's counter again at 0)
+
+The clock: the firmware syncs by SNTP to ``spec.ntp_server``; ``spec.clock_offset`` sets the
+simulated board's RTC that far off with libfaketime (Debian package faketime), for the process
+alone; ``spec.clock_sync`` False gives it no SNTP server (and the simulated board has no modem
+time), so it never syncs.
 
 The console output of every process is appended to ``firmware-console.log`` beside the state
 directory, for a failed test's diagnosis.
@@ -30,7 +39,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conformance.driver import ReceiverSpec
-from tests.firmware.conftest import MICROPYTHON, Device
+from tests.firmware.conftest import MICROPYTHON, Device, skewed_clock
 from tests.support.tcp_relay import TcpRelay
 
 # Connection timing the spec does not fix, chosen for a local broker (whole seconds where the
@@ -52,6 +61,9 @@ class FirmwareDriver:
         self._log: Path | None = None
         self._relay: TcpRelay | None = None
         self._commands_before = 0  # counted by processes that have ended
+        self._env: dict[str, str] = {}
+        self._on = False  # powered: a process that ends by itself is a board reset
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self, spec: ReceiverSpec) -> None:
         if self._device is not None:
@@ -67,12 +79,28 @@ class FirmwareDriver:
             "telemetry_interval": float(spec.telemetry_interval),
             "connect_timeout": CONNECT_TIMEOUT, "ack_timeout": ACK_TIMEOUT, "ping_timeout": PING_TIMEOUT,
             "backoff_base": min(BACKOFF_BASE, spec.backoff_cap), "backoff_cap": float(spec.backoff_cap),
-            # Loopback only: the clock sync must not look up a public NTP pool.
-            "ntp": "127.0.0.1",
         }
+        # Loopback only: the clock sync must never look up the public NTP pool.
+        host, _, port = spec.ntp_server.rpartition(":")
+        if spec.clock_sync and host and port.isdigit():
+            config.update(ntp=host, ntp_port=int(port))
+        else:
+            config["ntp"] = ""
+        self._env = skewed_clock(round(spec.clock_offset)) if spec.clock_offset else {}
         self._log = spec.state_dir.parent / "firmware-console.log"
         self._device = Device(spec.state_dir, config)
         self._spawn()
+        self._watcher = asyncio.create_task(self._watch_resets())
+
+    async def _watch_resets(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            device = self._device
+            if self._on and device is not None and device.process is not None and device.process.poll() is not None:
+                await asyncio.to_thread(device.wait)
+                self._keep_output(device)
+                if self._on:
+                    device.start(env=self._env)
 
     def _running(self) -> Device:
         if self._device is None:
@@ -87,7 +115,8 @@ class FirmwareDriver:
         device = self._running()
         if self._alive():
             raise RuntimeError("the firmware is already running")
-        device.start()
+        device.start(env=self._env)
+        self._on = True
 
     def _keep_output(self, device: Device | None = None) -> None:
         """Append the last process's console output to the log (after it ended)."""
@@ -102,6 +131,7 @@ class FirmwareDriver:
 
     async def power_off(self) -> None:
         device = self._running()
+        self._on = False
         if self._alive():
             await asyncio.to_thread(device.power_loss)
             await asyncio.to_thread(device.wait)
@@ -112,12 +142,17 @@ class FirmwareDriver:
 
     async def reboot(self) -> None:
         device = self._running()
+        self._on = False
         if self._alive():
             await asyncio.to_thread(device.stop, CLEAN_STOP_TIMEOUT)
         self._keep_output()
         self._spawn()
 
     async def stop(self) -> None:
+        self._on = False
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
         relay, self._relay = self._relay, None
         if relay is not None:
             await asyncio.to_thread(relay.stop)

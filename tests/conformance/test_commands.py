@@ -39,9 +39,6 @@ from tests.conformance.bench import (
 )
 from tests.support.stream_server import StreamServer
 
-# Skipped, with the reason, for implementations listed in driver.WITHOUT_COMMANDS.
-pytestmark = pytest.mark.usefixtures("carries_out_commands")
-
 # A receiver's clock this far off at power-on, in the clock test (well above the 1 s a
 # clock_sync event needs, small enough for any RTC).
 CLOCK_OFFSET_S = 120.0

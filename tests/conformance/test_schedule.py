@@ -10,8 +10,6 @@ import dataclasses
 import time
 from datetime import date, timedelta
 
-import pytest
-
 from fleet_service.protocol import AckStatus, Event, EventKind, PlayReason, PlaySource, State, StreamState, Telemetry
 from tests.conformance.bench import (
     CONNECT_DEADLINE,
@@ -28,9 +26,6 @@ from tests.conformance.bench import (
     wall,
 )
 from tests.support.stream_server import StreamServer
-
-# Skipped, with the reason, for implementations listed in driver.WITHOUT_COMMANDS.
-pytestmark = pytest.mark.usefixtures("carries_out_commands")
 
 # Slots of the timing tests start this long after the schedule is sent (time for its ack).
 LEAD_S = 3.0

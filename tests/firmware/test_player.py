@@ -182,7 +182,7 @@ def test_memory_stays_bounded_over_a_long_stream(tmp_path: Path) -> None:
     before = gc.mem_free()
     await player.play({server.url()!r})
     frees = []
-    for _ in range(15):
+    for _ in range(8):
         await watch(2)
         gc.collect()
         frees.append(gc.mem_free())
@@ -195,7 +195,7 @@ def test_memory_stays_bounded_over_a_long_stream(tmp_path: Path) -> None:
     await player.stop()
 """, timeout=90)
     assert out["state"] == "playing 0"
-    assert int(out["bytes"]) > 25 * 16000
+    assert int(out["bytes"]) > 14 * 16000
     # The ring is allocated with the player: streaming itself only churns small objects.
     assert int(out["min"]) > 64 * 1024, out
     assert abs(int(out["drift"])) < 2048, out

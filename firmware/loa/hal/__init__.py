@@ -11,7 +11,22 @@ RESET_CAUSES = ("power_on", "hard", "watchdog", "deepsleep", "soft", "brownout",
 
 
 class Board:
-    """Base class: the interface, with the parts every board shares (the clock)."""
+    """Base class: the parts every board shares (the clock, the volume, the link). A board
+    also has, each of its own (comments only, to keep the heap the methods would take):
+
+    audio     set_amp(on); amp_state(): "on", "off" or "fault" (commanded on, but no current
+              drawn); audio_open(kbps): the MP3 decoder made ready for a stream of ``kbps``
+              (None if unknown); audio_write(buf, n): offer the first ``n`` bytes of ``buf``,
+              returns how many the decoder took now (0 while its input FIFO is full: the
+              decoder paces playback); audio_close(): end of the stream, the decoder may stop
+    sensors   temperature() (degrees C), supply_voltage() (volts), None if it cannot tell;
+              reset_cause(): one of RESET_CAUSES, why the board last reset
+    watchdog  watchdog_start(timeout_ms), watchdog_feed(); reset(): hard reset, never returns
+    4G modem  modem_port(): its serial line, write(bytes) and async readline(); ppp_start():
+              PPP over that line (after the modem answered CONNECT); ppp_connected();
+              ppp_stop(); async modem_power_cycle(): off and on with its PWRKEY. A board
+              without a modem raises OSError from modem_port() and ppp_start()
+    """
 
     name = "base"
 
@@ -43,62 +58,17 @@ class Board:
             t += 946684800
         return int(t)
 
-    # -- audio output -------------------------------------------------------------------------
-
-    def set_amp(self, on):
-        raise NotImplementedError
-
-    def amp_state(self):
-        """"on", "off", or "fault" (commanded on, but no current drawn)."""
-        raise NotImplementedError
+    # -- volume, memory ---------------------------------------------------------------------
 
     def set_volume(self, level):
         self._volume = max(0, min(100, int(level)))
 
-    def audio_open(self, kbps):
-        """Make the MP3 decoder ready for a stream of ``kbps`` (None if unknown)."""
-        raise NotImplementedError
-
-    def audio_write(self, buf, n):
-        """Offer the first ``n`` bytes of ``buf`` to the decoder; returns how many it took now
-        (0 while its input FIFO is full: the decoder paces playback)."""
-        raise NotImplementedError
-
-    def audio_close(self):
-        """End of the stream: the decoder may stop (and be silent)."""
-
     def volume(self):
         return self._volume
-
-    # -- sensors --------------------------------------------------------------------------------
-
-    def temperature(self):
-        """Degrees Celsius, or None if the board cannot tell."""
-        return None
-
-    def supply_voltage(self):
-        """Volts, or None if the board cannot tell."""
-        return None
-
-    def reset_cause(self):
-        """One of RESET_CAUSES: why the board last reset."""
-        return "unknown"
 
     def free_memory(self):
         gc.collect()
         return gc.mem_free()
-
-    # -- watchdog -----------------------------------------------------------------------------
-
-    def watchdog_start(self, timeout_ms):
-        raise NotImplementedError
-
-    def watchdog_feed(self):
-        raise NotImplementedError
-
-    def reset(self):
-        """Hard reset (never returns)."""
-        raise NotImplementedError
 
     # -- network link: loa/link.py, chosen by cfg["link"] ---------------------------------
 
@@ -128,60 +98,15 @@ class Board:
         """Last AT+CSQ value (0..31, 99 unknown), or None without a modem."""
         return self.link_layer().signal_csq()
 
-    # -- the 4G modem's hardware (used by loa.link.PppLink) -------------------------------
-
-    def modem_port(self):
-        """The modem's serial line: write(bytes) and async readline()."""
-        raise OSError("this board has no modem")
-
-    def ppp_start(self):
-        """Run PPP over the modem's serial line (after the modem answered CONNECT)."""
-        raise OSError("this board has no modem")
-
-    def ppp_connected(self):
-        return False
-
-    def ppp_stop(self):
-        pass
-
-    async def modem_power_cycle(self):
-        """Switch the modem off and on again with its PWRKEY."""
-        raise OSError("this board has no modem")
-
     def ssl_context(self, ca_path, verify):
-        """An SSLContext for the broker connection."""
-        import ssl
+        """An SSLContext for the broker connection (or a stream over https)."""
+        from loa import tls, unload
 
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        if verify:
-            with open(ca_path, "rb") as f:
-                ca = f.read()
-            ctx.load_verify_locations(cadata=pem_to_der(ca))
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        else:
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
-
-def pem_to_der(data):
-    """The first certificate of a PEM file as DER (some mbedTLS builds parse only DER);
-    DER input is returned as it is."""
-    if not data.startswith(b"-----"):
-        return data
-    import binascii
-
-    lines = data.split(b"\n")
-    body = b""
-    inside = False
-    for line in lines:
-        line = line.strip()
-        if line.startswith(b"-----BEGIN"):
-            inside = True
-        elif line.startswith(b"-----END"):
-            break
-        elif inside:
-            body += line
-    return binascii.a2b_base64(body)
+        try:
+            return tls.context(ca_path, verify)
+        finally:
+            del tls
+            unload("tls")  # needed again only for the next TLS connection
 
 
 def make(cfg):

@@ -2,7 +2,8 @@
 # memory (start values from the optional "sim.json" beside the config), the network is the
 # host's, the watchdog is a thread that ends the process like a hardware reset would.
 #
-# Planned stop: a line "stop" on standard input asks for a clean shutdown (the goodbye).
+# Planned stop: a line "stop" on standard input asks for a clean shutdown (the goodbye). A
+# line "heap" prints the heap's state (after a collection): free bytes and the largest block.
 # Reset cause: the watchdog leaves "reset_cause" behind for the next start; without it a
 # start counts as "power_on".
 
@@ -77,8 +78,15 @@ class SimBoard(Board):
             line = await reader.readline()
             if not line:
                 return
-            if line.strip() == b"stop":
+            line = line.strip()
+            if line == b"stop":
                 self.stop_requested = True
+            elif line == b"heap":
+                import gc
+                import micropython
+
+                gc.collect()
+                micropython.mem_info()
 
     # -- audio output -------------------------------------------------------------------------
 
