@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from fleet_service.commands.models import OPEN_STATUSES, Command, CommandTarget, TargetStatus
@@ -14,6 +14,7 @@ from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Stat
 
 # Rows per INSERT when a command fans out to a whole province.
 _INSERT_CHUNK = 5000
+_TARGETS: Table = CommandTarget.__table__  # type: ignore[assignment]
 
 
 def active_receivers_under(session: Session, *, receiver_id: str | None = None, station_id: int | None = None,
@@ -39,8 +40,11 @@ def add_command(session: Session, command: Command, receiver_ids: Sequence[str])
     session.flush()
     rows = [{"command_id": command.id, "receiver_id": rid, "status": TargetStatus.PENDING.value, "deliveries": 0}
             for rid in receiver_ids]
+    # Core, not the ORM's bulk INSERT: the rows need none of its bookkeeping, and for a
+    # fleet-wide command it is most of the time before the first receiver is sent anything.
+    connection = session.connection()
     for start in range(0, len(rows), _INSERT_CHUNK):
-        session.execute(insert(CommandTarget), rows[start:start + _INSERT_CHUNK])
+        connection.execute(insert(_TARGETS), rows[start:start + _INSERT_CHUNK])
 
 
 def get_command(session: Session, command_id: str, scope: str | None = None) -> Command | None:
@@ -101,6 +105,14 @@ def open_targets_of_receivers(session: Session, receiver_ids: Sequence[str], op:
 
 
 def apply_updates(session: Session, updates: Sequence[dict[str, Any]]) -> None:
-    """Bulk UPDATE by primary key (command_id, receiver_id): one statement per batch."""
-    if updates:
-        session.execute(update(CommandTarget), list(updates))
+    """UPDATE by primary key (command_id, receiver_id), one executemany for the batch; every
+    row sets the same columns."""
+    if not updates:
+        return
+    columns = [k for k in updates[0] if k not in ("command_id", "receiver_id")]
+    statement = (update(_TARGETS)
+                 .where(_TARGETS.c.command_id == bindparam("key_command"),
+                        _TARGETS.c.receiver_id == bindparam("key_receiver"))
+                 .values({k: bindparam(k) for k in columns}))
+    session.connection().execute(statement, [{**row, "key_command": row["command_id"],
+                                              "key_receiver": row["receiver_id"]} for row in updates])
