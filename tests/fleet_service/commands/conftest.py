@@ -90,8 +90,11 @@ class ScriptedReceiver:
             try:
                 yield self
             finally:
+                # aiomqtt's message iterator can miss a cancellation that arrives as a message
+                # does (then it waits on): the disconnect below ends it in any case.
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await asyncio.wait([task], timeout=2)
+        await asyncio.gather(task, return_exceptions=True)
         self.session += 1
 
     async def _serve(self, client: aiomqtt.Client, base: str) -> None:
