@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.commands import repository
 from fleet_service.commands.models import TargetStatus
-from fleet_service.commands.service import payload_of
+from fleet_service.commands.service import Created, payload_of
 from fleet_service.db import session_scope, utcnow
 from fleet_service.protocol.messages import Ack, AckStatus, CommandOp
 from fleet_service.protocol.topics import command_topic
@@ -152,6 +152,10 @@ class CommandDelivery:
         if loop is None:
             raise RuntimeError("command delivery is not running")
         loop.call_soon_threadsafe(self._add, command_id, op, payload, expires_at, list(receiver_ids))
+
+    def submit_created(self, made: Created) -> None:
+        """``submit`` for a command as ``commands.service`` returns it. Thread-safe."""
+        self.submit(made.command.id, made.command.op, made.payload, made.command.expires_at, made.receiver_ids)
 
     def _track(self, command_id: str, op: str, payload: bytes, expires_at: datetime) -> _Pending:
         pending = _Pending(op, payload, expires_at)

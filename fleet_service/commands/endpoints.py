@@ -28,8 +28,7 @@ def send_command(data: CommandCreate, session: SessionDep, runtime: RuntimeDep, 
     created = service.create_command(session, data, issuer_of(principal))
     session.commit()  # recorded before anything is sent: the audit log never misses a command
     if runtime.commands is not None:
-        runtime.commands.submit(created.command.id, created.command.op, created.payload,
-                                created.command.expires_at, created.receiver_ids)
+        runtime.commands.submit_created(created)
     return service.command_out(created.command, {"pending": len(created.receiver_ids)})
 
 

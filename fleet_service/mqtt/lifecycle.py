@@ -118,8 +118,7 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> 
     await commands.start()
     ingest.commands = commands
     runtime.commands = commands
-    schedules = ScheduleSync(runtime.sessions, submit=lambda made: commands.submit(
-        made.command.id, made.command.op, made.payload, made.command.expires_at, made.receiver_ids))
+    schedules = ScheduleSync(runtime.sessions, submit=commands.submit_created)
     await schedules.start()
     ingest.schedules = schedules
     task = asyncio.create_task(adapter.run(), name="mqtt-adapter")

@@ -19,8 +19,7 @@ router = APIRouter(tags=["schedules"])
 def _submit(runtime: Runtime, created: list[Created]) -> None:
     if runtime.commands is not None:
         for made in created:
-            runtime.commands.submit(made.command.id, made.command.op, made.payload, made.command.expires_at,
-                                    made.receiver_ids)
+            runtime.commands.submit_created(made)
 
 
 @router.post("/schedules", response_model=ScheduleOut, status_code=status.HTTP_201_CREATED)
