@@ -1,5 +1,6 @@
 """Every table, imported in one place so that Alembic and create-time checks see them all."""
 
+from fleet_service.audit.models import AuditEntry
 from fleet_service.auth.models import ApiToken, User
 from fleet_service.commands.models import Command, CommandTarget
 from fleet_service.db import Base
@@ -9,6 +10,7 @@ from fleet_service.uptime.models import ConnectivityInterval
 
 __all__ = [
     "ApiToken",
+    "AuditEntry",
     "Base",
     "Command",
     "CommandTarget",
