@@ -44,8 +44,19 @@ def serve(
     from fleet_service.migrations import upgrade
 
     settings = get_settings()
+    _log_for_operators()
     upgrade(settings.database_url)
     uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port)
+
+
+def _log_for_operators() -> None:
+    """What the service says goes to standard error, from INFO up: refused logins, broker and
+    database outages, ledger backlogs. Libraries speak only of what goes wrong."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("amqtt", "transitions", "httpx", "alembic"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 @app.command()

@@ -10,7 +10,10 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Secrets that ship in examples and must never reach production.
-_KNOWN_DEFAULT_SECRETS = {"", "changeme", "change-me", "secret", "loa"}
+_KNOWN_DEFAULT_SECRETS = {"", "changeme", "change-me", "secret", "loa", "password", "admin", "loa-admin"}
+# Shortest secret accepted in production (a generated one is longer: see docs/deploy.md).
+_MIN_SECRET_LENGTH = 16
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 class Settings(BaseSettings):
@@ -33,6 +36,20 @@ class Settings(BaseSettings):
     mqtt_password: str = Field(default_factory=lambda: secrets.token_urlsafe(24))
     # Keepalive the service asks of the broker for its own connection.
     mqtt_keepalive_s: int = 30
+    # The embedded broker's TLS listener for receivers (8883 in production), with the same
+    # certificate files as Mosquitto's (docs/deploy.md). No port: no TLS listener.
+    mqtt_tls_port: int | None = Field(default=None, ge=1, le=65535)
+    mqtt_tls_host: str = "0.0.0.0"
+    mqtt_tls_certfile: str = ""
+    mqtt_tls_keyfile: str = ""
+    # The embedded broker closes a connection that sends a larger packet (Mosquitto's
+    # production configuration has the same max_packet_size).
+    mqtt_max_packet_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    # Failed MQTT logins on the embedded broker, per minute, before further logins are refused
+    # unchecked for the rest of the minute. Per address it is generous: many receivers share a
+    # carrier's NAT address, and a revoked one keeps retrying.
+    mqtt_login_failures_per_address: int = Field(default=120, ge=1)
+    mqtt_login_failures_per_receiver: int = Field(default=10, ge=1)
 
     # Receivers: what the service expects of them. The inactivity timeout catches a link that
     # died without the broker noticing (or a receiver whose application hung while the MQTT
@@ -74,10 +91,32 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Settings:
-        if self.environment == "production":
-            for name in ("mqtt_password",):
-                if getattr(self, name) in _KNOWN_DEFAULT_SECRETS:
-                    raise ValueError(f"LOA_{name.upper()} must be set to a real secret in production")
+        if self.environment != "production":
+            return self
+        secrets_needed = ["mqtt_password"]
+        if self.broker == "mosquitto":
+            secrets_needed.append("mosquitto_admin_password")
+        for name in secrets_needed:
+            value = getattr(self, name)
+            if value.strip().lower() in _KNOWN_DEFAULT_SECRETS or len(value) < _MIN_SECRET_LENGTH:
+                raise ValueError(f"LOA_{name.upper()} must be set to a real secret (at least "
+                                 f"{_MIN_SECRET_LENGTH} characters) in production")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_clear_text_receiver_logins_in_production(self) -> Settings:
+        # Receivers' passwords would cross the 4G network in clear text.
+        if self.environment == "production" and self.broker == "embedded" \
+                and self.mqtt_host not in _LOOPBACK_HOSTS and self.mqtt_tls_port is None:
+            raise ValueError("the embedded broker listens on a network address without TLS: set LOA_MQTT_TLS_PORT "
+                             "(with LOA_MQTT_TLS_CERTFILE and LOA_MQTT_TLS_KEYFILE) and keep LOA_MQTT_HOST on "
+                             "127.0.0.1 for the service itself")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_needs_certificate(self) -> Settings:
+        if self.mqtt_tls_port is not None and not (self.mqtt_tls_certfile and self.mqtt_tls_keyfile):
+            raise ValueError("LOA_MQTT_TLS_PORT needs LOA_MQTT_TLS_CERTFILE and LOA_MQTT_TLS_KEYFILE")
         return self
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.accounts import BrokerAccounts, RegistryOnlyAccounts
 from fleet_service.config import Settings
 from fleet_service.db import make_engine, make_sessionmaker
+from fleet_service.outbox.dispatcher import OutboxDispatcher
 
 
 @dataclass
@@ -30,6 +31,8 @@ class Runtime:
     commands: Any = None
     # Set by the lifespan: telemetry into InfluxDB (telemetry.service.TelemetryService).
     telemetry: Any = None
+    # Set by the lifespan when this process applies the outbox (the MQTT side runs here).
+    outbox: OutboxDispatcher | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import socket
 import threading
 from typing import Any
@@ -167,11 +168,17 @@ class _Connection:
             self.closed.set_result("closed by the service")
 
 
+def service_client_id() -> str:
+    """A client id of this process's own: two service processes on one broker do not take each
+    other's session over, and nobody can aim at the service's session by a known id."""
+    return f"loa-service-{secrets.token_hex(6)}"
+
+
 class MqttAdapter:
-    def __init__(self, settings: Settings, ingest: IngestService, client_id: str = "loa-service") -> None:
+    def __init__(self, settings: Settings, ingest: IngestService, client_id: str | None = None) -> None:
         self.settings = settings
         self.ingest = ingest
-        self.client_id = client_id
+        self.client_id = client_id or service_client_id()
         self.connected = asyncio.Event()
         self.connections = 0
         self._loop_thread: int | None = None

@@ -13,12 +13,14 @@ from datetime import timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.accounts import BrokerAccounts, RegistryOnlyAccounts
-from broker.embedded import EmbeddedBroker, LoginRules
+from broker.embedded import EmbeddedBroker, LoginLimiter, LoginRules, TlsListener
 from fleet_service.commands.delivery import CommandDelivery
 from fleet_service.schedules.sync import ScheduleSync
 from fleet_service.db import session_scope
 from fleet_service.ingest.service import IngestService
 from fleet_service.mqtt.adapter import MqttAdapter
+from fleet_service.outbox.dispatcher import Handler, OutboxDispatcher
+from fleet_service.outbox.service import OutboxKind
 from fleet_service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,15 @@ class FleetAccounts:
     def remove_receiver(self, receiver_id: str) -> None:
         self._broker.remove_receiver(receiver_id)
         self._loop.call_soon_threadsafe(self._ingest.receiver_revoked, receiver_id)
+
+
+def broker_login_handlers(accounts: BrokerAccounts) -> dict[OutboxKind, Handler]:
+    """The outbox's side effects on the broker's logins."""
+    return {
+        OutboxKind.RECEIVER_LOGIN_SET: lambda receiver_id, payload: accounts.add_receiver(
+            receiver_id, payload.get("password", "")),
+        OutboxKind.RECEIVER_LOGIN_REMOVED: lambda receiver_id, _payload: accounts.remove_receiver(receiver_id),
+    }
 
 
 def _verifier(sessions: sessionmaker[Session]):  # type: ignore[no-untyped-def]
@@ -70,6 +81,18 @@ def _mosquitto_accounts(runtime: Runtime) -> BrokerAccounts:
     return accounts
 
 
+def _embedded_broker(runtime: Runtime) -> EmbeddedBroker:
+    settings = runtime.settings
+    limiter = LoginLimiter(settings.mqtt_login_failures_per_address, settings.mqtt_login_failures_per_receiver)
+    rules = LoginRules(settings.mqtt_username, settings.mqtt_password, _verifier(runtime.sessions), limiter)
+    tls = None
+    if settings.mqtt_tls_port is not None:
+        tls = TlsListener(settings.mqtt_tls_host, settings.mqtt_tls_port, settings.mqtt_tls_certfile,
+                          settings.mqtt_tls_keyfile)
+    return EmbeddedBroker(settings.mqtt_host, settings.mqtt_port, rules, tls=tls,
+                          max_packet_bytes=settings.mqtt_max_packet_bytes)
+
+
 # CPython's cyclic garbage collector during bursts (a fleet-wide command, a province coming back):
 # paho allocates several tracked objects per message (each publish a threading.Condition), so
 # the default young-generation threshold of 700 collects every few dozen messages, and objects
@@ -93,8 +116,7 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> 
     embedded: EmbeddedBroker | None = None
     broker_accounts: BrokerAccounts
     if settings.broker == "embedded":
-        rules = LoginRules(settings.mqtt_username, settings.mqtt_password, _verifier(runtime.sessions))
-        embedded = EmbeddedBroker(settings.mqtt_host, settings.mqtt_port, rules)
+        embedded = _embedded_broker(runtime)
         await embedded.start()
         broker_accounts = embedded.accounts()
     elif settings.broker == "mosquitto":
@@ -114,6 +136,10 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> 
     runtime.broker_accounts = FleetAccounts(broker_accounts, ingest, asyncio.get_running_loop())
     adapter = MqttAdapter(settings, ingest)
     runtime.mqtt = adapter
+    outbox = OutboxDispatcher(runtime.sessions, broker_login_handlers(runtime.broker_accounts),
+                              holder=adapter.client_id)
+    await outbox.start()
+    runtime.outbox = outbox
     commands = CommandDelivery(runtime.sessions, publish=adapter.publish, is_online=ingest.tracker.is_online)
     await commands.start()
     ingest.commands = commands
@@ -132,6 +158,8 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> 
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        runtime.outbox = None
+        await outbox.stop()
         runtime.commands = None
         await schedules.stop()
         await commands.stop()

@@ -18,6 +18,7 @@ import yaml
 
 from fleet_service.db import session_scope
 from fleet_service.errors import LoaError
+from fleet_service.outbox.cli import follow_in_cli
 from fleet_service.registry import service
 from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
 from fleet_service.registry.schemas import (
@@ -440,8 +441,8 @@ def receivers_provision(
             if written and config_out is not None:
                 config_out.unlink(missing_ok=True)
             raise
-        runtime.broker_accounts.add_receiver(credential.receiver_id, credential.mqtt_password)
         _credential(credential)
+        follow_in_cli(runtime, session)
         if config_out is not None and settings is not None:
             ca_file = settings.get("ca", FIRMWARE_DEFAULTS["ca"])
             typer.echo(f"Đã ghi cấu hình thiết bị / wrote the receiver's config: {config_out} (0600)")
@@ -457,8 +458,8 @@ def receivers_revoke(receiver_id: str) -> None:
     with loa_command() as runtime:
         with session_scope(runtime.sessions) as session:
             receiver = service.revoke(session, receiver_id)
-        runtime.broker_accounts.remove_receiver(receiver.id)
         typer.echo(f"Đã thu hồi / revoked {receiver.id}: {_status(receiver.status)}")
+        follow_in_cli(runtime, session)
 
 
 @receivers_app.command("replace")
@@ -479,11 +480,9 @@ def receivers_replace(
             old, replacement = service.replace_receiver(session, station_id, old_id, new, note=note)
             if provision:
                 credential = service.provision(session, replacement.id)
-        runtime.broker_accounts.remove_receiver(old.id)
+        typer.echo(f"Đã thay / replaced {old.id} → {replacement.id}; {old.id}: {_status(old.status)}")
         if credential is not None:
-            runtime.broker_accounts.add_receiver(credential.receiver_id, credential.mqtt_password)
-    typer.echo(f"Đã thay / replaced {old.id} → {replacement.id}; {old.id}: {_status(old.status)}")
-    if credential is not None:
-        _credential(credential)
-    else:
-        typer.echo(f"Tiếp theo / next: loa receivers provision {replacement.id}")
+            _credential(credential)
+        else:
+            typer.echo(f"Tiếp theo / next: loa receivers provision {replacement.id}")
+        follow_in_cli(runtime, session)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from fleet_service.auth.dependencies import AdminPrincipal, CurrentPrincipal, TechnicianPrincipal
 from fleet_service.deps import RuntimeDep, SessionDep
+from fleet_service.outbox.service import SideEffectPending, follow_commit
 from fleet_service.registry import service
 from fleet_service.registry.models import ReceiverStatus
 from fleet_service.registry.schemas import (
@@ -124,7 +125,7 @@ def replace_receiver(
     )
     result = ReplaceResult(retired=ReceiverOut.model_validate(old), new=ReceiverOut.model_validate(new))
     session.commit()
-    runtime.broker_accounts.remove_receiver(old.id)
+    follow_commit(session, runtime.outbox)
     return result
 
 
@@ -170,8 +171,13 @@ def provision_receiver(
     """A new MQTT password, in this answer only (earlier passwords stop working)."""
     credential = service.provision(session, receiver_id, scope=principal.region_path)
     session.commit()
-    runtime.broker_accounts.add_receiver(credential.receiver_id, credential.mqtt_password)
     response.headers["Cache-Control"] = "no-store"
+    try:
+        follow_commit(session, runtime.outbox)
+    except SideEffectPending as pending:
+        # The password is shown all the same: it is saved, and the broker takes it when it can.
+        credential = credential.model_copy(update={
+            "broker_applied": False, "note": f"{pending.message_vi} / {pending.message_en}"})
     return credential
 
 
@@ -182,5 +188,5 @@ def revoke_receiver(
     """Withdraw the receiver's credentials and disconnect it now."""
     receiver = ReceiverOut.model_validate(service.revoke(session, receiver_id, scope=principal.region_path))
     session.commit()
-    runtime.broker_accounts.remove_receiver(receiver.id)
+    follow_commit(session, runtime.outbox)
     return receiver

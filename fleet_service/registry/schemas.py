@@ -162,6 +162,10 @@ class ProvisionedCredential(BaseModel):
     mqtt_username: str
     mqtt_password: str
     created_at: datetime
+    # False when the broker has not taken the new password yet (e.g. it is down): the
+    # password is saved and the service applies it as soon as the broker answers.
+    broker_applied: bool = True
+    note: str | None = None
 
 
 # --- inventory import (YAML or JSON files; see seed_data/) -------------------------------

@@ -2,7 +2,8 @@
 
 Functions take ``scope``, the caller's region path prefix (None: the whole fleet). Whatever
 lies outside it is reported as not found, so that its existence does not leak. Nothing here
-commits: the request or CLI command does, and only then tells the broker.
+commits: the request or CLI command does. A change of a receiver's login records its side
+effect on the broker in the outbox, in the same transaction (fleet_service/outbox).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from fleet_service.auth.security import hashes_match, new_token, token_hash
 from fleet_service.db import utcnow
 from fleet_service.errors import Conflict, Forbidden, Invalid, NotFound
+from fleet_service.outbox import service as outbox
 from fleet_service.protocol import ReceiverId
 from fleet_service.registry import repository as repo
 from fleet_service.registry.models import (
@@ -328,6 +330,7 @@ def provision(session: Session, receiver_id: str, *, scope: str | None = None) -
     session.add(ReceiverCredential(receiver_id=receiver.id, secret_hash=token_hash(password), created_at=now))
     receiver.status = ReceiverStatus.ACTIVE.value
     session.flush()
+    outbox.receiver_login_set(session, receiver.id, password)
     return ProvisionedCredential(receiver_id=receiver.id, mqtt_username=receiver.id, mqtt_password=password, created_at=now)
 
 
@@ -338,6 +341,7 @@ def revoke(session: Session, receiver_id: str, *, scope: str | None = None) -> R
     if receiver.status == ReceiverStatus.ACTIVE:
         receiver.status = ReceiverStatus.REVOKED.value
     session.flush()
+    outbox.receiver_login_removed(session, receiver.id)
     return receiver
 
 
@@ -369,6 +373,7 @@ def replace_receiver(
     repo.revoke_credentials(session, old.id, now)
     old.status = ReceiverStatus.RETIRED.value
     session.flush()
+    outbox.receiver_login_removed(session, old.id)
     reason = f"thay thế {old.id} / replaces {old.id}" + (f": {note}" if note else "")
     replacement = _register(session, ReceiverCreate(**new.model_dump(), station_id=station.id), scope, now, reason)
     return old, replacement

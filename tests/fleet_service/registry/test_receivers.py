@@ -6,6 +6,8 @@ from sqlalchemy import select
 
 from broker.accounts import RegistryOnlyAccounts
 from fleet_service.auth.models import Role
+from fleet_service.mqtt.lifecycle import broker_login_handlers
+from fleet_service.outbox.dispatcher import OutboxDispatcher
 from fleet_service.registry import service
 from fleet_service.registry.models import ReceiverCredential, StationAssignment
 from tests.fleet_service.auth.world import World, ok
@@ -174,9 +176,11 @@ class _AccountsThatReadTheRegistry(RegistryOnlyAccounts):
         self.calls.append(("remove", receiver_id, status != "active"))
 
 
-def test_the_broker_is_told_after_the_commit(world: World) -> None:
+def test_the_broker_is_told_after_the_commit_through_the_outbox(world: World) -> None:
     accounts = _AccountsThatReadTheRegistry(world)
-    world.runtime.broker_accounts = accounts
+    dispatcher = OutboxDispatcher(world.runtime.sessions, broker_login_handlers(accounts), holder="test")
+    world.client.portal.call(dispatcher.start)
+    world.runtime.outbox = dispatcher
     admin = world.user("admin", Role.ADMIN)
     station = _station(world, admin)
     ok(world.client.post("/api/v1/receivers", json={"id": "a", "hardware_id": "h1", "station_id": station},
@@ -185,4 +189,6 @@ def test_the_broker_is_told_after_the_commit(world: World) -> None:
     ok(world.client.post(f"/api/v1/stations/{station}/replace",
                          json={"old_receiver_id": "a", "new": {"id": "b", "hardware_id": "h2"}}, headers=admin))
     ok(world.client.post("/api/v1/receivers/b/revoke", headers=admin))
+    # Each answer came once the broker had the change (no waiting here).
     assert accounts.calls == [("add", "a", True), ("remove", "a", True), ("remove", "b", True)]
+    world.client.portal.call(dispatcher.stop)

@@ -1,0 +1,184 @@
+"""Applies the outbox: in the process that runs the MQTT side (the worker), in the order the
+entries were recorded, retrying with backoff until each one succeeds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_service.db import session_scope, utcnow
+from fleet_service.outbox import repository as repo
+from fleet_service.outbox.service import HEARTBEAT_TTL, OutboxKind, Progress
+
+log = logging.getLogger(__name__)
+
+# Entries recorded by another process (the CLI, another API process) are found by polling; a
+# change made in this process wakes the dispatcher at once.
+POLL_INTERVAL_S = 0.5
+HEARTBEAT_INTERVAL_S = 3.0
+BATCH = 100
+RETRY_MIN_S = 1.0
+RETRY_MAX_S = 60.0
+
+# A side effect: (subject, payload) -> None, raising when it could not be applied. Called in a
+# worker thread: broker adapters block.
+Handler = Callable[[str, Mapping[str, Any]], None]
+
+
+@dataclass
+class DispatcherCounters:
+    applied: int = 0
+    failures: int = 0
+
+
+class OutboxDispatcher:
+    def __init__(self, sessions: sessionmaker[Session], handlers: Mapping[OutboxKind, Handler], holder: str) -> None:
+        self._sessions = sessions
+        self._handlers = dict(handlers)
+        self.holder = holder
+        self.counters = DispatcherCounters()
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._heartbeat)
+        self._tasks = [asyncio.create_task(self._run(), name="outbox"),
+                       asyncio.create_task(self._beat(), name="outbox-heartbeat")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        try:
+            await asyncio.to_thread(self._say_goodbye)
+        except Exception as exc:  # the database may be the reason we stop
+            log.warning("could not remove the outbox heartbeat: %s", exc)
+
+    def wake(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def apply_now(self, ids: Sequence[int], timeout: float) -> Progress:
+        """From a request's worker thread: wake the dispatcher and wait until ``ids`` are
+        applied, or have failed once (they are retried later), or ``timeout`` passes."""
+        loop = self._loop
+        if loop is None or not ids:
+            return Progress(applied=not ids, worker_alive=loop is not None)
+        future = asyncio.run_coroutine_threadsafe(self._wait(list(ids), timeout), loop)
+        try:
+            return future.result(timeout + 1)
+        except FutureTimeout:
+            return Progress(applied=False, worker_alive=True, errors=("timed out",))
+
+    async def _wait(self, ids: list[int], timeout: float) -> Progress:
+        self._wake.set()
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with self._changed:
+            while True:
+                state = await asyncio.to_thread(self._progress, ids)
+                if state.applied or state.errors:
+                    return state
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    return state
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    pass
+
+    def _progress(self, ids: list[int]) -> Progress:
+        with session_scope(self._sessions) as session:
+            entries = repo.get_many(session, ids)
+            errors = tuple(e.last_error for e in entries if e.done_at is None and e.last_error)
+            return Progress(all(e.done_at is not None for e in entries), True, errors)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL_S)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._drain()
+            except Exception:  # the database is down: try again at the next turn
+                log.exception("outbox: could not read pending side effects")
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _drain(self) -> None:
+        while True:
+            entries = await asyncio.to_thread(self._due)
+            if not entries:
+                return
+            for entry_id, kind, subject, payload, attempts in entries:
+                error = await self._apply(kind, subject, payload)
+                await asyncio.to_thread(self._settle, entry_id, attempts, error)
+                async with self._changed:
+                    self._changed.notify_all()
+                if error is not None:
+                    return  # keep the order: what follows waits for this one's retry
+
+    def _due(self) -> list[tuple[int, str, str, dict[str, Any], int]]:
+        with session_scope(self._sessions) as session:
+            return [(e.id, e.kind, e.subject, json.loads(e.payload or "{}"), e.attempts)
+                    for e in repo.due(session, utcnow(), BATCH)]
+
+    async def _apply(self, kind: str, subject: str, payload: Mapping[str, Any]) -> str | None:
+        try:
+            handler = self._handlers[OutboxKind(kind)]
+        except (ValueError, KeyError):
+            log.error("outbox: no handler for %r (entry about %s): marked done", kind, subject)
+            return None
+        try:
+            await asyncio.to_thread(handler, subject, payload)
+        except Exception as exc:
+            self.counters.failures += 1
+            return f"{exc.__class__.__name__}: {exc}"
+        self.counters.applied += 1
+        return None
+
+    def _settle(self, entry_id: int, attempts: int, error: str | None) -> None:
+        with session_scope(self._sessions) as session:
+            entry = repo.get_many(session, [entry_id])[0]
+            entry.attempts = attempts + 1
+            if error is None:
+                entry.done_at = utcnow()
+                entry.payload = "{}"  # a password is kept only until applied
+                entry.last_error = None
+                return
+            delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(attempts, 10)) * random.uniform(0.8, 1.2)
+            entry.available_at = utcnow() + timedelta(seconds=delay)
+            entry.last_error = error[:2000]
+            log.warning("outbox: %s for %s failed (attempt %d), retrying in %.0f s: %s",
+                        entry.kind, entry.subject, entry.attempts, delay, error)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+            try:
+                await asyncio.to_thread(self._heartbeat)
+            except Exception as exc:
+                log.warning("outbox heartbeat not written: %s", exc)
+
+    def _heartbeat(self) -> None:
+        now = utcnow()
+        with session_scope(self._sessions) as session:
+            repo.renew_heartbeat(session, self.holder, now, now + HEARTBEAT_TTL)
+
+    def _say_goodbye(self) -> None:
+        with session_scope(self._sessions) as session:
+            repo.drop_heartbeat(session, self.holder)

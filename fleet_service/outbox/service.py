@@ -1,0 +1,110 @@
+"""Recording side effects with the change that calls for them, and following them after the
+commit. Nothing here commits."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_service.db import session_scope, utcnow
+from fleet_service.errors import Unavailable
+from fleet_service.outbox import repository as repo
+from fleet_service.outbox.models import OutboxEntry
+
+# session.info key listing the entries recorded in this unit of work.
+_RECORDED = "loa.outbox"
+
+
+class OutboxKind(StrEnum):
+    # A receiver's MQTT password was set or replaced: the broker takes it, and a session that
+    # logged in with an earlier one is dropped.
+    RECEIVER_LOGIN_SET = "receiver_login_set"
+    # A receiver's credentials were withdrawn (revoked, retired): no more logins, the live
+    # session is dropped.
+    RECEIVER_LOGIN_REMOVED = "receiver_login_removed"
+
+
+def record(session: Session, kind: OutboxKind, subject: str, payload: dict[str, Any] | None = None) -> OutboxEntry:
+    now = utcnow()
+    entry = repo.add(session, OutboxEntry(kind=kind.value, subject=subject, payload=json.dumps(payload or {}),
+                                          created_at=now, available_at=now, attempts=0))
+    session.info.setdefault(_RECORDED, []).append(entry.id)
+    return entry
+
+
+def recorded(session: Session) -> list[int]:
+    """The entries this unit of work recorded (after its commit: the ones to follow)."""
+    return list(session.info.get(_RECORDED, ()))
+
+
+def receiver_login_set(session: Session, receiver_id: str, password: str) -> OutboxEntry:
+    return record(session, OutboxKind.RECEIVER_LOGIN_SET, receiver_id, {"password": password})
+
+
+def receiver_login_removed(session: Session, receiver_id: str) -> OutboxEntry:
+    return record(session, OutboxKind.RECEIVER_LOGIN_REMOVED, receiver_id)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where entries stand: all applied, or what holds them back."""
+
+    applied: bool
+    worker_alive: bool
+    errors: tuple[str, ...] = ()
+
+
+def progress(sessions: sessionmaker[Session], ids: Sequence[int]) -> Progress:
+    with session_scope(sessions) as session:
+        entries = repo.get_many(session, ids)
+        alive = bool(repo.live_workers(session, utcnow()))
+        errors = tuple(e.last_error for e in entries if e.done_at is None and e.last_error)
+        return Progress(all(e.done_at is not None for e in entries), alive, errors)
+
+
+def wait_applied(sessions: sessionmaker[Session], ids: Sequence[int], *, timeout: float,
+                 poll_s: float = 0.1) -> Progress:
+    """For a process that does not apply the outbox itself (the CLI): wait, while a worker is
+    alive, until it has applied ``ids``; give up at once when no worker is alive."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = progress(sessions, ids)
+        if state.applied or not state.worker_alive or time.monotonic() >= deadline:
+            return state
+        time.sleep(poll_s)
+
+
+HEARTBEAT_TTL = timedelta(seconds=10)
+# How long a request waits for its side effects (a broker login) before answering.
+FOLLOW_TIMEOUT_S = 10.0
+
+if TYPE_CHECKING:
+    from fleet_service.outbox.dispatcher import OutboxDispatcher
+
+
+class SideEffectPending(Unavailable):
+    """The change is saved, its side effect is not applied yet; it is retried by itself."""
+
+
+def follow_commit(session: Session, dispatcher: OutboxDispatcher | None, *,
+                  timeout: float = FOLLOW_TIMEOUT_S) -> None:
+    """After a request's commit, in a process that applies the outbox: apply what the request
+    recorded now, so that its answer means it took effect (a revoked receiver is off the
+    broker). Without a dispatcher here, the worker applies it (within about a second)."""
+    ids = recorded(session)
+    if not ids or dispatcher is None:
+        return
+    state = dispatcher.apply_now(ids, timeout)
+    if not state.applied:
+        detail = "; ".join(state.errors) or "timed out"
+        raise SideEffectPending(
+            "Đã lưu, nhưng broker MQTT chưa cập nhật được; dịch vụ sẽ tự thử lại cho đến khi được",
+            f"Saved, but the MQTT broker could not be updated yet ({detail}); the service keeps retrying",
+        )
