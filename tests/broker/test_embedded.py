@@ -148,3 +148,82 @@ async def test_service_reads_everything_and_publishes_only_commands(broker_and_f
         await asyncio.sleep(0.5)
         task.cancel()
     assert got == ["loa/v1/rx/rx-0/cmd"]
+
+
+async def test_tls_listener_takes_receivers_with_the_same_certificates_as_mosquitto(tmp_path, sqlite_url):
+    import ssl
+
+    from broker.embedded import TlsListener
+    from tests.support.mosquitto_production import make_test_certificates
+
+    certs = make_test_certificates(tmp_path / "certs")
+    runtime = Runtime.from_settings(Settings(database_url=sqlite_url, environment="test"))
+    fleet = provision_fleet(runtime.sessions, receivers=1)
+    tls = TlsListener("127.0.0.1", free_port(), str(certs / "server.crt"), str(certs / "server.key"))
+    broker = EmbeddedBroker("127.0.0.1", free_port(), LoginRules("loa-service", SERVICE_PASSWORD,
+                                                                  _verifier(runtime.sessions)), tls=tls)
+    await broker.start()
+    try:
+        trusted = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        async with aiomqtt.Client("127.0.0.1", tls.port, username="rx-0", password=fleet.credentials["rx-0"],
+                                  identifier="rx-0", tls_context=trusted, timeout=5) as rx:
+            await rx.publish("loa/v1/rx/rx-0/event", b"{}", qos=1)
+        # A client that does not trust the certificate gets nowhere.
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client("127.0.0.1", tls.port, username="rx-0", password=fleet.credentials["rx-0"],
+                                      identifier="rx-0", tls_context=ssl.create_default_context(), timeout=5):
+                pass
+    finally:
+        await broker.stop()
+        runtime.close()
+
+
+async def test_refused_logins_leave_no_session_and_no_harm(broker_and_fleet):
+    broker, fleet, _ = broker_and_fleet
+    async with client(broker, "rx-0", fleet.credentials["rx-0"]) as victim:
+        for i in range(50):
+            for clean in (True, False):
+                assert await refused(client(broker, "nobody", "x", identifier=f"attacker-{i}", clean_session=clean))
+                assert await refused(client(broker, None, None, identifier="rx-0", clean_session=clean))
+        assert broker.session_count == 1  # the victim's, nothing of the refused ones
+        await victim.subscribe("loa/v1/rx/rx-0/cmd", qos=1)  # still connected and served
+
+
+async def test_a_new_password_drops_the_old_session_but_not_one_already_using_the_new_one(broker_and_fleet):
+    broker, fleet, runtime = broker_and_fleet
+    accounts = broker.accounts()
+
+    async def dropped(c: aiomqtt.Client) -> bool:
+        try:
+            async with asyncio.timeout(3):
+                async for _ in c.messages:
+                    pass
+        except TimeoutError:
+            return False
+        except aiomqtt.MqttError:
+            return True
+        return True
+
+    async with client(broker, "rx-1", fleet.credentials["rx-1"]) as old:
+        with session_scope(runtime.sessions) as session:
+            new_password = registry.provision(session, "rx-1").mqtt_password
+        await asyncio.to_thread(accounts.add_receiver, "rx-1", new_password)
+        assert await dropped(old)
+    async with client(broker, "rx-1", new_password) as current:
+        await asyncio.to_thread(accounts.add_receiver, "rx-1", new_password)  # applied late: no harm
+        assert not await dropped(current)
+
+
+def test_login_limiter_counts_failures_per_address_and_per_username():
+    from broker.embedded import LoginLimiter
+
+    limiter = LoginLimiter(failures_per_address=5, failures_per_username=3)
+    for _ in range(3):
+        assert limiter.blocked("10.0.0.1", "rx-1") is None
+        limiter.failed("10.0.0.1", "rx-1")
+    assert "username" in (limiter.blocked("10.0.0.2", "rx-1") or "")  # from anywhere
+    assert limiter.blocked("10.0.0.1", "rx-2") is None
+    limiter.failed("10.0.0.1", "rx-2")
+    limiter.failed("10.0.0.1", None)
+    assert "address" in (limiter.blocked("10.0.0.1", "rx-3") or "")
+    assert limiter.blocked("10.0.0.3", "rx-3") is None
