@@ -67,9 +67,13 @@ def ingest_status(runtime: RuntimeDep) -> IngestStatusOut:
     if ingest is None:
         return IngestStatusOut(mqtt_connected=False, mqtt_connections=0, tracked_receivers=0, stale_messages=0,
                                unobserved_outages=0, ledger_backlog=0, counters={})
+    outbox = runtime.outbox
     return IngestStatusOut(
         mqtt_connected=bool(mqtt and mqtt.connected.is_set()),
         mqtt_connections=mqtt.connections if mqtt else 0,
+        mqtt_client_id=mqtt.client_id if mqtt else None,
+        outbox_applied=outbox.counters.applied if outbox else 0,
+        outbox_failures=outbox.counters.failures if outbox else 0,
         tracked_receivers=len(ingest.tracker),
         stale_messages=ingest.tracker.stale_messages,
         unobserved_outages=ingest.tracker.unobserved_outages,

@@ -50,6 +50,11 @@ class LiveFleetOut(BaseModel):
 class IngestStatusOut(BaseModel):
     mqtt_connected: bool
     mqtt_connections: int
+    # This process's own MQTT client id (one per process; see docs/security.md).
+    mqtt_client_id: str | None = None
+    # Side effects on the broker applied from the outbox, and failed attempts (retried).
+    outbox_applied: int = 0
+    outbox_failures: int = 0
     tracked_receivers: int
     stale_messages: int
     unobserved_outages: int
