@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from fleet_service.audit.middleware import AuditMiddleware
+from fleet_service.auth.throttle import LoginThrottle
 from fleet_service.config import Settings, get_settings
 from fleet_service.errors import install_error_handler
 from fleet_service.runtime import Runtime
@@ -43,11 +45,16 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         lifespan=lifespan,
     )
     install_error_handler(app)
+    app.state.login_throttle = LoginThrottle(settings.api_login_attempts_per_address,
+                                             settings.api_login_attempts_per_user)
+    # Every POST, PUT, PATCH and DELETE, carried out or refused, goes into the audit log.
+    app.add_middleware(AuditMiddleware)
     _include_routers(app)
     return app
 
 
 def _include_routers(app: FastAPI) -> None:
+    from fleet_service.audit.endpoints import router as audit_router
     from fleet_service.auth.endpoints import router as auth_router
     from fleet_service.commands.endpoints import router as commands_router
     from fleet_service.schedules.endpoints import router as schedules_router
@@ -57,5 +64,5 @@ def _include_routers(app: FastAPI) -> None:
     from fleet_service.uptime.endpoints import router as uptime_router
 
     for router in (auth_router, registry_router, uptime_router, ingest_router, commands_router,
-                   schedules_router, telemetry_router):
+                   schedules_router, telemetry_router, audit_router):
         app.include_router(router, prefix="/api/v1")

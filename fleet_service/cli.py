@@ -20,16 +20,57 @@ app = typer.Typer(
 
 @contextmanager
 def cli_runtime() -> Iterator[Runtime]:
-    """A runtime for one CLI command: the database of LOA_DATABASE_URL, migrated to head."""
+    """A runtime for one CLI command: the database of LOA_DATABASE_URL, migrated to head. A
+    command that may change the database is recorded in the audit log when it ends, whether it
+    succeeded or was refused."""
     from fleet_service.migrations import upgrade
 
     settings = get_settings()
     upgrade(settings.database_url)
     runtime = Runtime.from_settings(settings)
+    command = _running_command()
     try:
         yield runtime
+    except BaseException as exc:
+        if command is not None:
+            _audit(runtime, command, exc)
+        raise
+    else:
+        if command is not None:
+            _audit(runtime, command, None)
     finally:
         runtime.close()
+
+
+def _running_command() -> tuple[list[str], dict[str, object]] | None:
+    """The running ``loa`` command's path (["receivers", "revoke"]) and arguments, if it may
+    change the database."""
+    try:  # typer carries its own copy of click
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+
+    from fleet_service.audit.service import cli_changes
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:  # called from Python, not from the command line
+        return None
+    path: list[str] = []
+    node = ctx
+    while node is not None and node.parent is not None:  # the root is "loa", whatever it was run as
+        path.insert(0, node.info_name or "")
+        node = node.parent
+    if not cli_changes(path):
+        return None
+    # In the order the command declares them, as its usage line shows them.
+    names = [param.name for param in ctx.command.params if param.name in ctx.params]
+    return path, {name: ctx.params[name] for name in names}
+
+
+def _audit(runtime: Runtime, command: tuple[list[str], dict[str, object]], error: BaseException | None) -> None:
+    from fleet_service.audit.service import cli_entry, record
+
+    record(runtime.sessions, cli_entry(*command, error))
 
 
 @app.command()
@@ -128,6 +169,8 @@ def _register_subcommands() -> None:
     app.add_typer(commands_app, name="commands", help="Lệnh phát/dừng/âm lượng và nhật ký / commands and the audit log")
     from fleet_service.dashboards.cli import dashboards_app
     app.add_typer(dashboards_app, name="dashboards", help="Bảng điều khiển Grafana / Grafana dashboards")
+    from fleet_service.audit.cli import audit_app
+    app.add_typer(audit_app, name="audit", help="Nhật ký thao tác / the audit log: who did what, when, from where")
     app.command("status")(status)
 
 

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     mqtt_login_failures_per_address: int = Field(default=120, ge=1)
     mqtt_login_failures_per_receiver: int = Field(default=10, ge=1)
 
+    # Sign-in attempts at /api/v1/auth/token per minute, per client address and per username
+    # (each costs a slow password hash); more are answered 429 without being checked.
+    api_login_attempts_per_address: int = 20
+    api_login_attempts_per_user: int = 10
+
     # Receivers: what the service expects of them. The inactivity timeout catches a link that
     # died without the broker noticing (or a receiver whose application hung while the MQTT
     # stack still answers pings): three missed telemetry reports plus slack.

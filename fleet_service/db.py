@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Annotated
 
+from annotated_types import Interval
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -18,6 +20,13 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# A row id as the API takes it: integer ids are 32-bit on PostgreSQL, and SQLite cannot even
+# compare with a number past 64 bits, so anything larger cannot name a row and is refused as
+# invalid rather than looked up.
+ID_MAX = 2**31 - 1
+RowId = Annotated[int, Interval(ge=1, le=ID_MAX)]
 
 
 class Base(DeclarativeBase):

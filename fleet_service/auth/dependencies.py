@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
+from fleet_service.audit.middleware import PRINCIPAL_STATE
 from fleet_service.auth import service
 from fleet_service.auth.models import Role
 from fleet_service.deps import SessionDep
@@ -44,14 +45,17 @@ class Principal:
         return self.region_path is None or path.startswith(self.region_path)
 
 
-def get_current_principal(session: SessionDep, token: Annotated[str | None, Depends(_bearer)]) -> Principal:
+def get_current_principal(request: Request, session: SessionDep,
+                          token: Annotated[str | None, Depends(_bearer)]) -> Principal:
     if not token:
         raise NotAuthenticated(
             "Cần đăng nhập: gửi 'Authorization: Bearer <mã truy cập>'",
             "Sign in first: send 'Authorization: Bearer <token>'",
         )
     user, path = service.resolve_token(session, token)
-    return Principal(user.id, user.username, Role(user.role), user.region_id, path, user.emergency)
+    principal = Principal(user.id, user.username, Role(user.role), user.region_id, path, user.emergency)
+    setattr(request.state, PRINCIPAL_STATE, principal)  # the audit log's actor
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_current_principal)]

@@ -5,22 +5,28 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 
+from fleet_service.audit.middleware import ATTEMPTED_USER_STATE
 from fleet_service.auth import service
 from fleet_service.auth.dependencies import AdminPrincipal, CurrentPrincipal
 from fleet_service.auth.models import Role
 from fleet_service.auth.schemas import AccessToken, IssuedToken, Me, TokenCreate, TokenOut, UserCreate, UserOut
-from fleet_service.db import utcnow
+from fleet_service.auth.throttle import LoginThrottleDep
+from fleet_service.db import RowId, utcnow
 from fleet_service.deps import SessionDep
 
 router = APIRouter(tags=["auth"])
 
 
 @router.post("/auth/token", response_model=AccessToken)
-def sign_in(form: Annotated[OAuth2PasswordRequestForm, Depends()], session: SessionDep, response: Response) -> AccessToken:
-    """Username and password (form fields, OAuth2 password flow) for a token valid 12 hours."""
+def sign_in(form: Annotated[OAuth2PasswordRequestForm, Depends()], session: SessionDep, response: Response,
+            request: Request, throttle: LoginThrottleDep) -> AccessToken:
+    """Username and password (form fields, OAuth2 password flow) for a token valid 12 hours.
+    Attempts are limited per client address and per username (429 with Retry-After)."""
+    setattr(request.state, ATTEMPTED_USER_STATE, form.username)  # the audit log's actor
+    throttle.attempt(request.client.host if request.client else "unknown", form.username)
     row, token = service.login(session, form.username, form.password)
     response.headers["Cache-Control"] = "no-store"
     return AccessToken(access_token=token, expires_at=row.expires_at)
@@ -52,7 +58,7 @@ def create_token(data: TokenCreate, session: SessionDep, principal: CurrentPrinc
 
 
 @router.delete("/auth/tokens/{token_id}", response_model=TokenOut)
-def revoke_token(token_id: int, session: SessionDep, principal: CurrentPrincipal) -> TokenOut:
+def revoke_token(token_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> TokenOut:
     """Revoke one of the caller's tokens (an admin of the whole fleet: anyone's)."""
     own_only = None if principal.role is Role.ADMIN and principal.region_path is None else principal.user_id
     return TokenOut.model_validate(service.revoke_token(session, token_id, user_id=own_only))

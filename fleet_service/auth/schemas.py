@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_service.auth.models import Role
+from fleet_service.db import RowId
 
 class UserCreate(BaseModel):
     username: str = Field(max_length=100, examples=["kythuat.daitu"],
@@ -14,7 +15,7 @@ class UserCreate(BaseModel):
     password: str | None = Field(default=None, max_length=1024,
                                  description="at least 10 characters; null: the account signs in with API tokens only")
     role: Role
-    region_id: int | None = Field(default=None, description="the subtree the user works in; null only for admins")
+    region_id: RowId | None = Field(default=None, description="the subtree the user works in; null only for admins")
     full_name: str | None = Field(default=None, max_length=200)
     emergency: bool = Field(default=False, description="may send and stop emergency bulletins")
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, status
 from fleet_service.auth.dependencies import CurrentPrincipal, Principal
 from fleet_service.commands import repository, service
 from fleet_service.commands.schemas import CommandCreate, CommandOut, TargetOut
+from fleet_service.db import ID_MAX
 from fleet_service.deps import RuntimeDep, SessionDep
 from fleet_service.timefmt import period
 
@@ -40,7 +41,7 @@ def list_commands(
     end: Annotated[datetime | None, Query(description="ISO 8601; no zone = Asia/Ho_Chi_Minh. Default: now.")] = None,
     receiver: Annotated[str | None, Query(description="only commands sent to this receiver")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=ID_MAX)] = 0,
 ) -> list[CommandOut]:
     """Nhật ký lệnh / the audit log: who sent what to whom, when, and the outcomes, newest
     first. An operator sees the commands whose target lies in their region."""

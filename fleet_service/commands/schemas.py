@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleet_service.db import RowId
+from fleet_service.errors import BilingualValueError
 from fleet_service.protocol.messages import URL_MAX, CommandOp, Priority, ReceiverSettings
 
 # How long a command waits for an offline receiver unless the caller says otherwise. A play
@@ -29,15 +31,16 @@ class Target(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     receiver: str | None = None
-    station: int | None = None
-    region: int | None = None
+    station: RowId | None = None
+    region: RowId | None = None
     fleet: bool = False
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Target:
         given = [self.receiver is not None, self.station is not None, self.region is not None, self.fleet]
         if sum(given) != 1:
-            raise ValueError("give exactly one of receiver, station, region, or fleet=true")
+            raise BilingualValueError("cần đúng một trong receiver, station, region hoặc fleet=true",
+                                      "give exactly one of receiver, station, region, or fleet=true")
         return self
 
 
@@ -58,7 +61,8 @@ class CommandCreate(BaseModel):
     def _fields_of_op(self) -> CommandCreate:
         need = {CommandOp.PLAY: "url", CommandOp.VOLUME: "volume", CommandOp.CONFIG: "settings"}.get(self.op)
         if need is not None and getattr(self, need) is None:
-            raise ValueError(f"op {self.op.value!r} needs {need!r}")
+            raise BilingualValueError(f"lệnh '{self.op.value}' cần trường '{need}'",
+                                      f"op {self.op.value!r} needs {need!r}")
         return self
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from fastapi import APIRouter, Depends, Request, Response
 
 from fleet_service.auth.dependencies import AdminPrincipal, CurrentPrincipal, TechnicianPrincipal
+from fleet_service.db import RowId
 from fleet_service.deps import RuntimeDep, SessionDep
 from fleet_service.outbox.service import SideEffectPending, follow_commit
 from fleet_service.registry import service
@@ -47,7 +48,7 @@ router = APIRouter(dependencies=[Depends(_registry_changes)])
 # --- regions -----------------------------------------------------------------------------
 
 @router.get("/regions", response_model=list[RegionOut], tags=["regions"])
-def list_regions(session: SessionDep, principal: CurrentPrincipal, root_id: int | None = None) -> list[RegionOut]:
+def list_regions(session: SessionDep, principal: CurrentPrincipal, root_id: RowId | None = None) -> list[RegionOut]:
     """The regions the caller may see, depth first; ``root_id`` limits it to one subtree."""
     regions = service.list_regions(session, root_id=root_id, scope=principal.region_path)
     return [RegionOut.model_validate(r) for r in regions]
@@ -59,30 +60,30 @@ def create_region(data: RegionCreate, session: SessionDep, principal: AdminPrinc
 
 
 @router.get("/regions/{region_id}", response_model=RegionOut, tags=["regions"])
-def get_region(region_id: int, session: SessionDep, principal: CurrentPrincipal) -> RegionOut:
+def get_region(region_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> RegionOut:
     return RegionOut.model_validate(service.get_region(session, region_id, scope=principal.region_path))
 
 
 @router.patch("/regions/{region_id}", response_model=RegionOut, tags=["regions"])
-def update_region(region_id: int, data: RegionUpdate, session: SessionDep, principal: AdminPrincipal) -> RegionOut:
+def update_region(region_id: RowId, data: RegionUpdate, session: SessionDep, principal: AdminPrincipal) -> RegionOut:
     return RegionOut.model_validate(service.update_region(session, region_id, data, scope=principal.region_path))
 
 
 @router.post("/regions/{region_id}/move", response_model=RegionOut, tags=["regions"])
-def move_region(region_id: int, data: RegionMove, session: SessionDep, principal: AdminPrincipal) -> RegionOut:
+def move_region(region_id: RowId, data: RegionMove, session: SessionDep, principal: AdminPrincipal) -> RegionOut:
     region = service.move_region(session, region_id, data.parent_id, scope=principal.region_path)
     return RegionOut.model_validate(region)
 
 
 @router.delete("/regions/{region_id}", status_code=204, tags=["regions"])
-def delete_region(region_id: int, session: SessionDep, principal: AdminPrincipal) -> None:
+def delete_region(region_id: RowId, session: SessionDep, principal: AdminPrincipal) -> None:
     service.delete_region(session, region_id, scope=principal.region_path)
 
 
 # --- stations ----------------------------------------------------------------------------
 
 @router.get("/stations", response_model=list[StationOut], tags=["stations"])
-def list_stations(session: SessionDep, principal: CurrentPrincipal, region_id: int | None = None) -> list[StationOut]:
+def list_stations(session: SessionDep, principal: CurrentPrincipal, region_id: RowId | None = None) -> list[StationOut]:
     """Stations the caller may see; ``region_id`` limits it to that region's subtree."""
     stations = service.list_stations(session, region_id=region_id, scope=principal.region_path)
     return [StationOut.model_validate(s) for s in stations]
@@ -94,22 +95,22 @@ def create_station(data: StationCreate, session: SessionDep, principal: Technici
 
 
 @router.get("/stations/{station_id}", response_model=StationOut, tags=["stations"])
-def get_station(station_id: int, session: SessionDep, principal: CurrentPrincipal) -> StationOut:
+def get_station(station_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> StationOut:
     return StationOut.model_validate(service.get_station(session, station_id, scope=principal.region_path))
 
 
 @router.patch("/stations/{station_id}", response_model=StationOut, tags=["stations"])
-def update_station(station_id: int, data: StationUpdate, session: SessionDep, principal: TechnicianPrincipal) -> StationOut:
+def update_station(station_id: RowId, data: StationUpdate, session: SessionDep, principal: TechnicianPrincipal) -> StationOut:
     return StationOut.model_validate(service.update_station(session, station_id, data, scope=principal.region_path))
 
 
 @router.delete("/stations/{station_id}", status_code=204, tags=["stations"])
-def delete_station(station_id: int, session: SessionDep, principal: TechnicianPrincipal) -> None:
+def delete_station(station_id: RowId, session: SessionDep, principal: TechnicianPrincipal) -> None:
     service.delete_station(session, station_id, scope=principal.region_path)
 
 
 @router.get("/stations/{station_id}/history", response_model=list[AssignmentOut], tags=["stations"])
-def station_history(station_id: int, session: SessionDep, principal: CurrentPrincipal) -> list[AssignmentOut]:
+def station_history(station_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> list[AssignmentOut]:
     """Which receiver served the station, from when to when (oldest first)."""
     history = service.station_history(session, station_id, scope=principal.region_path)
     return [AssignmentOut.model_validate(a) for a in history]
@@ -117,7 +118,7 @@ def station_history(station_id: int, session: SessionDep, principal: CurrentPrin
 
 @router.post("/stations/{station_id}/replace", response_model=ReplaceResult, tags=["stations", "receivers"])
 def replace_receiver(
-    station_id: int, data: ReplaceRequest, session: SessionDep, runtime: RuntimeDep, principal: TechnicianPrincipal
+    station_id: RowId, data: ReplaceRequest, session: SessionDep, runtime: RuntimeDep, principal: TechnicianPrincipal
 ) -> ReplaceResult:
     """Retire a station's receiver and register its successor; then provision the new one."""
     old, new = service.replace_receiver(
@@ -135,8 +136,8 @@ def replace_receiver(
 def list_receivers(
     session: SessionDep,
     principal: CurrentPrincipal,
-    station_id: int | None = None,
-    region_id: int | None = None,
+    station_id: RowId | None = None,
+    region_id: RowId | None = None,
     status: ReceiverStatus | None = None,
 ) -> list[ReceiverOut]:
     receivers = service.list_receivers(

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet_service.db import RowId
 from fleet_service.registry.models import ReceiverStatus
 
 
@@ -19,7 +20,7 @@ class RegionCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200, examples=["Hùng Sơn"])
     level: str = Field(min_length=1, max_length=50, description="tỉnh, huyện, xã, thị trấn, ... (free text)")
     code: str | None = Field(default=None, max_length=50, description="stable code, unique")
-    parent_id: int | None = None
+    parent_id: RowId | None = None
 
 
 class RegionUpdate(BaseModel):
@@ -31,7 +32,7 @@ class RegionUpdate(BaseModel):
 
 
 class RegionMove(BaseModel):
-    parent_id: int | None = Field(description="new parent; null makes the region a root")
+    parent_id: RowId | None = Field(description="new parent; null makes the region a root")
 
 
 class RegionOut(_Out):
@@ -53,7 +54,7 @@ class ImportSummary(BaseModel):
 # --- stations ----------------------------------------------------------------------------
 
 class StationCreate(BaseModel):
-    region_id: int
+    region_id: RowId
     name: str = Field(min_length=1, max_length=200, examples=["Đài truyền thanh Hùng Sơn"])
     latitude: float | None = Field(default=None, ge=-90, le=90)
     longitude: float | None = Field(default=None, ge=-180, le=180)
@@ -64,7 +65,7 @@ class StationCreate(BaseModel):
 class StationUpdate(BaseModel):
     """Fields left out stay as they are; a field set to null is cleared."""
 
-    region_id: int | None = None
+    region_id: RowId | None = None
     name: str | None = Field(default=None, min_length=1, max_length=200)
     latitude: float | None = Field(default=None, ge=-90, le=90)
     longitude: float | None = Field(default=None, ge=-180, le=180)
@@ -102,7 +103,7 @@ class ReceiverCreate(BaseModel):
     )
     hardware_id: str = Field(min_length=1, max_length=100, description="IMEI or MAC; unique",
                              examples=["860123456789012"])
-    station_id: int | None = None
+    station_id: RowId | None = None
     firmware_version: str | None = Field(default=None, max_length=32)
     latitude: float | None = Field(default=None, ge=-90, le=90)
     longitude: float | None = Field(default=None, ge=-180, le=180)
@@ -114,7 +115,7 @@ class ReceiverUpdate(BaseModel):
     it off its station); the station's history records the move."""
 
     hardware_id: str | None = Field(default=None, min_length=1, max_length=100)
-    station_id: int | None = None
+    station_id: RowId | None = None
     firmware_version: str | None = Field(default=None, max_length=32)
     latitude: float | None = Field(default=None, ge=-90, le=90)
     longitude: float | None = Field(default=None, ge=-180, le=180)

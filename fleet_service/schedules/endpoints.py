@@ -7,6 +7,7 @@ from fastapi import APIRouter, status
 from fleet_service.auth.dependencies import CurrentPrincipal
 from fleet_service.commands.endpoints import issuer_of
 from fleet_service.commands.service import Created
+from fleet_service.db import RowId
 from fleet_service.deps import RuntimeDep, SessionDep
 from fleet_service.registry import service as registry
 from fleet_service.runtime import Runtime
@@ -38,12 +39,12 @@ def list_schedules(session: SessionDep, principal: CurrentPrincipal) -> list[Sch
 
 
 @router.get("/schedules/{schedule_id}", response_model=ScheduleOut)
-def get_schedule(schedule_id: int, session: SessionDep, principal: CurrentPrincipal) -> ScheduleOut:
+def get_schedule(schedule_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> ScheduleOut:
     return service.schedule_out(service.get_schedule(session, schedule_id, scope=principal.region_path))
 
 
 @router.put("/schedules/{schedule_id}/slots", response_model=ScheduleOut)
-def replace_slots(schedule_id: int, data: SlotsReplace, session: SessionDep, runtime: RuntimeDep,
+def replace_slots(schedule_id: RowId, data: SlotsReplace, session: SessionDep, runtime: RuntimeDep,
                   principal: CurrentPrincipal) -> ScheduleOut:
     schedule, created = service.replace_slots(session, schedule_id, data.slots, issuer_of(principal))
     session.commit()
@@ -52,7 +53,7 @@ def replace_slots(schedule_id: int, data: SlotsReplace, session: SessionDep, run
 
 
 @router.delete("/schedules/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_schedule(schedule_id: int, session: SessionDep, runtime: RuntimeDep, principal: CurrentPrincipal) -> None:
+def delete_schedule(schedule_id: RowId, session: SessionDep, runtime: RuntimeDep, principal: CurrentPrincipal) -> None:
     created = service.delete_schedule(session, schedule_id, issuer_of(principal))
     session.commit()
     _submit(runtime, created)

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fleet_service.db import RowId
+from fleet_service.errors import BilingualValueError
 from fleet_service.protocol.messages import URL_MAX, Priority, ScheduleSlot, SCHEDULE_MAX_SLOTS
 
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -30,7 +32,7 @@ class SlotIn(BaseModel):
     @classmethod
     def _some_day(cls, value: list[str]) -> list[str]:
         if not value:
-            raise ValueError("at least one day")
+            raise BilingualValueError("cần ít nhất một ngày", "at least one day")
         return value
 
     @model_validator(mode="after")
@@ -52,14 +54,15 @@ class ScheduleCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    station: int | None = None
-    region: int | None = None
+    station: RowId | None = None
+    region: RowId | None = None
     slots: list[SlotIn] = Field(min_length=1, max_length=SCHEDULE_MAX_SLOTS)
 
     @model_validator(mode="after")
     def _one_target(self) -> ScheduleCreate:
         if (self.station is None) == (self.region is None):
-            raise ValueError("give exactly one of station or region")
+            raise BilingualValueError("cần đúng một trong station hoặc region",
+                                      "give exactly one of station or region")
         return self
 
 

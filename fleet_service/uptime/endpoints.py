@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from fleet_service.auth.dependencies import CurrentPrincipal
+from fleet_service.db import RowId
 from fleet_service.deps import SessionDep
 from fleet_service.registry import service as registry
 from fleet_service.timefmt import period
@@ -41,7 +42,7 @@ def receiver_connectivity(receiver_id: str, session: SessionDep, principal: Curr
 
 
 @router.get("/stations/{station_id}/availability", response_model=AvailabilityOut)
-def station_availability(station_id: int, session: SessionDep, principal: CurrentPrincipal,
+def station_availability(station_id: RowId, session: SessionDep, principal: CurrentPrincipal,
                          start: StartQuery = None, end: EndQuery = None) -> AvailabilityOut:
     registry.get_station(session, station_id, scope=principal.region_path)
     result = service.station_availability(session, station_id, *period(start, end))
@@ -49,7 +50,7 @@ def station_availability(station_id: int, session: SessionDep, principal: Curren
 
 
 @router.get("/regions/{region_id}/availability", response_model=AvailabilityOut)
-def region_availability(region_id: int, session: SessionDep, principal: CurrentPrincipal,
+def region_availability(region_id: RowId, session: SessionDep, principal: CurrentPrincipal,
                         start: StartQuery = None, end: EndQuery = None) -> AvailabilityOut:
     region = registry.get_region(session, region_id, scope=principal.region_path)
     result = service.region_availability(session, region.path, *period(start, end))
