@@ -160,7 +160,11 @@ class RegistryAuthPlugin(BaseAuthPlugin):
             config.refusals.refused(address, client_id, username, reason)
             return False
 
-        if rules.limiter is not None:
+        # The service's own login is never held back by the limits (its secret is long and
+        # random, and a flood from its address must not lock it out of its own broker).
+        is_service = bool(username) and hmac.compare_digest((username or "").encode(),
+                                                            rules.service_username.encode())
+        if rules.limiter is not None and not is_service:
             blocked = rules.limiter.blocked(address, username)
             if blocked:
                 return refuse(blocked)

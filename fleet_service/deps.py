@@ -25,4 +25,6 @@ def get_session(runtime: RuntimeDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# Committed before the answer is sent ("function" scope): a 2xx means the change is in the
+# database, and a commit that fails answers as an error instead of being lost behind a 2xx.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

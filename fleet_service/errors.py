@@ -292,19 +292,6 @@ def install_error_handler(app: FastAPI) -> None:
         # schemes) in the same shape and languages as the domain's.
         return _http_error(request, exc)
 
-    from broker.mosquitto_dynsec import BrokerAccountError
-
-    @app.exception_handler(BrokerAccountError)
-    async def _broker_refused(_request: Request, exc: BrokerAccountError) -> JSONResponse:
-        # The registry change is committed; only the broker is behind. The service brings the
-        # broker's logins in line with the registry at its next start (sync), or provision again.
-        log.error("broker did not take a login change: %s", exc)
-        error = Unavailable(
-            "Đã lưu, nhưng broker MQTT chưa cập nhật được; hãy thử lại (cấp lại mật khẩu hoặc thu hồi lại)",
-            f"Saved, but the MQTT broker could not be updated ({exc}); try again (provision or revoke again)",
-        )
-        return JSONResponse(status_code=503, content={"error": error.as_dict()}, headers={"Retry-After": "30"})
-
     @app.exception_handler(OperationalError)
     async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:
         # The database is unreachable or refusing connections: say so, and that it is temporary.

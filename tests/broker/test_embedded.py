@@ -227,3 +227,24 @@ def test_login_limiter_counts_failures_per_address_and_per_username():
     limiter.failed("10.0.0.1", None)
     assert "address" in (limiter.blocked("10.0.0.1", "rx-3") or "")
     assert limiter.blocked("10.0.0.3", "rx-3") is None
+
+
+async def test_the_services_own_login_is_never_locked_out_by_the_limits(sqlite_url):
+    from broker.embedded import LoginLimiter
+
+    runtime = Runtime.from_settings(Settings(database_url=sqlite_url, environment="test"))
+    fleet = provision_fleet(runtime.sessions, receivers=1)
+    limiter = LoginLimiter(failures_per_address=2, failures_per_username=1)
+    broker = EmbeddedBroker("127.0.0.1", free_port(), LoginRules("loa-service", SERVICE_PASSWORD,
+                                                                  _verifier(runtime.sessions), limiter))
+    await broker.start()
+    try:
+        for _ in range(3):
+            assert await refused(client(broker, "loa-service", "wrong", identifier="svc-guess"))
+        # The address is past its limit: a receiver's correct login from it is refused unchecked...
+        assert await refused(client(broker, "rx-0", fleet.credentials["rx-0"]))
+        # ...but the service still gets in.
+        assert not await refused(client(broker, "loa-service", SERVICE_PASSWORD, identifier="loa-service-1"))
+    finally:
+        await broker.stop()
+        runtime.close()

@@ -73,8 +73,7 @@ class ServiceBackend:
             self._stack.callback(self.service.close)
             self.service.start()
             region = self.service.call("POST", "/regions", json={"name": "Hùng Sơn", "level": "thị trấn"})
-            station = self.service.call("POST", "/stations", json={"region_id": region["id"], "name": "Đài Hùng Sơn"},
-                                        retry_not_found_s=5.0)
+            station = self.service.call("POST", "/stations", json={"region_id": region["id"], "name": "Đài Hùng Sơn"})
             self.station_id = station["id"]
         except BaseException:
             self.stop()
@@ -139,13 +138,13 @@ class ServiceBackend:
         assert self.service is not None
         rid = f"{prefix}-{uuid.uuid4().hex[:10]}"
         self.service.call("POST", "/receivers", json={"id": rid, "hardware_id": f"hw-{rid}",
-                                                      "station_id": self.station_id}, retry_not_found_s=5.0)
+                                                      "station_id": self.station_id})
         return rid
 
     def provision(self, rid: str) -> str:
         """A new MQTT password for ``rid`` (earlier ones stop working)."""
         assert self.service is not None
-        return self.service.call("POST", f"/receivers/{rid}/provision", retry_not_found_s=5.0)["mqtt_password"]
+        return self.service.call("POST", f"/receivers/{rid}/provision")["mqtt_password"]
 
     def revoke(self, rid: str) -> None:
         assert self.service is not None

@@ -136,17 +136,9 @@ class LoaProcess:
 
     # -- the API ------------------------------------------------------------------------------
 
-    def call(self, method: str, path: str, expect: int | tuple[int, ...] = (200, 201, 202), *,
-             retry_not_found_s: float = 0.0, **kwargs: Any) -> Any:
-        """One API call, its JSON answer. ``retry_not_found_s``: retry a 404 for that long, for
-        a call that refers to what an earlier call created (the API answers before its
-        transaction is committed: the session dependency closes after the response is sent)."""
-        deadline = time.monotonic() + retry_not_found_s
-        while True:
-            response = self.api.request(method, f"/api/v1{path}", **kwargs)
-            if response.status_code != 404 or time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
+    def call(self, method: str, path: str, expect: int | tuple[int, ...] = (200, 201, 202), **kwargs: Any) -> Any:
+        """One API call, its JSON answer."""
+        response = self.api.request(method, f"/api/v1{path}", **kwargs)
         expected = (expect,) if isinstance(expect, int) else expect
         if response.status_code not in expected:
             raise AssertionError(f"{method} {path} answered {response.status_code}: {response.text}")
