@@ -22,10 +22,9 @@ URL_MAX = const(256)
 ID_MAX = const(32)
 SLOT_ID_MAX = const(16)
 NTP_HOST_MAX = const(64)
-# More opening brackets than this in a payload that exhausted the heap: nesting, not a command
-# (the largest valid one, 24 slots, has 27, and a few more in its URLs).
-NESTING_MAX = const(256)
-SESSION_MAX = 0xFFFFFFFF
+# Brackets open at once, outside strings: deeper is not a command (a schedule nests three deep).
+DEPTH_MAX = const(32)
+UINT32_MAX = 0xFFFFFFFF  # schedule versions; Unix seconds ("ts", "exp")
 I64 = 1 << 63
 OPS = ("play", "stop", "volume", "reboot", "config", "schedule")
 PRIORITIES = ("normal", "priority", "emergency")  # the index is the rank
@@ -118,6 +117,13 @@ def _stream_url(value):
     for c in _SPACES:  # searching the URL for each allocates nothing; iterating it would
         if c in value:
             return False
+    # A lone surrogate (an escaped "\ud800") is no text to the definition: it is held as UTF-8
+    # 0xED 0xA0-0xBF, read in place (a MicroPython str is a buffer; CPython's stubs say not).
+    lead = 0
+    for byte in memoryview(value):  # type: ignore
+        if lead == 0xED and byte >= 0xA0:
+            return False
+        lead = byte
     return True
 
 
@@ -170,27 +176,45 @@ def _get(raw, short, long, default=_ABSENT):
     return raw.get(long, default)
 
 
-def _brackets(payload):
-    n = 0
+def _checked(payload):
+    """What the definition requires of a command's JSON beyond what MicroPython's parser
+    checks: at most DEPTH_MAX brackets open at once outside strings (checked before parsing,
+    so that nesting never runs the heap out), and strict UTF-8 (the parser lets overlong
+    forms, surrogates and code points beyond U+10FFFF pass)."""
+    depth = lead = 0
+    quoted = escaped = False
     for byte in payload:
-        if byte == 0x5B or byte == 0x7B:  # [ {
-            n += 1
-    return n
+        if escaped:
+            escaped = False
+        elif quoted:
+            if byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # "
+                quoted = False
+        elif byte == 0x22:
+            quoted = True
+        elif byte == 0x5B or byte == 0x7B:  # [ {
+            depth += 1
+            if depth > DEPTH_MAX:
+                return False
+        elif byte == 0x5D or byte == 0x7D:  # ] }
+            depth -= 1
+        if byte >= 0x80 and (byte == 0xC0 or byte == 0xC1 or byte >= 0xF5 or (lead == 0xE0 and byte < 0xA0)
+                             or (lead == 0xED and byte >= 0xA0) or (lead == 0xF0 and byte < 0x90)
+                             or (lead == 0xF4 and byte >= 0x90)):
+            return False
+        lead = byte
+    return True
 
 
 def parse(payload):
     """The JSON object in ``payload``; Rejected("malformed") without an id if there is none."""
-    if len(payload) > COMMAND_MAX:
+    if len(payload) > COMMAND_MAX or not _checked(payload):
         raise Rejected("malformed")
     try:
         raw = json.loads(payload)
     except MemoryError:
-        # Nested deeper than the heap holds is not JSON to the receiver (nor to the
-        # definition, whose decoder gives up on it too); a command of the protocol is nested
-        # three deep, and one that ran a full heap out is raised as it is, for the caller.
-        if _brackets(payload) > NESTING_MAX:
-            raise Rejected("malformed")
-        raise
+        raise  # a command that ran a full heap out is raised as it is, for the caller
     except Exception:  # not JSON, not UTF-8
         raise Rejected("malformed")
     if not isinstance(raw, dict):
@@ -224,8 +248,8 @@ def decode(payload):
         raise Rejected("malformed", cid)
     cmd["pri"] = PRIORITIES.index(priority)
     for short, long in (("ts", "issued_at"), ("exp", "expires_at")):
-        cmd[short] = _integer(_get(raw, short, long))
-        if cmd[short] is None or cmd[short] < 0:
+        cmd[short] = _bounded(_get(raw, short, long), 0, UINT32_MAX)
+        if cmd[short] is None:
             raise Rejected("malformed", cid)
     if op == "play":
         cmd["url"] = _get(raw, "url", "url")
@@ -246,7 +270,7 @@ def decode(payload):
         if cmd["set"] is None:
             raise Rejected("unknown_setting", cid)
     elif op == "schedule":
-        cmd["ver"] = _bounded(_get(raw, "ver", "schedule_version"), 0, SESSION_MAX)
+        cmd["ver"] = _bounded(_get(raw, "ver", "schedule_version"), 0, UINT32_MAX)
         if cmd["ver"] is None:
             raise Rejected("bad_schedule", cid)
         cmd["tz"] = _bounded(_get(raw, "tz", "tz_offset_min", 420), -720, 840)

@@ -15,8 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # fields they do not know, so old and new implementations interoperate within a major version.
 PROTOCOL_VERSION = 1
 
+# Every number a payload carries is bounded by what a receiver can really send, so that no
+# value, however hostile, overflows anything downstream (datetime arithmetic, database columns,
+# InfluxDB fields) after it was accepted. A receiver keeps its counters and clock in unsigned
+# 32-bit integers.
+UINT32_MAX = 2**32 - 1
 # Session counters are unsigned 32-bit on the receiver and persist across reboots.
-SESSION_MAX = 2**32 - 1
+SESSION_MAX = UINT32_MAX
+# Unix seconds, receiver's or service's clock: unsigned 32-bit, which lasts until 2106.
+UNIX_TIME_MAX = UINT32_MAX
+# Counters that may pass 4 GB in a receiver's life (stream bytes since boot: at 128 kbit/s,
+# in three days): the largest integer a JSON number carries exactly (a double's 53 bits).
+BIG_COUNTER_MAX = 2**53 - 1
 
 
 class _Message(BaseModel):
@@ -49,7 +59,7 @@ class StateMessage(_Message):
     # On a reconnect birth: seconds, by the receiver's monotonic clock, since it last heard the
     # broker on its previous connection. Lets the ledger record an outage the service could not
     # see itself (the service or the broker was down). Absent after power-on.
-    offline_s: float | None = Field(default=None, alias="off", ge=0, le=10 * 365 * 86400)
+    offline_s: float | None = Field(default=None, alias="off", ge=0, le=10 * 365 * 86400, allow_inf_nan=False)
 
 
 class ResetCause(StrEnum):
@@ -80,29 +90,30 @@ class Telemetry(_Message):
     """Periodic report on ``.../telemetry`` (QoS 0: a lost report is replaced by the next)."""
 
     session: int = Field(ge=0, le=SESSION_MAX)
-    seq: int = Field(ge=0, le=SESSION_MAX, description="report number within the session")
-    sent_at: int = Field(alias="ts", ge=0, description="receiver clock, Unix seconds; may be skewed")
-    uptime_s: int = Field(alias="up", ge=0, description="seconds since boot")
+    seq: int = Field(ge=0, le=UINT32_MAX, description="report number within the session")
+    sent_at: int = Field(alias="ts", ge=0, le=UNIX_TIME_MAX, description="receiver clock, Unix seconds; may be skewed")
+    uptime_s: int = Field(alias="up", ge=0, le=UINT32_MAX, description="seconds since boot")
     signal_dbm: int | None = Field(default=None, alias="rssi", ge=-140, le=0)
     signal_csq: int | None = Field(default=None, alias="csq", ge=0, le=99)
-    temperature_c: float | None = Field(default=None, alias="temp", ge=-40, le=125)
-    supply_v: float | None = Field(default=None, alias="vin", ge=0, le=60)
+    temperature_c: float | None = Field(default=None, alias="temp", ge=-40, le=125, allow_inf_nan=False)
+    supply_v: float | None = Field(default=None, alias="vin", ge=0, le=60, allow_inf_nan=False)
     amplifier: AmpState = Field(alias="amp")
     stream: StreamState = Field(alias="st")
     bitrate_kbps: int | None = Field(default=None, alias="kbps", ge=0, le=10_000)
-    underruns: int = Field(default=0, alias="urun", ge=0, description="since boot")
-    free_memory: int | None = Field(default=None, alias="mem", ge=0, description="bytes")
+    underruns: int = Field(default=0, alias="urun", ge=0, le=UINT32_MAX, description="since boot")
+    free_memory: int | None = Field(default=None, alias="mem", ge=0, le=UINT32_MAX, description="bytes")
     reset_cause: ResetCause = Field(default=ResetCause.UNKNOWN, alias="rst")
     firmware: str = Field(alias="fw", max_length=32)
     # Added in 1.1 (optional: older receivers leave them out).
-    stream_bytes: int | None = Field(default=None, alias="sb", ge=0, description="stream bytes received since boot")
+    stream_bytes: int | None = Field(default=None, alias="sb", ge=0, le=BIG_COUNTER_MAX,
+                                     description="stream bytes received since boot")
     volume: int | None = Field(default=None, alias="vol", ge=0, le=100)
     schedule_version: int | None = Field(default=None, alias="sched", ge=0, le=SESSION_MAX)
     clock_skew_ms: int | None = Field(
         default=None, alias="skew", ge=-(2**31), le=2**31 - 1,
         description="receiver clock minus reference time, measured at the last clock sync")
     clock_synced_s: int | None = Field(
-        default=None, alias="sync", ge=0, description="seconds since the last successful clock sync")
+        default=None, alias="sync", ge=0, le=UINT32_MAX, description="seconds since the last successful clock sync")
 
 
 class EventKind(StrEnum):
@@ -128,7 +139,7 @@ class Event(_Message):
     """Something worth telling at once, on ``.../event`` (QoS 1)."""
 
     session: int = Field(ge=0, le=SESSION_MAX)
-    sent_at: int = Field(alias="ts", ge=0)
+    sent_at: int = Field(alias="ts", ge=0, le=UNIX_TIME_MAX)
     kind: EventKind
     # A short code-like detail, not free prose: events are counted and grouped by it.
     detail: str | None = Field(default=None, max_length=120)
@@ -140,6 +151,10 @@ class Event(_Message):
 
 # Commands may be larger than reports: a schedule of 24 slots with long stream URLs.
 COMMAND_MAX_BYTES = 8192
+# Brackets open at once (outside strings) in a command: a schedule nests three deep, and
+# unknown fields of later minor versions get room. Deeper is not a command, on every receiver
+# alike, whatever its JSON parser could take.
+COMMAND_DEPTH_MAX = 32
 # Letters, digits, '-' and '_', like receiver ids: safe in logs, files and topic levels.
 _CODE_ID = r"^[A-Za-z0-9_-]+$"
 # How many commands a receiver remembers (with their outcome) to never execute one twice.
@@ -149,6 +164,7 @@ SCHEDULE_MAX_SLOTS = 24
 # Slot times are HH:MM, or HH:MM:SS where a programme needs it (and tests need slots seconds
 # apart rather than minutes).
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$")
+_YYYY_MM_DD = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 class Priority(StrEnum):
@@ -185,8 +201,8 @@ def _stream_url(value: str) -> str:
 class _Command(_Message):
     command_id: str = Field(alias="id", min_length=1, max_length=32, pattern=_CODE_ID)
     priority: Priority = Field(default=Priority.NORMAL, alias="pri")
-    issued_at: int = Field(alias="ts", ge=0, description="service clock, Unix seconds")
-    expires_at: int = Field(alias="exp", ge=0, description="service clock, Unix seconds")
+    issued_at: int = Field(alias="ts", ge=0, le=UNIX_TIME_MAX, description="service clock, Unix seconds")
+    expires_at: int = Field(alias="exp", ge=0, le=UNIX_TIME_MAX, description="service clock, Unix seconds")
 
 
 class PlayCommand(_Command):
@@ -243,6 +259,15 @@ class ScheduleSlot(BaseModel):
     volume: int | None = Field(default=None, alias="vol", ge=0, le=100)
 
     _check_url = field_validator("url")(_stream_url)
+
+    @field_validator("valid_from", "valid_to", mode="before")
+    @classmethod
+    def _calendar_date(cls, value: object) -> object:
+        # "YYYY-MM-DD" and nothing else: pydantic would also take Unix seconds (0 is 1970-01-01)
+        # and date-times at midnight, which a receiver does not.
+        if value is not None and not (isinstance(value, str) and _YYYY_MM_DD.fullmatch(value)):
+            raise ValueError("date must be YYYY-MM-DD")
+        return value
 
     @field_validator("start", "end")
     @classmethod
@@ -346,7 +371,7 @@ class Ack(_Message):
     command_id: str = Field(alias="id", min_length=1, max_length=32, pattern=_CODE_ID)
     status: AckStatus = Field(alias="st")
     reason: str | None = Field(default=None, alias="why", max_length=64, pattern=r"^[a-z0-9_:.-]+$")
-    sent_at: int = Field(alias="ts", ge=0)
+    sent_at: int = Field(alias="ts", ge=0, le=UNIX_TIME_MAX)
     duplicate: bool = Field(default=False, alias="dup")
 
 
@@ -373,7 +398,7 @@ class PlayStatus(_Message):
     Published on every change (not periodically)."""
 
     session: int = Field(ge=0, le=SESSION_MAX)
-    sent_at: int = Field(alias="ts", ge=0)
+    sent_at: int = Field(alias="ts", ge=0, le=UNIX_TIME_MAX)
     stream: StreamState = Field(alias="st")
     priority: Priority | None = Field(default=None, alias="pri")
     source: PlaySource = Field(default=PlaySource.NONE, alias="src")

@@ -104,6 +104,18 @@ def _corpus() -> list[bytes]:
     payloads += [b"", b"null", b"[1]", b"\"play\"", b"{", b"\xff\xfe{}", b"{\"id\":\"a\"}",
                  json.dumps({**VALID["stop"], "pad": "x" * COMMAND_MAX_BYTES}).encode(),
                  json.dumps({**VALID["stop"], "pad": "x" * (COMMAND_MAX_BYTES - 200)}).encode()]
+    # What JSON allows and what it does not, beyond what MicroPython's parser checks: nesting
+    # (32 deep at most, outside strings), UTF-8 (no overlong forms, surrogates or beyond
+    # U+10FFFF), no NaN or Infinity, no other encoding.
+    stop = json.dumps(VALID["stop"]).encode()[:-1]
+    for extra in [b"[" * 31 + b"]" * 31, b"[" * 32 + b"]" * 32, b"[" * 33 + b"]" * 33, b'"' + b"[" * 40 + b'"',
+                  b'"\\"' + b"[" * 40 + b'"', b'"\\\\"' + b"[" * 33 + b"]" * 33,
+                  b'"\xc3\xa9"', b'"\xc0\x80"', b'"\xed\xa0\x80"', b'"\xed\x9f\xbf"', b'"\xf4\x8f\xbf\xbf"',
+                  b'"\xf4\x90\x80\x80"', b'"\xf5\x80\x80\x80"', b'"\\ud800"', b"NaN", b"-Infinity", b"1e400",
+                  b"9" * 5000]:
+        payloads.append(stop + b', "x": ' + extra + b"}")
+    payloads += [json.dumps({**VALID["play"], "url": "http://a/\ud800"}).encode(),
+                 json.dumps(VALID["stop"]).encode("utf-16"), b"\xef\xbb\xbf" + json.dumps(VALID["stop"]).encode()]
     return payloads
 
 
@@ -219,8 +231,8 @@ print("free", gc.mem_free())
 
 
 @pytest.mark.parametrize(("payload", "verdict"), [
-    # Nested deeper than CPython's json will go (the service's decode_command raises
-    # RecursionError on it): the receiver must still answer, not run out of heap.
+    # Nested far deeper than the protocol allows (32): the receiver must still answer, not
+    # run out of heap.
     (b"[" * 3000, ["rejected", "malformed"]),
     (json.dumps({**VALID["schedule"], "slots": [
         {**SLOT, "id": f"s{i}", "s": f"{i:02}:00", "e": f"{i:02}:30", "u": "http://" + "x" * 195}
