@@ -42,6 +42,9 @@ RECENT_EVENTS_MAX = 1000
 # At most one log line per drop reason per this many seconds: a broken receiver sending
 # garbage every second must not flood the log.
 DROP_LOG_INTERVAL_S = 10.0
+# Drop reasons of ingest itself, beside the decoder's (protocol.codec.DropReason).
+UNKNOWN_RECEIVER = "unknown_receiver"  # a receiver the registry does not have
+INTERNAL = "internal"                  # handling the message failed unexpectedly (a bug): logged with its traceback
 
 
 @dataclass(slots=True)
@@ -143,9 +146,11 @@ class IngestService:
     # --- the hot path -------------------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes, *, retained: bool = False, at: datetime | None = None) -> None:
-        """Decode one message and act on it. Never raises for bad input. Synchronous: the MQTT
-        adapter calls it for every message; only a receiver not seen before costs a registry
-        lookup, done in the background while its messages wait in order."""
+        """Decode one message and act on it. Never raises: every message ends up accepted or
+        dropped with a reason (``received == accepted + sum(dropped)`` once lookups are done).
+        Synchronous: the MQTT adapter calls it for every message; only a receiver not seen
+        before costs a registry lookup, done in the background while its messages wait in
+        order."""
         at = at or utcnow()
         self.counters.received += 1
         try:
@@ -153,15 +158,18 @@ class IngestService:
         except DecodeError as exc:
             self._drop(exc.reason.value, str(exc))
             return
+        except Exception:
+            self._failed(f"decoding a message on {topic[:200]!r}")
+            return
         receiver_id = decoded.topic.receiver_id
         if receiver_id in self._station_of:
-            self._apply(receiver_id, decoded.message, retained, at)
+            self._apply_one(receiver_id, decoded.message, retained, at)
             return
         waiting = self._awaiting_lookup.get(receiver_id)
         if waiting is not None:
             waiting.append((decoded.message, retained, at))
         elif self._unknown_until.get(receiver_id, 0.0) > time.monotonic():
-            self._drop("unknown_receiver", f"message from unregistered receiver {receiver_id!r} on {topic!r}")
+            self._drop(UNKNOWN_RECEIVER, f"message from unregistered receiver {receiver_id!r} on {topic!r}")
         else:
             self._awaiting_lookup[receiver_id] = [(decoded.message, retained, at)]
             self._spawn(self._look_up(receiver_id))
@@ -171,10 +179,20 @@ class IngestService:
         while self._awaiting_lookup:
             await asyncio.sleep(0.01)
 
+    def _apply_one(self, receiver_id: str, message: ReceiverMessage, retained: bool, at: datetime) -> None:
+        """Apply a decoded message; a failure is counted as a drop, never raised to the MQTT
+        loop. The tracker's transitions are queued before anything else can fail, so the live
+        view and the ledger agree whatever happens after."""
+        try:
+            self._apply(receiver_id, message, retained, at)
+        except Exception:
+            self._failed(f"applying a {type(message).__name__} from {receiver_id!r}")
+        else:
+            self.counters.accepted += 1
+
     def _apply(self, receiver_id: str, message: ReceiverMessage, retained: bool, at: datetime) -> None:
-        self.counters.accepted += 1
         if isinstance(message, StateMessage):
-            transitions = self.tracker.on_state(receiver_id, message, at, retained=retained)
+            self._enqueue(self.tracker.on_state(receiver_id, message, at, retained=retained))
             if message.state is State.ONLINE and self.tracker.is_online(receiver_id) \
                     and self.tracker.session_of(receiver_id) == message.session:
                 if self.commands is not None:
@@ -184,16 +202,14 @@ class IngestService:
         elif isinstance(message, PlayStatus):
             # Retained: also what a receiver reported before it went offline; not activity then.
             if not retained:
-                transitions = self.tracker.on_activity(receiver_id, message.session, at)
-            else:
-                transitions = []
+                self._enqueue(self.tracker.on_activity(receiver_id, message.session, at))
             self.playing[receiver_id] = (message, at)
         elif isinstance(message, Ack):
-            transitions = self.tracker.on_activity(receiver_id, message.session, at)
+            self._enqueue(self.tracker.on_activity(receiver_id, message.session, at))
             if self.commands is not None:
                 self.commands.on_ack(receiver_id, message, at)
         else:
-            transitions = self.tracker.on_activity(receiver_id, message.session, at)
+            self._enqueue(self.tracker.on_activity(receiver_id, message.session, at))
             if isinstance(message, Telemetry):
                 previous = self.telemetry.get(receiver_id)
                 if previous is not None and previous.report.session == message.session \
@@ -206,8 +222,6 @@ class IngestService:
                 self.recent_events.append((receiver_id, at, message))
             if self.telemetry_writer is not None:
                 self.telemetry_writer.submit(receiver_id, message, at)
-        if transitions:
-            self._enqueue(transitions)
 
     @property
     def ledger_backlog(self) -> int:
@@ -233,12 +247,18 @@ class IngestService:
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _drop(self, reason: str, detail: str) -> None:
+    def _failed(self, what: str) -> None:
+        """An unexpected exception while handling one message (called from its handler): a bug,
+        logged with its traceback."""
+        self._drop(INTERNAL, f"failed {what}", error=True)
+
+    def _drop(self, reason: str, detail: str, *, error: bool = False) -> None:
         self.counters.dropped[reason] += 1
         now = time.monotonic()
         if now - self._last_drop_log.get(reason, -DROP_LOG_INTERVAL_S) >= DROP_LOG_INTERVAL_S:
             self._last_drop_log[reason] = now
-            log.warning("dropped message (%s, %d so far): %s", reason, self.counters.dropped[reason], detail)
+            log.log(logging.ERROR if error else logging.WARNING, "dropped message (%s, %d so far): %s", reason,
+                    self.counters.dropped[reason], detail, exc_info=error)
 
     async def _look_up(self, receiver_id: str) -> None:
         try:
@@ -250,11 +270,11 @@ class IngestService:
         if found is None:
             self._unknown_until[receiver_id] = time.monotonic() + UNKNOWN_RECHECK_S
             for _ in waiting:
-                self._drop("unknown_receiver", f"message from unregistered receiver {receiver_id!r}")
+                self._drop(UNKNOWN_RECEIVER, f"message from unregistered receiver {receiver_id!r}")
             return
         self._station_of[receiver_id] = found[0]
         for message, retained, at in waiting:
-            self._apply(receiver_id, message, retained, at)
+            self._apply_one(receiver_id, message, retained, at)
 
     def _spawn(self, coroutine) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -266,6 +286,8 @@ class IngestService:
             return IngestRepository(session).active_receiver(receiver_id)
 
     def _enqueue(self, transitions: list[Transition]) -> None:
+        if not transitions:
+            return
         for transition in transitions:
             if len(self._backlog) >= LEDGER_BACKLOG_MAX:
                 self.counters.ledger_dropped += 1
@@ -284,13 +306,20 @@ class IngestService:
             while self._backlog:
                 self._idle.clear()
                 batch = [self._backlog[i] for i in range(min(LEDGER_BATCH_MAX, len(self._backlog)))]
+                # Transitions a one-by-one write has settled (each its own transaction): never
+                # written twice if the database goes away in the middle of it.
+                settled = [0]
                 try:
-                    await asyncio.to_thread(self._write, batch)
-                except IntegrityError:
-                    # Not an outage: some transition itself is refused (its receiver row is
-                    # gone). Write the batch one by one and drop only what is refused.
-                    await asyncio.to_thread(self._write_one_by_one, batch)
+                    try:
+                        await asyncio.to_thread(self._write, batch)
+                    except IntegrityError:
+                        # Not an outage: some transition itself is refused (its receiver row is
+                        # gone). Write the batch one by one and drop only what is refused.
+                        await asyncio.to_thread(self._write_one_by_one, batch, settled)
                 except Exception as exc:
+                    for _ in range(settled[0]):
+                        self._backlog.popleft()
+                    self.counters.ledger_written += settled[0]
                     self.counters.ledger_failures += 1
                     log.error("ledger write failed (%s); %d transitions wait, retrying in %.0f s",
                               exc.__class__.__name__, len(self._backlog), delay)
@@ -307,17 +336,24 @@ class IngestService:
         with session_scope(self._sessions) as session:
             record_transitions(session, batch, self._station_of)
 
-    def _write_one_by_one(self, batch: list[Transition]) -> None:
-        for transition in batch:
+    def _write_one_by_one(self, batch: list[Transition], settled: list[int]) -> None:
+        for transition in batch[settled[0]:]:
             try:
                 self._write([transition])
             except IntegrityError as exc:
                 self.counters.ledger_dropped += 1
                 log.error("ledger refused %s: %s", transition, exc.orig)
+            settled[0] += 1
+
+    def sweep(self, now: datetime) -> None:
+        """Mark the receivers silent since before ``now`` minus the inactivity timeout offline
+        (every second by the sweeper; with a chosen ``now`` by tests)."""
+        self._enqueue(self.tracker.sweep(now))
 
     async def _sweeper(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
-            transitions = self.tracker.sweep(utcnow())
-            if transitions:
-                self._enqueue(transitions)
+            try:
+                self.sweep(utcnow())
+            except Exception:  # a bug; the next sweep tries again, silence is still noticed
+                log.exception("silence sweep failed")

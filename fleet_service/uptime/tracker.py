@@ -88,6 +88,7 @@ class ConnectivityTracker:
             return []
         current.online = False
         current.silent = False
+        current.session = message.session  # it was unknown (None) if not this one already
         return [Transition(receiver_id, Connectivity.OFFLINE, at, _offline_cause(message, retained), message.session)]
 
     def on_activity(self, receiver_id: str, session: int, at: datetime) -> list[Transition]:
@@ -107,11 +108,12 @@ class ConnectivityTracker:
             # limit drops QoS 1 messages too): the receiver is plainly alive in it.
             current.session = session
             self.unobserved_outages += 1
-            if not current.online:
-                current.online = True
-                current.silent = False
-                return [Transition(receiver_id, Connectivity.ONLINE, at, TransitionCause.RESUMED, session)]
-            return []
+            # Online already, the transition only tells the ledger the new session: the ledger's
+            # open interval is what the tracker restarts from, and a Will of this session must
+            # count after a restart too.
+            current.online = True
+            current.silent = False
+            return [Transition(receiver_id, Connectivity.ONLINE, at, TransitionCause.RESUMED, session)]
         if not current.online and current.silent:
             current.online = True
             current.silent = False

@@ -135,7 +135,9 @@ def test_new_session_without_measurable_outage_only_changes_session():
 def test_telemetry_of_a_newer_session_whose_birth_was_lost_keeps_receiver_alive():
     t = tracker(timeout=100, grace=0)
     t.on_state("r1", birth(3), at(0), retained=False)
-    assert t.on_activity("r1", 4, at(50)) == []  # birth of session 4 lost on the way
+    # The birth of session 4 was lost on the way: still online, the ledger told the new session.
+    [same] = t.on_activity("r1", 4, at(50))
+    assert (same.state, same.session) == (Connectivity.ONLINE, 4)
     assert t.session_of("r1") == 4
     assert t.sweep(at(140)) == []  # heard at 50: not silent
     # and after a Will of session 4, a report of session 5 brings it back
@@ -153,3 +155,13 @@ def test_hold_while_the_service_cannot_hear_the_broker():
     assert t.sweep(at(1009)) == []
     [down] = t.sweep(at(1011))
     assert down.at == at(1000)
+
+
+def test_an_offline_state_gives_a_receiver_of_unknown_session_its_session():
+    """The ledger may hold an interval without a session (from before sessions were recorded):
+    the offline state that ends it tells the session, and the tracker keeps it as the ledger does."""
+    t = tracker()
+    t.restore("r1", Connectivity.ONLINE, None, at(-50))
+    [down] = t.on_state("r1", will(6), at(0), retained=False)
+    assert (down.state, down.session) == (Connectivity.OFFLINE, 6)
+    assert t.session_of("r1") == 6
