@@ -7,7 +7,7 @@ from fleet_service.db import Base
 from fleet_service.outbox.models import OutboxEntry, WorkerHeartbeat
 from fleet_service.schedules.models import ReceiverSchedule, Schedule, ScheduleSlotRow
 from fleet_service.registry.models import Receiver, ReceiverCredential, Region, Station, StationAssignment
-from fleet_service.uptime.models import ConnectivityInterval
+from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
 
 __all__ = [
     "ApiToken",
@@ -19,6 +19,7 @@ __all__ = [
     "OutboxEntry",
     "Receiver",
     "ReceiverCredential",
+    "ReceiverLiveState",
     "ReceiverSchedule",
     "Region",
     "Schedule",

@@ -1,14 +1,19 @@
-"""What ingest needs from the database: which receivers exist, and the ledger's open intervals."""
+"""What ingest needs from the database: which receivers exist, the ledger's open intervals, and
+the live state it keeps for other processes and for its own restart."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from fleet_service.registry.models import Receiver, ReceiverStatus
-from fleet_service.uptime.models import ConnectivityInterval
+from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
 from fleet_service.uptime.repository import LedgerRepository
 
 
@@ -31,6 +36,34 @@ class IngestRepository:
 
     def open_intervals(self) -> Sequence[ConnectivityInterval]:
         return LedgerRepository(self.session).open_intervals()
+
+    def heard_at(self) -> dict[str, tuple[int | None, datetime | None]]:
+        """Each receiver's session and the last time it was really heard, from the live state."""
+        rows = self.session.execute(select(ReceiverLiveState.receiver_id, ReceiverLiveState.session,
+                                           ReceiverLiveState.heard_at))
+        return {rid: (session, heard) for rid, session, heard in rows}
+
+    def write_live_state(self, rows: Sequence[LiveStateRow]) -> None:
+        """Insert or update the rows (one statement for the batch)."""
+        if not rows:
+            return
+        insert = postgresql_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        statement = insert(ReceiverLiveState)
+        statement = statement.on_conflict_do_update(
+            index_elements=[ReceiverLiveState.receiver_id],
+            set_={"online": statement.excluded.online, "session": statement.excluded.session,
+                  "heard_at": statement.excluded.heard_at, "updated_at": statement.excluded.updated_at},
+        )
+        self.session.execute(statement, [row.__dict__ for row in rows])
+
+
+@dataclass
+class LiveStateRow:
+    receiver_id: str
+    online: bool
+    session: int | None
+    heard_at: datetime | None
+    updated_at: datetime
 
 
 def receivers_with_open_interval(session: Session, region_path: str | None):  # type: ignore[no-untyped-def]

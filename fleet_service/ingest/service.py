@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.db import session_scope, utcnow
-from fleet_service.ingest.repository import IngestRepository
+from fleet_service.ingest.repository import IngestRepository, LiveStateRow
 from fleet_service.protocol import DecodeError, decode
 from fleet_service.protocol.codec import ReceiverMessage
 from fleet_service.protocol.messages import Ack, Event, PlayStatus, State, StateMessage, Telemetry
@@ -35,6 +35,10 @@ LEDGER_BATCH_MAX = 500
 # The writer waits this long after the first transition so that a burst (a reconnect storm)
 # goes to the database in a few large transactions rather than many small ones.
 LEDGER_COALESCE_S = 0.05
+# The live state (each receiver's connectivity and when it was last heard) is written this
+# often, in one batch of the receivers that changed: the lag of what other processes read, and
+# what a crash can lose of "last heard" (a clean stop writes it all).
+LIVE_STATE_FLUSH_S = 1.0
 # How long an unknown receiver id is remembered as unknown before the registry is asked again.
 UNKNOWN_RECHECK_S = 30.0
 # Recent events kept in memory for the API (the durable home of events comes with alerts).
@@ -107,6 +111,7 @@ class IngestService:
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_drop_log: dict[str, float] = {}
+        self._live_dirty: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -117,7 +122,8 @@ class IngestService:
         silence sweep."""
         await asyncio.to_thread(self._load)
         self._tasks = [asyncio.create_task(self._ledger_writer(), name="ledger-writer"),
-                       asyncio.create_task(self._sweeper(), name="silence-sweep")]
+                       asyncio.create_task(self._sweeper(), name="silence-sweep"),
+                       asyncio.create_task(self._live_state_writer(), name="live-state-writer")]
 
     async def stop(self) -> None:
         """Write what is pending (a bounded wait), then stop."""
@@ -129,6 +135,10 @@ class IngestService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.write_live_state(), timeout=10)
+        except TimeoutError:
+            log.error("stopping without the live state of %d receivers written", len(self._live_dirty))
 
     async def flush(self) -> None:
         """Wait until every transition so far is in the database."""
@@ -139,9 +149,11 @@ class IngestService:
         with session_scope(self._sessions) as session:
             repository = IngestRepository(session)
             self._station_of = repository.active_receivers()
+            heard = repository.heard_at()
             for interval in repository.open_intervals():
+                live_session, heard_at = heard.get(interval.receiver_id, (None, None))
                 self.tracker.restore(interval.receiver_id, Connectivity(interval.state), interval.session,
-                                     interval.start_at)
+                                     interval.start_at, heard_at if live_session == interval.session else None)
 
     # --- the hot path -------------------------------------------------------------------------
 
@@ -189,6 +201,8 @@ class IngestService:
             self._failed(f"applying a {type(message).__name__} from {receiver_id!r}")
         else:
             self.counters.accepted += 1
+        finally:
+            self._live_dirty.add(receiver_id)
 
     def _apply(self, receiver_id: str, message: ReceiverMessage, retained: bool, at: datetime) -> None:
         if isinstance(message, StateMessage):
@@ -289,6 +303,7 @@ class IngestService:
         if not transitions:
             return
         for transition in transitions:
+            self._live_dirty.add(transition.receiver_id)
             if len(self._backlog) >= LEDGER_BACKLOG_MAX:
                 self.counters.ledger_dropped += 1
                 log.error("ledger backlog full (%d): dropped %s", LEDGER_BACKLOG_MAX, transition)
@@ -344,6 +359,33 @@ class IngestService:
                 self.counters.ledger_dropped += 1
                 log.error("ledger refused %s: %s", transition, exc.orig)
             settled[0] += 1
+
+    async def _live_state_writer(self) -> None:
+        while True:
+            await asyncio.sleep(LIVE_STATE_FLUSH_S)
+            await self.write_live_state()
+
+    async def write_live_state(self) -> None:
+        """Write the live state of the receivers that changed since the last write. The rows
+        are taken here, in the event loop's thread, where the tracker changes; only the write
+        goes to a worker thread."""
+        if not self._live_dirty:
+            return
+        changed, self._live_dirty = self._live_dirty, set()
+        now = utcnow()
+        rows = [LiveStateRow(rid, bool(self.tracker.is_online(rid)), self.tracker.session_of(rid),
+                             self.tracker.heard_at(rid), now)
+                for rid in changed if self.tracker.is_online(rid) is not None]
+        try:
+            await asyncio.to_thread(self._write_live_rows, rows)
+        except Exception as exc:  # the database is down: these receivers wait for the next turn
+            self._live_dirty |= changed
+            log.warning("live state not written (%s); %d receivers wait", exc.__class__.__name__,
+                        len(self._live_dirty))
+
+    def _write_live_rows(self, rows: list[LiveStateRow]) -> None:
+        with session_scope(self._sessions) as session:
+            IngestRepository(session).write_live_state(rows)
 
     def sweep(self, now: datetime) -> None:
         """Mark the receivers silent since before ``now`` minus the inactivity timeout offline

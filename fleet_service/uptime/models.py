@@ -48,3 +48,19 @@ class ConnectivityInterval(Base):
     end_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     start_cause: Mapped[str] = mapped_column(String(16))
     end_cause: Mapped[str | None] = mapped_column(String(16))
+
+
+class ReceiverLiveState(Base):
+    """Each receiver's current connectivity as the worker sees it, written in batches (at most
+    LIVE_STATE_FLUSH_S behind): what another process (an API, the CLI) or the worker itself
+    after a restart reads, instead of one process's memory. ``heard_at`` is the last message
+    really heard: after a restart, an outage that began while the service was away is never
+    recorded from earlier than that."""
+
+    __tablename__ = "receiver_live_state"
+
+    receiver_id: Mapped[str] = mapped_column(ForeignKey("receivers.id", ondelete="CASCADE"), primary_key=True)
+    online: Mapped[bool]
+    session: Mapped[int | None] = mapped_column(BigInteger)
+    heard_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -37,8 +37,13 @@ class Transition:
 class _Receiver:
     online: bool
     session: int | None
+    # Where the silence timeout counts from: the last message heard, or the service's own
+    # reconnection if that is later (begin_grace).
     last_heard: datetime
     silent: bool = False  # offline because of the inactivity timeout, not a Will or a goodbye
+    # The last message really heard (never moved by begin_grace): the earliest an outage can
+    # have begun. None: not known (a receiver restored from a ledger without live state).
+    heard_at: datetime | None = None
 
 
 class ConnectivityTracker:
@@ -52,9 +57,12 @@ class ConnectivityTracker:
 
     # --- set-up -------------------------------------------------------------------------------
 
-    def restore(self, receiver_id: str, state: Connectivity, session: int | None, since: datetime) -> None:
-        """Load the ledger's open interval of a receiver when the service starts."""
-        self._receivers[receiver_id] = _Receiver(state is Connectivity.ONLINE, session, since)
+    def restore(self, receiver_id: str, state: Connectivity, session: int | None, since: datetime,
+                heard_at: datetime | None = None) -> None:
+        """Load the ledger's open interval of a receiver when the service starts, with the last
+        time it was heard (kept in the live state) if that is known."""
+        heard = max(since, heard_at) if heard_at is not None else since
+        self._receivers[receiver_id] = _Receiver(state is Connectivity.ONLINE, session, heard, heard_at=heard)
 
     def hold(self) -> None:
         """The service cannot hear the broker (it is down, or the way to it is): silence means
@@ -78,7 +86,7 @@ class ConnectivityTracker:
             return self._on_birth(receiver_id, current, message, at, retained=retained)
         if current is None:
             # First thing ever heard is an offline state (e.g. a retained Will): remember it.
-            self._receivers[receiver_id] = _Receiver(False, message.session, at)
+            self._receivers[receiver_id] = _Receiver(False, message.session, at, heard_at=at)
             return [Transition(receiver_id, Connectivity.OFFLINE, at, _offline_cause(message, retained), message.session)]
         if current.session is not None and message.session != current.session:
             self.stale_messages += 1
@@ -97,12 +105,13 @@ class ConnectivityTracker:
         if current is None or current.session is None:
             # Heard before any birth (the birth is retained and QoS 1, so this is rare: a
             # receiver that predates the service's ledger). Take the session as the current one.
-            self._receivers[receiver_id] = _Receiver(True, session, at)
+            self._receivers[receiver_id] = _Receiver(True, session, at, heard_at=at)
             return [Transition(receiver_id, Connectivity.ONLINE, at, TransitionCause.RESUMED, session)]
         if session < current.session:
             self.stale_messages += 1
             return []
         current.last_heard = at
+        current.heard_at = at
         if session > current.session:
             # A newer session whose birth did not reach us (a broker overloaded beyond its queue
             # limit drops QoS 1 messages too): the receiver is plainly alive in it.
@@ -159,6 +168,11 @@ class ConnectivityTracker:
         receiver = self._receivers.get(receiver_id)
         return None if receiver is None else receiver.last_heard
 
+    def heard_at(self, receiver_id: str) -> datetime | None:
+        """When a message of the receiver was last really heard (None if not known)."""
+        receiver = self._receivers.get(receiver_id)
+        return None if receiver is None else receiver.heard_at
+
     def counts(self) -> tuple[int, int]:
         online = sum(1 for r in self._receivers.values() if r.online)
         return online, len(self._receivers) - online
@@ -172,10 +186,12 @@ class ConnectivityTracker:
                   *, retained: bool) -> list[Transition]:
         cause = TransitionCause.RECONCILED if retained else TransitionCause.BIRTH
         if current is None:
-            self._receivers[receiver_id] = _Receiver(True, message.session, at)
+            self._receivers[receiver_id] = _Receiver(True, message.session, at, heard_at=at)
             return [Transition(receiver_id, Connectivity.ONLINE, at, cause, message.session)]
         if current.online and current.session == message.session:
             current.last_heard = max(current.last_heard, at)
+            if not retained:  # a retained copy was heard long ago, not now
+                current.heard_at = max(current.heard_at or at, at)
             return []
         transitions = []
         if current.online:
@@ -189,21 +205,25 @@ class ConnectivityTracker:
         current.silent = False
         current.session = message.session
         current.last_heard = at
+        current.heard_at = at
         transitions.append(Transition(receiver_id, Connectivity.ONLINE, at, cause, message.session))
         return transitions
 
     @staticmethod
     def _unobserved_outage_start(current: _Receiver, message: StateMessage, at: datetime) -> datetime:
+        # What was really last heard of the old session (kept across a restart of the service
+        # in the live state); the silence clock may have been moved past it by begin_grace.
+        heard = current.heard_at if current.heard_at is not None else current.last_heard
         if message.offline_s is not None:
             start = at - timedelta(seconds=message.offline_s)
         elif message.reason is StateReason.BOOT:
             # Power-on: the receiver cannot know how long it was off; the last message heard
             # from the old session is the best bound the service has.
-            start = current.last_heard
+            start = heard
         else:
             start = at
         # Never before what we last heard of the old session, never after the birth itself.
-        return min(max(start, current.last_heard), at)
+        return min(max(start, heard), at)
 
 
 def _offline_cause(message: StateMessage, retained: bool) -> TransitionCause:

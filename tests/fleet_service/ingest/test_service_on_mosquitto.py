@@ -62,3 +62,40 @@ async def test_service_restart_keeps_fleet_online_and_reconciles(tmp_path, sqlit
             with pytest.raises(aiomqtt.MqttError):
                 async with rx_client(broker, "rx-1", fleet.credentials["rx-1"]):
                     pass
+
+
+async def test_a_power_loss_inside_the_services_outage_starts_no_earlier_than_the_last_message_heard(
+        tmp_path, sqlite_url):
+    """The receiver is heard for a while, the service stops, the receiver loses power and comes
+    back (a power-on birth carries no ``off``), then the service starts again. The outage is
+    recorded from the last message the service heard, not from the start of the online interval
+    (which would turn the time the service was still hearing it into downtime)."""
+    with production_mosquitto(tmp_path / "mq") as broker:
+        settings = mosquitto_settings(sqlite_url, broker, startup_grace_s=2, inactivity_timeout_s=600)
+        async with running_service(settings) as runtime:
+            fleet = provision_fleet(runtime.sessions, receivers=1)  # its login reaches Mosquitto by the outbox
+            await wait_until(lambda: runtime.outbox is not None and runtime.outbox.counters.applied >= 1,
+                             what="the login on Mosquitto")
+            async with rx_client(broker, "rx-0", fleet.credentials["rx-0"]) as rx:
+                await rx.publish("loa/v1/rx/rx-0/state", state(1), qos=1, retain=True)
+                ingest = runtime.ingest
+                await wait_until(lambda: ingest.tracker.is_online("rx-0"), what="rx-0 online")
+                for seq in range(3):  # heard for a while after its birth
+                    await asyncio.sleep(1.0)
+                    await rx.publish("loa/v1/rx/rx-0/telemetry", telemetry(1, seq), qos=1)
+                await wait_until(lambda: ingest.counters.accepted >= 4, what="the reports")
+                last_heard = ingest.tracker.last_heard("rx-0")  # the last report
+        # The service is down. The receiver loses power (its link just dies) and boots again.
+        assert last_heard is not None
+        async with rx_client(broker, "rx-0", fleet.credentials["rx-0"]) as rx:
+            await rx.publish("loa/v1/rx/rx-0/state", state(2), qos=1, retain=True)
+            async with running_service(settings) as runtime:
+                await wait_until(lambda: runtime.ingest.tracker.session_of("rx-0") == 2, what="the new session")
+                await runtime.ingest.flush()
+                intervals = ledger(runtime, "rx-0")
+    assert [(i.state, i.session) for i in intervals] == [("online", 1), ("offline", 1), ("online", 2)]
+    online, offline, _ = intervals
+    assert online.end_at == offline.start_at
+    # Seconds the service heard the receiver stay uptime; before, the outage began at the birth.
+    assert abs((offline.start_at - last_heard).total_seconds()) < 0.01
+    assert (online.end_at - online.start_at).total_seconds() >= 2.5
