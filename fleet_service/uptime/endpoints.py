@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from fleet_service.auth.dependencies import CurrentPrincipal
-from fleet_service.db import RowId
+from fleet_service.db import RowId, utcnow
 from fleet_service.deps import SessionDep
 from fleet_service.registry import service as registry
 from fleet_service.timefmt import period
@@ -22,12 +22,21 @@ StartQuery = Annotated[datetime | None, Query(description="Start; ISO 8601. No z
 EndQuery = Annotated[datetime | None, Query(description="End; ISO 8601. No zone = Asia/Ho_Chi_Minh. Default: now.")]
 
 
+def _measured(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime, datetime]:
+    """(start, end, now) in UTC, with now taken once: the default end and whether an outage is
+    still under way are then judged at the same instant."""
+    now = utcnow()
+    lo, hi = period(start, end if end is not None else now)
+    return lo, hi, now
+
+
 @router.get("/receivers/{receiver_id}/availability", response_model=AvailabilityOut)
 def receiver_availability(receiver_id: str, session: SessionDep, principal: CurrentPrincipal,
                           start: StartQuery = None, end: EndQuery = None) -> AvailabilityOut:
     # Out of scope answers exactly like absent (404): an operator learns nothing of other communes.
     registry.get_receiver(session, receiver_id, scope=principal.region_path)
-    result = service.receiver_availability(session, receiver_id, *period(start, end))
+    lo, hi, now = _measured(start, end)
+    result = service.receiver_availability(session, receiver_id, lo, hi, now=now)
     return AvailabilityOut.build("receiver", receiver_id, result)
 
 
@@ -45,7 +54,8 @@ def receiver_connectivity(receiver_id: str, session: SessionDep, principal: Curr
 def station_availability(station_id: RowId, session: SessionDep, principal: CurrentPrincipal,
                          start: StartQuery = None, end: EndQuery = None) -> AvailabilityOut:
     registry.get_station(session, station_id, scope=principal.region_path)
-    result = service.station_availability(session, station_id, *period(start, end))
+    lo, hi, now = _measured(start, end)
+    result = service.station_availability(session, station_id, lo, hi, now=now)
     return AvailabilityOut.build("station", str(station_id), result)
 
 
@@ -53,5 +63,6 @@ def station_availability(station_id: RowId, session: SessionDep, principal: Curr
 def region_availability(region_id: RowId, session: SessionDep, principal: CurrentPrincipal,
                         start: StartQuery = None, end: EndQuery = None) -> AvailabilityOut:
     region = registry.get_region(session, region_id, scope=principal.region_path)
-    result = service.region_availability(session, region.path, *period(start, end))
+    lo, hi, now = _measured(start, end)
+    result = service.region_availability(session, region.path, lo, hi, now=now)
     return AvailabilityOut.build("region", str(region_id), result)

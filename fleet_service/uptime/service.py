@@ -53,8 +53,10 @@ def record_transitions(session: Session, transitions: Iterable[Transition], stat
     return opened
 
 
-def _period(start: datetime, end: datetime | None) -> tuple[datetime, datetime, datetime]:
-    now = utcnow()
+def _period(start: datetime, end: datetime | None, now: datetime | None) -> tuple[datetime, datetime, datetime]:
+    """One "now" for the whole answer: an end left to default and the test of whether an outage
+    is still under way must see the same instant, or an open outage reads as ended."""
+    now = now or utcnow()
     end = end or now
     if start.tzinfo is None or end.tzinfo is None:
         raise Invalid("Thời điểm phải có múi giờ", "times must carry a time zone")
@@ -63,16 +65,21 @@ def _period(start: datetime, end: datetime | None) -> tuple[datetime, datetime, 
     return start, end, now
 
 
-def receiver_availability(session: Session, receiver_id: str, start: datetime, end: datetime | None) -> Availability:
-    start, end, now = _period(start, end)
+def receiver_availability(session: Session, receiver_id: str, start: datetime, end: datetime | None, *,
+                          now: datetime | None = None) -> Availability:
+    """``end`` None: up to ``now``. Give ``now`` when the caller took it already (to default
+    the end of the period itself), so that both are the same instant."""
+    start, end, now = _period(start, end, now)
     return summarize(LedgerRepository(session).spans_of_receiver(receiver_id, start, end), start, end, now)
 
 
-def station_availability(session: Session, station_id: int, start: datetime, end: datetime | None) -> Availability:
-    start, end, now = _period(start, end)
+def station_availability(session: Session, station_id: int, start: datetime, end: datetime | None, *,
+                         now: datetime | None = None) -> Availability:
+    start, end, now = _period(start, end, now)
     return summarize(LedgerRepository(session).spans_of_station(station_id, start, end), start, end, now)
 
 
-def region_availability(session: Session, region_path: str, start: datetime, end: datetime | None) -> Availability:
-    start, end, now = _period(start, end)
+def region_availability(session: Session, region_path: str, start: datetime, end: datetime | None, *,
+                        now: datetime | None = None) -> Availability:
+    start, end, now = _period(start, end, now)
     return summarize(LedgerRepository(session).spans_of_region(region_path, start, end), start, end, now)

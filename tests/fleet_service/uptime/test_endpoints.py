@@ -129,3 +129,16 @@ def test_bad_period_and_no_token(world):
                      headers=admin)
     assert bad.status_code == 422 and "sau" in bad.json()["error"]["message"]
     assert client.get("/api/v1/receivers/x-1/availability").status_code == 401
+
+
+def test_an_outage_still_under_way_is_ongoing_when_the_period_ends_now(world):
+    client, ids, admin, _ = world
+    # x-1 has been down since it shut down at 02:00 and still is: with the end left to default
+    # (now), the answer's end and "ongoing" must come from the same now.
+    for url in ("/api/v1/receivers/x-1/availability", f"/api/v1/stations/{ids['sx']}/availability",
+                f"/api/v1/regions/{ids['x']}/availability"):
+        body = client.get(url, params={"start": at(100).isoformat()}, headers=admin).json()
+        open_outages = [o for o in body["outages"] if o["receiver_id"] == "x-1" and o["start"].startswith("2026-07-01T02:00:00")]
+        assert len(open_outages) == 1, (url, body)
+        assert open_outages[0]["ongoing"] is True, (url, body)
+        assert open_outages[0]["end"] == body["end"], (url, body)
