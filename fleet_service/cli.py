@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -73,12 +74,26 @@ def _audit(runtime: Runtime, command: tuple[list[str], dict[str, object]], error
     record(runtime.sessions, cli_entry(*command, error))
 
 
+class ServeRole(StrEnum):
+    ALL = "all"
+    API = "api"
+    WORKER = "worker"
+
+
 @app.command()
 def serve(
     host: str | None = typer.Option(None, help="API host (LOA_API_HOST)"),
     port: int | None = typer.Option(None, help="API port (LOA_API_PORT)"),
+    role: ServeRole = typer.Option(
+        ServeRole.ALL, help="all: API và worker trong một tiến trình / API and worker in one process; "
+                            "api: chỉ API, chạy bao nhiêu cũng được / the API only, any number; "
+                            "worker: MQTT, gửi lệnh, quy trình; một tiến trình dẫn dắt / MQTT, delivery, "
+                            "workflows, one leads at a time (docs/architecture.md)"),
 ) -> None:
     """Chạy dịch vụ / run the fleet service: API, MQTT ingest and (by default) the embedded broker."""
+    import asyncio
+    import signal
+
     import uvicorn
 
     from fleet_service.app import create_app
@@ -86,8 +101,30 @@ def serve(
 
     settings = get_settings()
     _log_for_operators()
+    if role is not ServeRole.ALL and settings.database_url.startswith("sqlite"):
+        typer.echo("Lỗi: tách vai trò api/worker cần PostgreSQL; với SQLite một tiến trình giữ cả hai "
+                   "(loa serve).\nError: separate api/worker processes need PostgreSQL; with SQLite one "
+                   "process holds both roles (loa serve).", err=True)
+        raise typer.Exit(2)
     upgrade(settings.database_url)
-    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port)
+    if role is ServeRole.WORKER:
+        from fleet_service.worker.run import run_worker_until_stopped
+
+        async def work() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            runtime = Runtime.from_settings(settings)
+            try:
+                await run_worker_until_stopped(runtime, stop)
+            finally:
+                runtime.close()
+
+        asyncio.run(work())
+        return
+    app_ = create_app(settings, mqtt=role is ServeRole.ALL)
+    uvicorn.run(app_, host=host or settings.api_host, port=port or settings.api_port)
 
 
 def _log_for_operators() -> None:

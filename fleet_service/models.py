@@ -4,10 +4,11 @@ from fleet_service.audit.models import AuditEntry
 from fleet_service.auth.models import ApiToken, User
 from fleet_service.commands.models import Command, CommandTarget
 from fleet_service.db import Base
-from fleet_service.outbox.models import OutboxEntry, WorkerHeartbeat
+from fleet_service.outbox.models import OutboxEntry
 from fleet_service.schedules.models import ReceiverSchedule, Schedule, ScheduleSlotRow
 from fleet_service.registry.models import Receiver, ReceiverCredential, Region, Station, StationAssignment
 from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
+from fleet_service.worker.models import WorkerLease
 
 __all__ = [
     "ApiToken",
@@ -27,5 +28,5 @@ __all__ = [
     "Station",
     "StationAssignment",
     "User",
-    "WorkerHeartbeat",
+    "WorkerLease",
 ]

@@ -110,7 +110,8 @@ def _tune_gc() -> None:
 
 
 @asynccontextmanager
-async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> AsyncIterator[None]:
+async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
+                        client_id: str | None = None) -> AsyncIterator[None]:
     settings = runtime.settings
     _tune_gc()
     embedded: EmbeddedBroker | None = None
@@ -134,10 +135,9 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0) -> 
     await ingest.start()
     runtime.ingest = ingest
     runtime.broker_accounts = FleetAccounts(broker_accounts, ingest, asyncio.get_running_loop())
-    adapter = MqttAdapter(settings, ingest)
+    adapter = MqttAdapter(settings, ingest, client_id)
     runtime.mqtt = adapter
-    outbox = OutboxDispatcher(runtime.sessions, broker_login_handlers(runtime.broker_accounts),
-                              holder=adapter.client_id)
+    outbox = OutboxDispatcher(runtime.sessions, broker_login_handlers(runtime.broker_accounts))
     await outbox.start()
     runtime.outbox = outbox
     commands = CommandDelivery(runtime.sessions, publish=adapter.publish, is_online=ingest.tracker.is_online)

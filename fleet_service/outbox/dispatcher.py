@@ -17,14 +17,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.db import session_scope, utcnow
 from fleet_service.outbox import repository as repo
-from fleet_service.outbox.service import HEARTBEAT_TTL, OutboxKind, Progress
+from fleet_service.outbox.service import OutboxKind, Progress
 
 log = logging.getLogger(__name__)
 
 # Entries recorded by another process (the CLI, another API process) are found by polling; a
 # change made in this process wakes the dispatcher at once.
 POLL_INTERVAL_S = 0.5
-HEARTBEAT_INTERVAL_S = 3.0
 BATCH = 100
 RETRY_MIN_S = 1.0
 RETRY_MAX_S = 60.0
@@ -41,10 +40,11 @@ class DispatcherCounters:
 
 
 class OutboxDispatcher:
-    def __init__(self, sessions: sessionmaker[Session], handlers: Mapping[OutboxKind, Handler], holder: str) -> None:
+    """Runs in the leading worker only (fleet_service/worker), so entries are applied once."""
+
+    def __init__(self, sessions: sessionmaker[Session], handlers: Mapping[OutboxKind, Handler]) -> None:
         self._sessions = sessions
         self._handlers = dict(handlers)
-        self.holder = holder
         self.counters = DispatcherCounters()
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -53,19 +53,13 @@ class OutboxDispatcher:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self._heartbeat)
-        self._tasks = [asyncio.create_task(self._run(), name="outbox"),
-                       asyncio.create_task(self._beat(), name="outbox-heartbeat")]
+        self._tasks = [asyncio.create_task(self._run(), name="outbox")]
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        try:
-            await asyncio.to_thread(self._say_goodbye)
-        except Exception as exc:  # the database may be the reason we stop
-            log.warning("could not remove the outbox heartbeat: %s", exc)
 
     def wake(self) -> None:
         if self._loop is not None:
@@ -165,20 +159,3 @@ class OutboxDispatcher:
             entry.last_error = error[:2000]
             log.warning("outbox: %s for %s failed (attempt %d), retrying in %.0f s: %s",
                         entry.kind, entry.subject, entry.attempts, delay, error)
-
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
-            try:
-                await asyncio.to_thread(self._heartbeat)
-            except Exception as exc:
-                log.warning("outbox heartbeat not written: %s", exc)
-
-    def _heartbeat(self) -> None:
-        now = utcnow()
-        with session_scope(self._sessions) as session:
-            repo.renew_heartbeat(session, self.holder, now, now + HEARTBEAT_TTL)
-
-    def _say_goodbye(self) -> None:
-        with session_scope(self._sessions) as session:
-            repo.drop_heartbeat(session, self.holder)

@@ -1,4 +1,4 @@
-"""The outbox: one row per side effect still to apply, and the worker's heartbeat."""
+"""The outbox: one row per side effect still to apply."""
 
 from __future__ import annotations
 
@@ -31,13 +31,3 @@ class OutboxEntry(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_outbox_pending", "done_at", "id"),)
-
-
-class WorkerHeartbeat(Base):
-    """A process applying the outbox says it is alive; the CLI waits for it only then."""
-
-    __tablename__ = "worker_heartbeats"
-
-    holder: Mapped[str] = mapped_column(String(100), primary_key=True)
-    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleet_service.outbox.models import OutboxEntry, WorkerHeartbeat
+from fleet_service.outbox.models import OutboxEntry
 
 
 def add(session: Session, entry: OutboxEntry) -> OutboxEntry:
@@ -37,20 +37,3 @@ def get_many(session: Session, ids: Sequence[int]) -> Sequence[OutboxEntry]:
 
 def pending_count(session: Session) -> int:
     return len(session.scalars(select(OutboxEntry.id).where(OutboxEntry.done_at.is_(None))).all())
-
-
-def renew_heartbeat(session: Session, holder: str, now: datetime, expires_at: datetime) -> None:
-    row = session.get(WorkerHeartbeat, holder)
-    if row is None:
-        session.add(WorkerHeartbeat(holder=holder, renewed_at=now, expires_at=expires_at))
-    else:
-        row.renewed_at, row.expires_at = now, expires_at
-    session.flush()
-
-
-def drop_heartbeat(session: Session, holder: str) -> None:
-    session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.holder == holder))
-
-
-def live_workers(session: Session, now: datetime) -> Sequence[str]:
-    return session.scalars(select(WorkerHeartbeat.holder).where(WorkerHeartbeat.expires_at > now)).all()

@@ -7,7 +7,6 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from fleet_service.db import session_scope, utcnow
 from fleet_service.errors import Unavailable
 from fleet_service.outbox import repository as repo
 from fleet_service.outbox.models import OutboxEntry
+from fleet_service.worker.service import current_leader
 
 # session.info key listing the entries recorded in this unit of work.
 _RECORDED = "loa.outbox"
@@ -64,24 +64,24 @@ class Progress:
 def progress(sessions: sessionmaker[Session], ids: Sequence[int]) -> Progress:
     with session_scope(sessions) as session:
         entries = repo.get_many(session, ids)
-        alive = bool(repo.live_workers(session, utcnow()))
+        alive = current_leader(session) is not None
         errors = tuple(e.last_error for e in entries if e.done_at is None and e.last_error)
         return Progress(all(e.done_at is not None for e in entries), alive, errors)
 
 
 def wait_applied(sessions: sessionmaker[Session], ids: Sequence[int], *, timeout: float,
                  poll_s: float = 0.1) -> Progress:
-    """For a process that does not apply the outbox itself (the CLI): wait, while a worker is
-    alive, until it has applied ``ids``; give up at once when no worker is alive."""
+    """For a process that does not apply the outbox itself (the CLI, an API process): wait,
+    while a worker is alive, until it has applied ``ids`` or an attempt failed (it is
+    retried); give up at once when no worker is alive."""
     deadline = time.monotonic() + timeout
     while True:
         state = progress(sessions, ids)
-        if state.applied or not state.worker_alive or time.monotonic() >= deadline:
+        if state.applied or not state.worker_alive or state.errors or time.monotonic() >= deadline:
             return state
         time.sleep(poll_s)
 
 
-HEARTBEAT_TTL = timedelta(seconds=10)
 # How long a request waits for its side effects (a broker login) before answering.
 FOLLOW_TIMEOUT_S = 10.0
 
@@ -93,15 +93,22 @@ class SideEffectPending(Unavailable):
     """The change is saved, its side effect is not applied yet; it is retried by itself."""
 
 
-def follow_commit(session: Session, dispatcher: OutboxDispatcher | None, *,
+def follow_commit(session: Session, sessions: sessionmaker[Session], dispatcher: OutboxDispatcher | None, *,
                   timeout: float = FOLLOW_TIMEOUT_S) -> None:
-    """After a request's commit, in a process that applies the outbox: apply what the request
-    recorded now, so that its answer means it took effect (a revoked receiver is off the
-    broker). Without a dispatcher here, the worker applies it (within about a second)."""
+    """After a request's commit: wait until what it recorded is applied, so that its answer
+    means it took effect (a revoked receiver is off the broker). In the leading worker's own
+    process the dispatcher is woken at once; elsewhere (an API process) the leader finds the
+    entries within about a second. With no worker alive there is nobody to wait for: the
+    change is applied when one starts."""
     ids = recorded(session)
-    if not ids or dispatcher is None:
+    if not ids:
         return
-    state = dispatcher.apply_now(ids, timeout)
+    if dispatcher is not None:
+        state = dispatcher.apply_now(ids, timeout)
+    else:
+        state = wait_applied(sessions, ids, timeout=timeout)
+        if not state.worker_alive:
+            return
     if not state.applied:
         detail = "; ".join(state.errors) or "timed out"
         raise SideEffectPending(

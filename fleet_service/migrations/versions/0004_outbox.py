@@ -1,4 +1,4 @@
-"""outbox and worker heartbeats
+"""outbox and the worker lease
 
 Revision ID: 0004
 Revises: 0003
@@ -30,15 +30,16 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_outbox'))
     )
     op.create_index('ix_outbox_pending', 'outbox', ['done_at', 'id'], unique=False)
-    op.create_table('worker_heartbeats',
+    op.create_table('worker_leases',
+    sa.Column('name', sa.String(length=40), nullable=False),
     sa.Column('holder', sa.String(length=100), nullable=False),
     sa.Column('renewed_at', fleet_service.db.UTCDateTime(), nullable=False),
     sa.Column('expires_at', fleet_service.db.UTCDateTime(), nullable=False),
-    sa.PrimaryKeyConstraint('holder', name=op.f('pk_worker_heartbeats'))
+    sa.PrimaryKeyConstraint('name', name=op.f('pk_worker_leases'))
     )
 
 
 def downgrade() -> None:
-    op.drop_table('worker_heartbeats')
+    op.drop_table('worker_leases')
     op.drop_index('ix_outbox_pending', table_name='outbox')
     op.drop_table('outbox')

@@ -17,6 +17,7 @@ from fleet_service.outbox import service as outbox
 from fleet_service.outbox.dispatcher import OutboxDispatcher
 from fleet_service.outbox.models import OutboxEntry
 from fleet_service.outbox.service import OutboxKind
+from fleet_service.worker.service import LeaderLease
 
 
 class FlakyBroker:
@@ -63,7 +64,7 @@ async def until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-un
 
 async def test_entries_from_another_process_are_applied_in_order_and_their_secrets_emptied(session_factory):
     broker = FlakyBroker()
-    dispatcher = OutboxDispatcher(session_factory, broker.handlers(), holder="worker-1")
+    dispatcher = OutboxDispatcher(session_factory, broker.handlers())
     await dispatcher.start()
     try:
         # Recorded as the CLI records them: committed, nobody woken.
@@ -81,7 +82,7 @@ async def test_entries_from_another_process_are_applied_in_order_and_their_secre
 
 async def test_a_failed_entry_is_retried_and_holds_back_what_follows(session_factory):
     broker = FlakyBroker(failures=2)
-    dispatcher = OutboxDispatcher(session_factory, broker.handlers(), holder="worker-1")
+    dispatcher = OutboxDispatcher(session_factory, broker.handlers())
     await dispatcher.start()
     try:
         record(session_factory, (OutboxKind.RECEIVER_LOGIN_SET, "rx-1", "pw"),
@@ -106,13 +107,16 @@ async def test_the_cli_waits_for_a_live_worker_and_not_for_a_dead_one(session_fa
     assert time.monotonic() - started < 1  # no worker: nobody to wait for
 
     broker = FlakyBroker()
-    dispatcher = OutboxDispatcher(session_factory, broker.handlers(), holder="worker-1")
+    lease = LeaderLease(session_factory, holder="worker-1")
+    assert await lease.acquire()  # a leading worker runs the dispatcher
+    dispatcher = OutboxDispatcher(session_factory, broker.handlers())
     await dispatcher.start()
     try:
         state = await asyncio.to_thread(outbox.wait_applied, session_factory, ids, timeout=10)
         assert state.applied and state.worker_alive
     finally:
         await dispatcher.stop()
+        await lease.release()
     assert broker.applied == [("removed", "rx-9:")]
     # A worker that stopped says so: the CLI does not wait for it either.
     later = record(session_factory, (OutboxKind.RECEIVER_LOGIN_REMOVED, "rx-9", None))
@@ -121,7 +125,7 @@ async def test_the_cli_waits_for_a_live_worker_and_not_for_a_dead_one(session_fa
 
 async def test_a_request_waits_for_its_own_entries_and_hears_of_a_failure(session_factory):
     broker = FlakyBroker(failures=1)
-    dispatcher = OutboxDispatcher(session_factory, broker.handlers(), holder="worker-1")
+    dispatcher = OutboxDispatcher(session_factory, broker.handlers())
     await dispatcher.start()
     try:
         ids = record(session_factory, (OutboxKind.RECEIVER_LOGIN_SET, "rx-2", "pw"))

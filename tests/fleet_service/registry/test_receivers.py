@@ -178,7 +178,7 @@ class _AccountsThatReadTheRegistry(RegistryOnlyAccounts):
 
 def test_the_broker_is_told_after_the_commit_through_the_outbox(world: World) -> None:
     accounts = _AccountsThatReadTheRegistry(world)
-    dispatcher = OutboxDispatcher(world.runtime.sessions, broker_login_handlers(accounts), holder="test")
+    dispatcher = OutboxDispatcher(world.runtime.sessions, broker_login_handlers(accounts))
     world.client.portal.call(dispatcher.start)
     world.runtime.outbox = dispatcher
     admin = world.user("admin", Role.ADMIN)
