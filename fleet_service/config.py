@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # (each costs a slow password hash); more are answered 429 without being checked.
     api_login_attempts_per_address: int = 20
     api_login_attempts_per_user: int = 10
+    # Largest request body the API reads; larger ones are refused (413) before anything else,
+    # sign-in included. The largest legitimate body, a schedule of 24 slots, is under 50 KB.
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     # Receivers: what the service expects of them. The inactivity timeout catches a link that
     # died without the broker noticing (or a receiver whose application hung while the MQTT
