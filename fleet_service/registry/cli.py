@@ -21,6 +21,7 @@ from fleet_service.errors import LoaError
 from fleet_service.outbox.cli import follow_in_cli
 from fleet_service.registry import service
 from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
+from fleet_service.registry.names import vietnamese_key
 from fleet_service.registry.schemas import (
     NewReceiver,
     ProvisionedCredential,
@@ -71,7 +72,7 @@ def _credential(credential: ProvisionedCredential) -> None:
 # --- regions -----------------------------------------------------------------------------
 
 def _tree_rows(regions: Sequence[Region]) -> list[tuple[object, ...]]:
-    """Depth-first, siblings by name, names indented by depth."""
+    """Depth-first, siblings in Vietnamese order, names indented by depth."""
     ids = {r.id for r in regions}
     children: dict[int | None, list[Region]] = {}
     for r in regions:
@@ -79,7 +80,7 @@ def _tree_rows(regions: Sequence[Region]) -> list[tuple[object, ...]]:
     rows: list[tuple[object, ...]] = []
 
     def walk(parent: int | None, depth: int) -> None:
-        for r in sorted(children.get(parent, []), key=lambda x: x.name):
+        for r in sorted(children.get(parent, []), key=lambda x: (vietnamese_key(x.name), x.id)):
             rows.append((r.id, "  " * depth + r.name, r.level, r.code))
             walk(r.id, depth + 1)
 

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Select, exists, func, literal, select, true, update
 from sqlalchemy.orm import Session
 
+from fleet_service.registry.names import same_name, vietnamese_key
 from fleet_service.registry.models import (
     Receiver,
     ReceiverCredential,
@@ -39,10 +40,20 @@ def get_region_by_code(session: Session, code: str) -> Region | None:
 
 
 def list_regions(session: Session, *, under: str | None = None, scope: str | None = None) -> Sequence[Region]:
-    """Depth first, siblings by id. Sorted here rather than by ORDER BY path: PostgreSQL's
-    usual collations ignore the '/' and would interleave subtrees."""
+    """Depth first, siblings in Vietnamese order (then by id). Sorted here: no database
+    collation orders Vietnamese as its dictionaries do, and PostgreSQL's usual ones ignore the
+    '/' of the paths and would interleave subtrees."""
     regions = session.scalars(select(Region).where(_within(scope, under))).all()
-    return sorted(regions, key=lambda r: [int(part) for part in r.path.strip("/").split("/")])
+    by_name = sorted(regions, key=lambda r: (vietnamese_key(r.name), r.id))
+    # Each region after its parent, siblings in the order above: sort by the chain of ranks.
+    rank = {r.id: i for i, r in enumerate(by_name)}
+    return sorted(regions, key=lambda r: [rank.get(int(part), -1) for part in r.path.strip("/").split("/")])
+
+
+def child_regions(session: Session, parent_id: int | None) -> Sequence[Region]:
+    """The regions directly under ``parent_id`` (None: the top-level ones)."""
+    parent = Region.parent_id.is_(None) if parent_id is None else Region.parent_id == parent_id
+    return session.scalars(select(Region).where(parent)).all()
 
 
 def region_has_children(session: Session, region_id: int) -> bool:
@@ -85,11 +96,15 @@ def get_station(session: Session, station_id: int, scope: str | None = None) -> 
 
 
 def list_stations(session: Session, *, under: str | None = None, scope: str | None = None) -> Sequence[Station]:
-    return session.scalars(_stations(scope, under).order_by(Station.name, Station.id)).all()
+    """In Vietnamese order of their names (then by id)."""
+    stations = session.scalars(_stations(scope, under)).all()
+    return sorted(stations, key=lambda s: (vietnamese_key(s.name), s.id))
 
 
 def find_station_by_name(session: Session, region_id: int, name: str) -> Station | None:
-    return session.scalar(select(Station).where(Station.region_id == region_id, Station.name == name))
+    """The region's station of that name in NFC, case aside (stations of one region are few)."""
+    stations = session.scalars(select(Station).where(Station.region_id == region_id).order_by(Station.id))
+    return next((s for s in stations if same_name(s.name, name)), None)
 
 
 def station_has_receivers_or_history(session: Session, station_id: int) -> bool:

@@ -4,10 +4,26 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleet_service.db import RowId
+from fleet_service.errors import BilingualValueError
 from fleet_service.registry.models import ReceiverStatus
+from fleet_service.registry.names import normalise_name
+
+
+def _written_name(value: object) -> object:
+    """Names are kept in one form (NFC, trimmed), so that the same name typed on two keyboards
+    is one name; a name of spaces only is no name."""
+    if not isinstance(value, str):
+        return value  # pydantic refuses it as it should
+    value = normalise_name(value)
+    if not value:
+        raise BilingualValueError("tên không được để trống", "the name must not be blank")
+    return value
+
+
+_normalised_name = field_validator("name", mode="before")(_written_name)
 
 
 class _Out(BaseModel):
@@ -18,6 +34,8 @@ class _Out(BaseModel):
 
 class RegionCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200, examples=["Hùng Sơn"])
+
+    _name = _normalised_name
     level: str = Field(min_length=1, max_length=50, description="tỉnh, huyện, xã, thị trấn, ... (free text)")
     code: str | None = Field(default=None, max_length=50, description="stable code, unique")
     parent_id: RowId | None = None
@@ -27,6 +45,8 @@ class RegionUpdate(BaseModel):
     """Rename a region, or change its level or code. Fields left out stay as they are."""
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
+
+    _name = _normalised_name
     level: str | None = Field(default=None, min_length=1, max_length=50)
     code: str | None = Field(default=None, max_length=50)
 
@@ -56,6 +76,8 @@ class ImportSummary(BaseModel):
 class StationCreate(BaseModel):
     region_id: RowId
     name: str = Field(min_length=1, max_length=200, examples=["Đài truyền thanh Hùng Sơn"])
+
+    _name = _normalised_name
     latitude: float | None = Field(default=None, ge=-90, le=90)
     longitude: float | None = Field(default=None, ge=-180, le=180)
     address: str | None = Field(default=None, max_length=500)
@@ -67,6 +89,8 @@ class StationUpdate(BaseModel):
 
     region_id: RowId | None = None
     name: str | None = Field(default=None, min_length=1, max_length=200)
+
+    _name = _normalised_name
     latitude: float | None = Field(default=None, ge=-90, le=90)
     longitude: float | None = Field(default=None, ge=-180, le=180)
     address: str | None = Field(default=None, max_length=500)
@@ -175,6 +199,8 @@ class StationImport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
+
+    _name = _normalised_name
     latitude: float | None = Field(default=None, ge=-90, le=90)
     longitude: float | None = Field(default=None, ge=-180, le=180)
     address: str | None = Field(default=None, max_length=500)
@@ -188,6 +214,8 @@ class RegionImport(BaseModel):
 
     code: str = Field(min_length=1, max_length=50)
     name: str = Field(min_length=1, max_length=200)
+
+    _name = _normalised_name
     level: str = Field(min_length=1, max_length=50)
     stations: list[StationImport] = []
     children: list[RegionImport] = []

@@ -20,10 +20,11 @@ from sqlalchemy.orm import Session
 
 from fleet_service.auth.security import hashes_match, new_token, token_hash
 from fleet_service.db import utcnow
-from fleet_service.errors import Conflict, Forbidden, Invalid, NotFound
+from fleet_service.errors import BilingualValueError, Conflict, Forbidden, Invalid, NotFound
 from fleet_service.outbox import service as outbox
 from fleet_service.protocol import ReceiverId
 from fleet_service.registry import repository as repo
+from fleet_service.registry.names import same_name
 from fleet_service.registry.models import (
     Receiver,
     ReceiverCredential,
@@ -88,9 +89,21 @@ def _check_code_free(session: Session, code: str | None, region_id: int | None =
         )
 
 
+def _check_region_name_free(session: Session, name: str, parent: Region | None, region_id: int | None = None) -> None:
+    """Two units under one parent never share a name (in NFC, case aside): a list, a report or
+    an operator could not tell them apart."""
+    for sibling in repo.child_regions(session, parent.id if parent else None):
+        if sibling.id != region_id and same_name(sibling.name, name):
+            where_vi = f"trong {parent.name}" if parent else "ở cấp cao nhất"
+            where_en = f"under {parent.name}" if parent else "at the top level"
+            raise Conflict(f"Đã có đơn vị '{sibling.name}' (ID {sibling.id}) {where_vi}",
+                           f"There is already a region '{sibling.name}' (id {sibling.id}) {where_en}")
+
+
 def create_region(session: Session, data: RegionCreate, *, scope: str | None = None) -> Region:
     parent = _parent_for(session, data.parent_id, scope)
     _check_code_free(session, data.code)
+    _check_region_name_free(session, data.name, parent)
     region = Region(name=data.name, level=data.level, code=data.code, parent_id=parent.id if parent else None)
     return repo.add_region(session, region, parent)
 
@@ -102,6 +115,8 @@ def update_region(session: Session, region_id: int, data: RegionUpdate, *, scope
     changes = {k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None or k == "code"}
     if "code" in changes:
         _check_code_free(session, changes["code"], region.id)
+    if "name" in changes:
+        _check_region_name_free(session, changes["name"], region.parent, region.id)
     for field, value in changes.items():
         setattr(region, field, value)
     session.flush()
@@ -111,7 +126,9 @@ def update_region(session: Session, region_id: int, data: RegionUpdate, *, scope
 def move_region(session: Session, region_id: int, parent_id: int | None, *, scope: str | None = None) -> Region:
     """Re-parent a region; the paths of its whole subtree follow."""
     region = get_region(session, region_id, scope=scope)
-    _move(session, region, _parent_for(session, parent_id, scope))
+    parent = _parent_for(session, parent_id, scope)
+    _check_region_name_free(session, region.name, parent, region.id)
+    _move(session, region, parent)
     return region
 
 
@@ -167,8 +184,18 @@ def list_stations(session: Session, *, region_id: int | None = None, scope: str 
     return repo.list_stations(session, under=under, scope=scope)
 
 
+def _check_station_name_free(session: Session, name: str, region: Region, station_id: int | None = None) -> None:
+    """Two stations of one region never share a name (in NFC, case aside): the importer finds
+    stations by name within their region."""
+    holder = repo.find_station_by_name(session, region.id, name)
+    if holder is not None and holder.id != station_id:
+        raise Conflict(f"Đã có đài '{holder.name}' (ID {holder.id}) trong {region.name}",
+                       f"There is already a station '{holder.name}' (id {holder.id}) in {region.name}")
+
+
 def create_station(session: Session, data: StationCreate, *, scope: str | None = None) -> Station:
     region = get_region(session, data.region_id, scope=scope)
+    _check_station_name_free(session, data.name, region)
     station = Station(**data.model_dump(exclude={"region_id"}), region_id=region.id)
     session.add(station)
     session.flush()
@@ -182,6 +209,9 @@ def update_station(session: Session, station_id: int, data: StationUpdate, *, sc
     changes = {k: v for k, v in changes.items() if v is not None or k not in ("region_id", "name")}
     if "region_id" in changes:
         changes["region_id"] = get_region(session, changes["region_id"], scope=scope).id
+    if "region_id" in changes or "name" in changes:
+        region = get_region(session, changes.get("region_id", station.region_id))
+        _check_station_name_free(session, changes.get("name", station.name), region, station.id)
     for field, value in changes.items():
         setattr(station, field, value)
     session.flush()
@@ -411,9 +441,12 @@ def import_regions(session: Session, data: Mapping[str, Any]) -> ImportSummary:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
+        cause = (first.get("ctx") or {}).get("error")
+        vi, en = ((cause.message_vi, cause.message_en) if isinstance(cause, BilingualValueError)
+                  else (first["msg"], first["msg"]))
         raise Invalid(
-            f"Dữ liệu nhập không hợp lệ tại {where}: {first['msg']}",
-            f"Invalid import data at {where}: {first['msg']}",
+            f"Dữ liệu nhập không hợp lệ tại {where}: {vi}",
+            f"Invalid import data at {where}: {en}",
         ) from None
     summary = ImportSummary()
     for node in inventory.regions:
@@ -424,11 +457,14 @@ def import_regions(session: Session, data: Mapping[str, Any]) -> ImportSummary:
 def _import_region(session: Session, node: RegionImport, parent: Region | None, summary: ImportSummary) -> None:
     region = repo.get_region_by_code(session, node.code)
     if region is None:
+        _check_region_name_free(session, node.name, parent)
         region = Region(name=node.name, level=node.level, code=node.code, parent_id=parent.id if parent else None)
         repo.add_region(session, region, parent)
         summary.regions_created += 1
     else:
         changed = (region.name, region.level) != (node.name, node.level)
+        if changed or region.parent_id != (parent.id if parent else None):
+            _check_region_name_free(session, node.name, parent, region.id)
         region.name, region.level = node.name, node.level
         if region.parent_id != (parent.id if parent else None):
             _move(session, region, parent)
@@ -439,8 +475,11 @@ def _import_region(session: Session, node: RegionImport, parent: Region | None, 
         values = item.model_dump(exclude={"name"}, exclude_unset=True)
         if station is None:
             session.add(Station(region_id=region.id, name=item.name, **values))
+            session.flush()  # the next station of the file is checked against this one
             summary.stations_created += 1
-        elif any(getattr(station, k) != v for k, v in values.items()):
+        elif station.name != item.name or any(getattr(station, k) != v for k, v in values.items()):
+            # Matched by name in NFC, case aside: the file's spelling is kept.
+            station.name = item.name
             for k, v in values.items():
                 setattr(station, k, v)
             summary.stations_updated += 1
