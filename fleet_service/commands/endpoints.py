@@ -44,17 +44,18 @@ def list_commands(
     offset: Annotated[int, Query(ge=0, le=ID_MAX)] = 0,
 ) -> list[CommandOut]:
     """Nhật ký lệnh / the audit log: who sent what to whom, when, and the outcomes, newest
-    first. An operator sees the commands whose target lies in their region."""
+    first. An operator sees the commands that concern their region: sent to it, to a region
+    above it or the whole fleet, or to any of its receivers; the counts are of its receivers."""
     since, until = period(start, end, timedelta(days=7))
     rows = repository.list_commands(session, scope=principal.region_path, since=since, until=until,
                                     receiver_id=receiver, limit=limit, offset=offset)
-    return service.describe(session, rows)
+    return service.describe(session, rows, scope=principal.region_path)
 
 
 @router.get("/commands/{command_id}", response_model=CommandOut)
 def get_command(command_id: str, session: SessionDep, principal: CurrentPrincipal) -> CommandOut:
     command = service.get_command(session, command_id, scope=principal.region_path)
-    return service.describe(session, [command])[0]
+    return service.describe(session, [command], scope=principal.region_path)[0]
 
 
 @router.get("/commands/{command_id}/targets", response_model=list[TargetOut])
@@ -62,6 +63,7 @@ def command_targets(
     command_id: str, session: SessionDep, principal: CurrentPrincipal,
     status_filter: Annotated[str | None, Query(alias="status", description="only targets in this status")] = None,
 ) -> list[TargetOut]:
-    """Each receiver's outcome, with the reason explained."""
+    """Each receiver's outcome, with the reason explained (only the caller's receivers)."""
     service.get_command(session, command_id, scope=principal.region_path)
-    return [service.target_out(t) for t in repository.targets_of(session, command_id, status=status_filter)]
+    targets = repository.targets_of(session, command_id, status=status_filter, scope=principal.region_path)
+    return [service.target_out(t) for t in targets]

@@ -170,6 +170,9 @@ def payload_of(command: Command) -> bytes:
 
 
 def get_command(session: Session, command_id: str, *, scope: str | None = None) -> Command:
+    """A command the caller may read: with ``scope``, one that concerns the subtree (its target
+    lies in it or above it, or it went to one of its receivers). Reading one is not being
+    allowed to stop or change it: that is create_command's check, on the new command's target."""
     command = repository.get_command(session, command_id, scope)
     if command is None:
         raise NotFound(f"Không có lệnh {command_id}", f"No command {command_id}")
@@ -183,8 +186,10 @@ def command_out(command: Command, progress: dict[str, int]) -> CommandOut:
                       note=command.note, targets=sum(progress.values()), progress=progress)
 
 
-def describe(session: Session, commands: Sequence[Command]) -> list[CommandOut]:
-    counts = repository.status_counts(session, [c.id for c in commands])
+def describe(session: Session, commands: Sequence[Command], *, scope: str | None = None) -> list[CommandOut]:
+    """With ``scope``, the counts cover only the subtree's receivers: a fleet-wide command shows
+    a commune's operator their own receivers, not the fleet."""
+    counts = repository.status_counts(session, [c.id for c in commands], scope=scope)
     return [command_out(c, counts[c.id]) for c in commands]
 
 

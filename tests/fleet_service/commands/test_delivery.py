@@ -150,6 +150,36 @@ async def test_operators_command_and_read_only_their_commune(fleet):
     assert everything == {y_by_admin["id"], x_by_op["id"]}
 
 
+async def test_operators_see_fleet_and_district_commands_on_their_receivers_read_only(fleet):
+    fleet_play = await send(fleet, fleet.admin, target={"fleet": True}, op="play", url=STREAM)
+    district_volume = await send(fleet, fleet.admin, target={"region": fleet.ids["district"]}, op="volume", volume=40)
+    y_only = await send(fleet, fleet.admin, target={"region": fleet.ids["y"]}, op="stop")
+    listed = {c["id"]: c for c in (await fleet.api.get("/api/v1/commands", headers=fleet.operator_x)).json()}
+    assert set(listed) == {fleet_play["id"], district_volume["id"]}
+    # Only their own receivers are counted and listed: x-1 and x-2, not y-1.
+    for sent in (fleet_play, district_volume):
+        assert listed[sent["id"]]["targets"] == 2, listed[sent["id"]]
+        detail = await fleet.api.get(f"/api/v1/commands/{sent['id']}", headers=fleet.operator_x)
+        assert detail.status_code == 200, detail.text
+        assert detail.json()["targets"] == 2 and sum(detail.json()["progress"].values()) == 2
+        assert set(await targets(fleet, sent["id"], fleet.operator_x)) == {"x-1", "x-2"}
+        assert set(await targets(fleet, sent["id"])) == {"x-1", "x-2", "y-1"}  # the admin sees all
+    assert (await fleet.api.get(f"/api/v1/commands/{y_only['id']}", headers=fleet.operator_x)).status_code == 404
+    seen_by_receiver = (await fleet.api.get("/api/v1/commands", params={"receiver": "x-1"},
+                                            headers=fleet.operator_x)).json()
+    assert {c["id"] for c in seen_by_receiver} == {fleet_play["id"], district_volume["id"]}
+
+    # Seeing is not stopping: the fleet and the district are still not theirs to command.
+    stop_fleet = await fleet.api.post("/api/v1/commands", json={"target": {"fleet": True}, "op": "stop"},
+                                      headers=fleet.operator_x)
+    assert stop_fleet.status_code == 403, stop_fleet.text
+    stop_district = await fleet.api.post("/api/v1/commands", json={"target": {"region": fleet.ids["district"]},
+                                                                   "op": "stop"}, headers=fleet.operator_x)
+    assert stop_district.status_code == 404, stop_district.text
+    everything = {c["id"] for c in (await fleet.api.get("/api/v1/commands", headers=fleet.admin)).json()}
+    assert everything == {fleet_play["id"], district_volume["id"], y_only["id"]}
+
+
 async def test_emergency_bulletins_need_an_account_allowed_to_send_them(fleet):
     body = {"target": {"station": fleet.ids["sx"]}, "op": "play", "url": STREAM, "priority": Priority.EMERGENCY.value}
     refused = await fleet.api.post("/api/v1/commands", json=body, headers=fleet.operator_x)
