@@ -18,9 +18,9 @@ class Schedule(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     target_kind: Mapped[str] = mapped_column(String(16))  # "station" or "region"
+    # The station or region by id only: a copy of its region path would go stale when a region
+    # moves (its receivers were then sent an empty schedule). The path is looked up when needed.
     target_id: Mapped[int] = mapped_column(Integer)
-    # Region path of the target: scoping, and which receivers it reaches.
-    target_path: Mapped[str] = mapped_column(String(1000), index=True)
     created_by: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

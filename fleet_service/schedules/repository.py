@@ -4,24 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
 from fleet_service.schedules.models import ReceiverSchedule, Schedule
 
 
+def target_path() -> ColumnElement[str | None]:
+    """The region path of a schedule's target as it is now (None if the target is gone)."""
+    of_region = select(Region.path).where(Region.id == Schedule.target_id).scalar_subquery()
+    of_station = (select(Region.path).join(Station, Station.region_id == Region.id)
+                  .where(Station.id == Schedule.target_id).scalar_subquery())
+    return case((Schedule.target_kind == "station", of_station), else_=of_region)
+
+
+def path_of_target(session: Session, schedule: Schedule) -> str | None:
+    if schedule.target_kind == "station":
+        query = select(Region.path).join(Station, Station.region_id == Region.id).where(Station.id == schedule.target_id)
+    else:
+        query = select(Region.path).where(Region.id == schedule.target_id)
+    return session.scalar(query)
+
+
 def get_schedule(session: Session, schedule_id: int, scope: str | None = None) -> Schedule | None:
     query = select(Schedule).where(Schedule.id == schedule_id).options(selectinload(Schedule.slots))
     if scope is not None:
-        query = query.where(Schedule.target_path.startswith(scope, autoescape=True))
+        query = query.where(target_path().startswith(scope, autoescape=True))
     return session.scalar(query)
 
 
 def list_schedules(session: Session, scope: str | None = None) -> Sequence[Schedule]:
     query = select(Schedule).options(selectinload(Schedule.slots)).order_by(Schedule.id)
     if scope is not None:
-        query = query.where(Schedule.target_path.startswith(scope, autoescape=True))
+        query = query.where(target_path().startswith(scope, autoescape=True))
     return session.scalars(query).all()
 
 
@@ -46,10 +62,12 @@ def station_names(session: Session, station_ids: Iterable[int]) -> dict[int, str
     return {sid: name for sid, name in rows}
 
 
-def schedules_on_paths(session: Session, paths: Iterable[str]) -> Sequence[Schedule]:
-    """Schedules whose target path is one of ``paths`` (the prefixes of the affected regions)."""
-    return session.scalars(select(Schedule).where(Schedule.target_path.in_(list(paths)))
-                           .options(selectinload(Schedule.slots))).all()
+def schedules_of_targets(session: Session, station_ids: Iterable[int], region_ids: Iterable[int]) -> Sequence[Schedule]:
+    """Schedules of any of these stations or regions."""
+    return session.scalars(select(Schedule).where(or_(
+        and_(Schedule.target_kind == "station", Schedule.target_id.in_(list(station_ids))),
+        and_(Schedule.target_kind == "region", Schedule.target_id.in_(list(region_ids))),
+    )).options(selectinload(Schedule.slots))).all()
 
 
 def sent_schedules(session: Session, receiver_ids: Sequence[str]) -> dict[str, ReceiverSchedule]:

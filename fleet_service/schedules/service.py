@@ -57,13 +57,13 @@ def create_schedule(session: Session, data: ScheduleCreate, issuer: commands.Iss
     _check_editor(issuer)
     if data.station is not None:
         station = registry.get_station(session, data.station, scope=issuer.scope)
-        kind, target_id, path = "station", station.id, station.region.path
+        kind, target_id = "station", station.id
     else:
         assert data.region is not None
         region = registry.get_region(session, data.region, scope=issuer.scope)
-        kind, target_id, path = "region", region.id, region.path
+        kind, target_id = "region", region.id
     now = utcnow()
-    schedule = Schedule(name=data.name, target_kind=kind, target_id=target_id, target_path=path,
+    schedule = Schedule(name=data.name, target_kind=kind, target_id=target_id,
                         created_by=issuer.username, created_at=now, updated_at=now,
                         slots=_slot_rows(data.slots, issuer))
     session.add(schedule)
@@ -102,21 +102,23 @@ def wire_slot(row: ScheduleSlotRow) -> ScheduleSlot:
                         volume=row.volume)
 
 
-def _prefixes(path: str) -> list[str]:
-    parts = path.strip("/").split("/")
-    return ["/" + "/".join(parts[:i]) + "/" for i in range(1, len(parts) + 1)]
+def _region_ids(path: str) -> set[int]:
+    """The ids of a region and of every region above it: its path is made of them ("/1/7/42/")."""
+    return {int(part) for part in path.strip("/").split("/") if part}
 
 
 def receiver_slots(session: Session, reached: Sequence[tuple[str, int, str]]) -> dict[str, list[ScheduleSlot]]:
-    """Each receiver's whole schedule, from its station's and its regions' schedules."""
-    paths = {p for _, _, path in reached for p in _prefixes(path)}
-    schedules = repository.schedules_on_paths(session, paths)
+    """Each receiver's whole schedule, from its station's and its regions' schedules, found by
+    the targets' ids from where the receiver is now."""
+    schedules = repository.schedules_of_targets(session, {sid for _, sid, _ in reached},
+                                                {i for _, _, path in reached for i in _region_ids(path)})
     result: dict[str, list[ScheduleSlot]] = {}
     for rid, station_id, path in reached:
+        regions = _region_ids(path)
         slots: list[ScheduleSlot] = []
         for schedule in schedules:
             applies = (schedule.target_id == station_id if schedule.target_kind == "station"
-                       else path.startswith(schedule.target_path))
+                       else schedule.target_id in regions)
             if applies:
                 slots.extend(wire_slot(row) for row in schedule.slots)
         result[rid] = sorted(slots, key=lambda s: (s.seconds(), s.slot_id))
@@ -135,17 +137,20 @@ def _validated(rid: str, slots: list[ScheduleSlot]) -> ScheduleCommand:
 
 def push(session: Session, schedule: Schedule, issuer: commands.Issuer) -> list[commands.Created]:
     """Rebuild the schedules of every receiver ``schedule`` reaches; send those that changed."""
+    path = repository.path_of_target(session, schedule)
+    if path is None:  # its station or region is gone: no receiver to send anything
+        return []
     if schedule.target_kind == "station":
         reached = repository.receivers_reached(session, station_id=schedule.target_id)
     else:
-        reached = repository.receivers_reached(session, under=schedule.target_path)
+        reached = repository.receivers_reached(session, under=path)
     if not reached:
         return []
     wanted = receiver_slots(session, reached)
     for rid, slots in wanted.items():
         _validated(rid, slots)
     kind = TargetKind.STATION if schedule.target_kind == "station" else TargetKind.REGION
-    target = (kind, str(schedule.target_id), schedule.name, schedule.target_path)
+    target = (kind, str(schedule.target_id), schedule.name, path)
     return _send_changed(session, wanted, {rid: target for rid, _, _ in reached}, issuer,
                          f"lịch phát / schedule #{schedule.id}")
 
