@@ -13,12 +13,24 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from fleet_service import api_client
+from fleet_service.api_client import ApiUrl, Token
 from fleet_service.timefmt import local_text
 
 commands_app = typer.Typer(no_args_is_help=True)
 
 # How often the live view asks for progress.
 WATCH_INTERVAL_S = 0.5
+# How long the live view waits for every receiver's outcome before it says who it still waits
+# for and returns (the command goes on in the service). A receiver answers within about 15 s
+# even when the stream cannot be reached; one that is offline, or went offline after it
+# accepted, answers only when it is back, which may be long after (until the command expires).
+WAIT_S = 30.0
+OPEN_TEXT = {
+    "pending": "chưa kết nối: sẽ nhận lệnh khi kết nối lại / offline: gets it when it reconnects",
+    "sent": "đã gửi, chưa trả lời / sent, no answer yet",
+    "accepted": "đã nhận, chưa báo kết quả (đang mở luồng phát?) / accepted, no outcome yet (opening the stream?)",
+}
 STATUS_TEXT = {
     "pending": "chờ kết nối / waiting", "sent": "đã gửi / sent", "accepted": "đang làm / accepted",
     "done": "xong / done", "failed": "lỗi / failed", "rejected": "từ chối / rejected",
@@ -26,32 +38,9 @@ STATUS_TEXT = {
 }
 _ORDER = list(STATUS_TEXT)
 
-ApiUrl = Annotated[str, typer.Option("--api", envvar="LOA_API_URL", help="Địa chỉ dịch vụ / service URL")]
-Token = Annotated[str, typer.Option("--token", envvar="LOA_API_TOKEN", help="Mã truy cập / API token")]
-
-
-def _client(api: str, token: str) -> httpx.Client:
-    return httpx.Client(base_url=api.rstrip("/") + "/api/v1", headers={"Authorization": f"Bearer {token}"},
-                        timeout=30)
-
-
-def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        typer.echo(f"Không kết nối được dịch vụ / cannot reach the service at {client.base_url}: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if response.status_code >= 400:
-        try:
-            error = response.json()["error"]
-            text = f"{error['message']} / {error['message_en']}"
-            for detail in error.get("details", []):
-                text += f"\n  {detail['where']}: {detail['problem']}"
-        except (ValueError, KeyError, TypeError):
-            text = response.text
-        typer.echo(text, err=True)
-        raise typer.Exit(1)
-    return response.json() if response.content else None
+# The HTTP client shared with ``loa status`` and ``loa availability``.
+_client = api_client.client
+_call = api_client.call
 
 
 def _progress_line(command: dict[str, Any]) -> str:
@@ -64,7 +53,7 @@ def _progress_line(command: dict[str, Any]) -> str:
 @commands_app.command("send")
 def send(
     op: Annotated[str, typer.Argument(help="play | stop | volume | reboot | config")],
-    api: ApiUrl = "http://127.0.0.1:8000",
+    api: ApiUrl = api_client.DEFAULT_API_URL,
     token: Token = "",
     receiver: Annotated[str | None, typer.Option(help="Một thiết bị / one receiver id")] = None,
     station: Annotated[int | None, typer.Option(help="Một đài / a station id")] = None,
@@ -78,11 +67,10 @@ def send(
     setting: Annotated[list[str] | None, typer.Option(help="config: key=value (telemetry_interval, keepalive, ntp)")] = None,
     note: Annotated[str | None, typer.Option(help="Ghi chú / note")] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Theo dõi đến khi xong / follow live")] = True,
+    wait: Annotated[float, typer.Option(help="Chờ kết quả tối đa (giây; 0: đến khi hết hạn) / "
+                                             "longest wait for the outcomes (s; 0: until expiry)")] = WAIT_S,
 ) -> None:
     """Gửi lệnh / send a command; by default follows it until every receiver has answered."""
-    if not token:
-        typer.echo("Cần mã truy cập: --token hoặc LOA_API_TOKEN / an API token is needed", err=True)
-        raise typer.Exit(2)
     target = {"receiver": receiver, "station": station, "region": region, "fleet": fleet or None}
     body: dict[str, Any] = {"target": {k: v for k, v in target.items() if v is not None}, "op": op,
                             "priority": priority}
@@ -97,7 +85,7 @@ def send(
         typer.echo(f"Lệnh / command {command['id']}: {op} → {command['target_name']} "
                    f"({command['targets']} thiết bị / receivers), hết hạn / expires {local_text(_dt(command['expires_at']))}")
         if watch:
-            _watch(client, command["id"])
+            _watch(client, command["id"], wait)
 
 
 def _setting(text: str) -> tuple[str, Any]:
@@ -113,10 +101,12 @@ def _dt(text: str):  # type: ignore[no-untyped-def]
     return datetime.fromisoformat(text)
 
 
-def _watch(client: httpx.Client, command_id: str) -> None:
-    """A live line of progress (rewritten in place on a terminal) until all answered or expired."""
+def _watch(client: httpx.Client, command_id: str, wait: float = WAIT_S) -> None:
+    """A live line of progress (rewritten in place on a terminal) until all answered or expired,
+    or until ``wait`` seconds have passed: then who is still awaited, and why."""
     live = sys.stdout.isatty()
     last = ""
+    deadline = time.monotonic() + wait if wait > 0 else None
     while True:
         command = _call(client, "GET", f"/commands/{command_id}")
         line = _progress_line(command)
@@ -124,12 +114,24 @@ def _watch(client: httpx.Client, command_id: str) -> None:
             typer.echo(("\r\033[K" + line) if live else line, nl=not live)
             last = line
         open_ = sum(command["progress"].get(s, 0) for s in ("pending", "sent", "accepted"))
-        if not open_:
+        if not open_ or (deadline is not None and time.monotonic() >= deadline):
             break
         time.sleep(WATCH_INTERVAL_S)
     if live:
         typer.echo("")
     _show_problems(client, command_id)
+    if open_:
+        _show_awaited(client, command, wait)
+
+
+def _show_awaited(client: httpx.Client, command: dict[str, Any], wait: float) -> None:
+    awaited = [t for t in _call(client, "GET", f"/commands/{command['id']}/targets") if t["status"] in OPEN_TEXT]
+    typer.echo(f"Sau {wait:g} giây còn chờ {len(awaited)} thiết bị / after {wait:g} s still waiting for "
+               f"{len(awaited)} receivers:")
+    for t in awaited:
+        typer.echo(f"  {t['receiver_id']:<20} {OPEN_TEXT[t['status']]}")
+    typer.echo(f"Lệnh vẫn còn hiệu lực đến / the command stays in force until {local_text(_dt(command['expires_at']))}; "
+               f"theo dõi tiếp / follow it: loa commands show {command['id']} --watch")
 
 
 def _show_problems(client: httpx.Client, command_id: str) -> None:
@@ -140,15 +142,17 @@ def _show_problems(client: httpx.Client, command_id: str) -> None:
 
 
 @commands_app.command("show")
-def show(command_id: str, api: ApiUrl = "http://127.0.0.1:8000", token: Token = "",
-         watch: Annotated[bool, typer.Option("--watch", help="Theo dõi trực tiếp / follow live")] = False) -> None:
+def show(command_id: str, api: ApiUrl = api_client.DEFAULT_API_URL, token: Token = "",
+         watch: Annotated[bool, typer.Option("--watch", help="Theo dõi trực tiếp / follow live")] = False,
+         wait: Annotated[float, typer.Option(help="Chờ tối đa (giây; 0: đến khi hết hạn) / longest wait "
+                                                  "(s; 0: until expiry)")] = 0) -> None:
     """Kết quả từng thiết bị / each receiver's outcome of one command."""
     with _client(api, token) as client:
         command = _call(client, "GET", f"/commands/{command_id}")
         typer.echo(f"{command['id']}  {command['op']} ({command['priority']})  → {command['target_name']}  "
                    f"bởi / by {command['issued_by']}  {local_text(_dt(command['issued_at']))}")
         if watch:
-            _watch(client, command_id)
+            _watch(client, command_id, wait)
             return
         typer.echo(_progress_line(command))
         for t in _call(client, "GET", f"/commands/{command_id}/targets"):
@@ -157,7 +161,7 @@ def show(command_id: str, api: ApiUrl = "http://127.0.0.1:8000", token: Token = 
 
 
 @commands_app.command("list")
-def list_commands(api: ApiUrl = "http://127.0.0.1:8000", token: Token = "",
+def list_commands(api: ApiUrl = api_client.DEFAULT_API_URL, token: Token = "",
                   start: Annotated[str | None, typer.Option(help="Từ / from (ISO 8601, giờ Việt Nam)")] = None,
                   end: Annotated[str | None, typer.Option(help="Đến / until")] = None,
                   receiver: Annotated[str | None, typer.Option(help="Chỉ lệnh tới thiết bị này / only to this receiver")] = None,
