@@ -24,8 +24,9 @@ DOCS_ASSETS_URL = "/static/docs"
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None, mqtt: bool = True) -> FastAPI:
-    """``mqtt=False`` serves the API alone (no broker, no ingest): for tests of the API and for
-    read-only replicas. A given ``runtime`` is used as is and not closed by the app."""
+    """``mqtt=False`` serves the API alone (``loa serve --role api``: no broker, no ingest; a
+    worker elsewhere applies what it records). A given ``runtime`` is used as is and not
+    closed by the app."""
     settings = settings or (runtime.settings if runtime else get_settings())
 
     @asynccontextmanager
@@ -35,11 +36,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         app.state.runtime = rt
         try:
             if mqtt:
-                from fleet_service.mqtt.lifecycle import run_mqtt_side
-                from fleet_service.telemetry.service import run_telemetry
+                from fleet_service.worker.run import worker_role
 
-                # Telemetry starts first and stops last, so that ingest's last messages are written.
-                async with run_telemetry(rt), run_mqtt_side(rt):
+                # The worker role in this process too: it leads unless another worker does.
+                async with worker_role(rt):
                     yield
             else:
                 yield

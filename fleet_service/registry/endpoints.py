@@ -126,7 +126,7 @@ def replace_receiver(
     )
     result = ReplaceResult(retired=ReceiverOut.model_validate(old), new=ReceiverOut.model_validate(new))
     session.commit()
-    follow_commit(session, runtime.outbox)
+    follow_commit(session, runtime.sessions, runtime.outbox)
     return result
 
 
@@ -174,7 +174,7 @@ def provision_receiver(
     session.commit()
     response.headers["Cache-Control"] = "no-store"
     try:
-        follow_commit(session, runtime.outbox)
+        follow_commit(session, runtime.sessions, runtime.outbox)
     except SideEffectPending as pending:
         # The password is shown all the same: it is saved, and the broker takes it when it can.
         credential = credential.model_copy(update={
@@ -189,5 +189,5 @@ def revoke_receiver(
     """Withdraw the receiver's credentials and disconnect it now."""
     receiver = ReceiverOut.model_validate(service.revoke(session, receiver_id, scope=principal.region_path))
     session.commit()
-    follow_commit(session, runtime.outbox)
+    follow_commit(session, runtime.sessions, runtime.outbox)
     return receiver
