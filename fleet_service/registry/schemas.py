@@ -17,10 +17,10 @@ def _written_name(value: object) -> object:
     is one name; a name of spaces only is no name."""
     if not isinstance(value, str):
         return value  # pydantic refuses it as it should
-    value = normalise_name(value)
-    if not value:
+    written = normalise_name(value)
+    if value and not written:  # an empty one is told by the length check, as any empty field
         raise BilingualValueError("tên không được để trống", "the name must not be blank")
-    return value
+    return written
 
 
 _normalised_name = field_validator("name", mode="before")(_written_name)
