@@ -38,6 +38,10 @@ DEMO_ROUND_S = 300.0
 # Receivers that run the real MicroPython firmware (a process each) beside the virtual ones,
 # when the micropython interpreter is installed.
 DEMO_FIRMWARE_RECEIVERS = 3
+# The demo's test stream: what receivers fetch and play from a `play` (64 kbit/s, as district
+# streams and the simulator's nominal bitrate).
+DEMO_STREAM_KBPS = 64
+DEMO_STREAM_PATH = "/live.mp3"
 
 
 @dataclass
@@ -80,10 +84,18 @@ def choose_ports(mqtt: int | None, api: int | None) -> DemoPorts:
     return DemoPorts(chosen[0], chosen[1], notes)
 
 
-def prepare_inventory(runtime: Runtime, receivers_per_station: int) -> tuple[dict[str, str], str, str, int]:
+@dataclass
+class Inventory:
+    credentials: dict[str, str]   # receiver id: MQTT password
+    admin_token: str
+    operator_token: str           # the operator of Hùng Sơn
+    district_id: int
+    station_id: int               # a station of Hùng Sơn, the operator's commune
+
+
+def prepare_inventory(runtime: Runtime, receivers_per_station: int) -> Inventory:
     """Regions and stations of Đại Từ, receivers at every station, their MQTT passwords, and an
-    admin and a commune operator with API tokens. Returns (credentials, admin token,
-    operator token, district region id)."""
+    admin and a commune operator with API tokens."""
     credentials: dict[str, str] = {}
     with session_scope(runtime.sessions) as session:
         registry.import_regions(session, registry.demo_inventory())
@@ -102,8 +114,16 @@ def prepare_inventory(runtime: Runtime, receivers_per_station: int) -> tuple[dic
         operator = auth.create_user(session, "op-hung-son", role="operator", region_id=hung_son.id,
                                     full_name="Cán bộ đài Hùng Sơn")
         _, operator_token = auth.issue_token(session, operator.id, "demo")
+        station_id = registry.list_stations(session, region_id=hung_son.id)[0].id
         district_id = district.id
-    return credentials, admin_token, operator_token, district_id
+    return Inventory(credentials, admin_token, operator_token, district_id, station_id)
+
+
+def stream_lines(url: str, api: str, token: str, station_id: int) -> str:
+    """The test stream, and a play of it ready to paste."""
+    return (f"  Luồng thử / test stream:         {url}\n"
+            f"  Phát thử ở đài Hùng Sơn / play it at the Hùng Sơn station:\n"
+            f"      loa commands send play --station {station_id} --url {url} --api {api} --token {token}")
 
 
 def firmware_note(receivers: list[str], reason: str | None) -> str:
@@ -120,6 +140,7 @@ async def run_demo(directory: Path, receivers_per_station: int, duration: float 
     from simulators.firmware import unavailable_reason
     from simulators.fleet import Fleet
     from simulators.scenario import FaultKind, Scenario
+    from simulators.stream_server import StreamServer
 
     if directory.exists() and not keep:
         shutil.rmtree(directory)
@@ -137,14 +158,21 @@ async def run_demo(directory: Path, receivers_per_station: int, duration: float 
     )
     upgrade(settings.database_url)
     runtime = Runtime.from_settings(settings)
-    credentials, admin_token, operator_token, district_id = await asyncio.to_thread(
-        prepare_inventory, runtime, receivers_per_station)
+    inventory = await asyncio.to_thread(prepare_inventory, runtime, receivers_per_station)
+    credentials, admin_token, operator_token = inventory.credentials, inventory.admin_token, inventory.operator_token
+    district_id = inventory.district_id
+    # A real stream on a free loopback port, so that a play in the demo has something to fetch.
+    stream = StreamServer(DEMO_STREAM_KBPS)
+    stream.name = "Loa demo"
+    stream.start()
+    stream_url = stream.url(DEMO_STREAM_PATH)
 
     server = uvicorn.Server(uvicorn.Config(create_app(runtime=runtime), host=settings.api_host,
                                            port=settings.api_port, log_level="warning", lifespan="on"))
     server_task = asyncio.create_task(server.serve())
     while not server.started:
         if server_task.done():
+            stream.stop()
             await server_task  # raises what stopped it
             raise RuntimeError("the API server stopped before it started")
         await asyncio.sleep(0.05)
@@ -152,7 +180,7 @@ async def run_demo(directory: Path, receivers_per_station: int, duration: float 
     reason = unavailable_reason() if firmware_receivers else "0 asked"
     real = sorted(credentials)[:firmware_receivers] if reason is None else []
     api = f"http://{settings.api_host}:{settings.api_port}"
-    db_env = f"LOA_DATABASE_URL={settings.database_url}"
+    cli_env = f"LOA_API_URL={api} LOA_API_TOKEN={admin_token}"
     for note in ports.notes:
         typer.echo(note)
     typer.echo(firmware_note(real, reason))
@@ -164,9 +192,11 @@ Loa demo — huyện Đại Từ, tỉnh Thái Nguyên: {len(credentials)} thi�
   Mã cán bộ Hùng Sơn / operator:   {operator_token}   (chỉ thấy Hùng Sơn / sees Hùng Sơn only)
   Thiết bị đang mất / which are down:
       curl -H 'Authorization: Bearer {admin_token}' '{api}/api/v1/live/receivers?state=offline'
+      {cli_env} loa status
   Tỷ lệ hoạt động huyện / district availability:
       curl -H 'Authorization: Bearer {admin_token}' '{api}/api/v1/regions/{district_id}/availability'
-      {db_env} loa availability region {district_id}
+      {cli_env} loa availability region {district_id}
+{stream_lines(stream_url, api, operator_token, inventory.station_id)}
   Dữ liệu / data: {directory}
 Dừng: Ctrl-C / stop with Ctrl-C
 """)
@@ -196,6 +226,7 @@ Dừng: Ctrl-C / stop with Ctrl-C
             await fleet.stop()
         server.should_exit = True
         await server_task
+        stream.stop()
         runtime.close()
     _print_status(runtime, final=True)
 

