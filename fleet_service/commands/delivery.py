@@ -106,6 +106,7 @@ class CommandDelivery:
         self._idle = asyncio.Event()
         self._idle.set()
         self._progress: OrderedDict[str, Counter[str]] = OrderedDict()
+        self._prepared: dict[str, Created] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.counters = DeliveryCounters()
@@ -157,6 +158,26 @@ class CommandDelivery:
         """``submit`` for a command as ``commands.service`` returns it. Thread-safe."""
         self.submit(made.command.id, made.command.op, made.payload, made.command.expires_at, made.receiver_ids)
 
+    def prepare(self, made: Created) -> None:
+        """A command this process just recorded: its outbox entry, when the dispatcher gets to
+        it, is delivered from here rather than read back from the database. Thread-safe."""
+        self._prepared[made.command.id] = made
+
+    def deliver_recorded(self, command_id: str) -> None:
+        """The outbox's side effect of a recorded command (called in a worker thread): send it
+        to its targets still open, once. A command delivery already knows is left alone."""
+        made = self._prepared.pop(command_id, None)
+        if made is not None:
+            self.submit_created(made)
+            return
+        with session_scope(self._sessions) as session:
+            found = repository.open_targets_of_command(session, command_id)
+            if found is None:
+                return  # every target has its outcome already
+            command, receiver_ids = found
+            payload = payload_of(command)
+        self.submit(command.id, command.op, payload, command.expires_at, receiver_ids)
+
     def _track(self, command_id: str, op: str, payload: bytes, expires_at: datetime) -> _Pending:
         pending = _Pending(op, payload, expires_at)
         self._commands[command_id] = pending
@@ -164,6 +185,8 @@ class CommandDelivery:
         return pending
 
     def _add(self, command_id: str, op: str, payload: bytes, expires_at: datetime, receiver_ids: list[str]) -> None:
+        if command_id in self._commands or command_id in self._progress:
+            return  # known already (loaded at start, or submitted twice): each target gets it once
         pending = self._track(command_id, op, payload, expires_at)
         progress = self._progress_of(command_id)
         progress[TargetStatus.PENDING.value] += len(receiver_ids)

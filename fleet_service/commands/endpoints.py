@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from fleet_service.commands import repository, service
 from fleet_service.commands.schemas import CommandCreate, CommandOut, TargetOut
 from fleet_service.db import ID_MAX
 from fleet_service.deps import RuntimeDep, SessionDep
+from fleet_service.runtime import Runtime
 from fleet_service.timefmt import period
 
 router = APIRouter(tags=["commands"])
@@ -28,9 +30,19 @@ def send_command(data: CommandCreate, session: SessionDep, runtime: RuntimeDep, 
     Answered once it is recorded; each receiver's outcome follows in GET /commands/{id}."""
     created = service.create_command(session, data, issuer_of(principal))
     session.commit()  # recorded before anything is sent: the audit log never misses a command
-    if runtime.commands is not None:
-        runtime.commands.submit_created(created)
+    deliver_now(runtime, [created])
     return service.command_out(created.command, {"pending": len(created.receiver_ids)})
+
+
+def deliver_now(runtime: Runtime, created: Sequence[service.Created]) -> None:
+    """After the commit: in the leading worker's own process, hand the commands to delivery and
+    wake the outbox, so they leave at once; elsewhere the leader finds their outbox entries
+    within about a second."""
+    if runtime.commands is None or runtime.outbox is None:
+        return
+    for made in created:
+        runtime.commands.prepare(made)
+    runtime.outbox.wake()
 
 
 @router.get("/commands", response_model=list[CommandOut])

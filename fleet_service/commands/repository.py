@@ -128,6 +128,16 @@ def open_targets(session: Session) -> list[tuple[CommandTarget, Command]]:
     return [(t, c) for t, c in rows]
 
 
+def open_targets_of_command(session: Session, command_id: str) -> tuple[Command, list[str]] | None:
+    """A command and its receivers still waiting for a final outcome, or None if there are none."""
+    command = session.get(Command, command_id)
+    if command is None:
+        return None
+    receiver_ids = list(session.scalars(select(CommandTarget.receiver_id).where(
+        CommandTarget.command_id == command_id, CommandTarget.status.in_(OPEN_STATUSES))))
+    return (command, receiver_ids) if receiver_ids else None
+
+
 def open_targets_of_receivers(session: Session, receiver_ids: Sequence[str], op: str) -> Sequence[CommandTarget]:
     return session.scalars(
         select(CommandTarget).join(Command, Command.id == CommandTarget.command_id)

@@ -17,6 +17,8 @@ from fleet_service.commands.models import Command, CommandTarget, TargetKind
 from fleet_service.commands.schemas import DEFAULT_EXPIRY_S, CommandCreate, CommandOut, Target, TargetOut
 from fleet_service.db import utcnow
 from fleet_service.errors import Forbidden, Invalid, NotFound
+from fleet_service.outbox import service as outbox
+from fleet_service.outbox.service import OutboxKind
 from fleet_service.protocol.codec import COMMAND_ADAPTER
 from fleet_service.protocol.messages import CommandOp, Priority
 from fleet_service.registry import service as registry
@@ -161,6 +163,8 @@ def _create(session: Session, op: CommandOp, priority: Priority, params: dict[st
                       target_ref=ref, target_name=name, target_path=path, issued_by=issuer.user_id,
                       issuer_name=issuer.username, issued_at=issued_at, expires_at=expires_at, note=note)
     repository.add_command(session, command, receiver_ids)
+    # Delivered by the leading worker, whichever process recorded it.
+    outbox.record(session, OutboxKind.COMMAND_CREATED, command_id)
     return Created(command, receiver_ids, payload)
 
 

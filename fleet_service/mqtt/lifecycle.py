@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.accounts import BrokerAccounts, RegistryOnlyAccounts
 from broker.embedded import EmbeddedBroker, LoginLimiter, LoginRules, TlsListener
 from fleet_service.commands.delivery import CommandDelivery
+from fleet_service.commands.service import Created
 from fleet_service.schedules.sync import ScheduleSync
 from fleet_service.db import session_scope
 from fleet_service.ingest.service import IngestService
@@ -137,14 +138,21 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
     runtime.broker_accounts = FleetAccounts(broker_accounts, ingest, asyncio.get_running_loop())
     adapter = MqttAdapter(settings, ingest, client_id)
     runtime.mqtt = adapter
-    outbox = OutboxDispatcher(runtime.sessions, broker_login_handlers(runtime.broker_accounts))
-    await outbox.start()
-    runtime.outbox = outbox
     commands = CommandDelivery(runtime.sessions, publish=adapter.publish, is_online=ingest.tracker.is_online)
     await commands.start()
     ingest.commands = commands
     runtime.commands = commands
-    schedules = ScheduleSync(runtime.sessions, submit=commands.submit_created)
+    outbox = OutboxDispatcher(runtime.sessions, {
+        **broker_login_handlers(runtime.broker_accounts),
+        OutboxKind.COMMAND_CREATED: lambda command_id, _payload: commands.deliver_recorded(command_id),
+    })
+    await outbox.start()
+    runtime.outbox = outbox
+    def hand_over(made: Created) -> None:  # the schedule commands go out the commands' one way
+        commands.prepare(made)
+        outbox.wake()
+
+    schedules = ScheduleSync(runtime.sessions, submit=hand_over)
     await schedules.start()
     ingest.schedules = schedules
     task = asyncio.create_task(adapter.run(), name="mqtt-adapter")

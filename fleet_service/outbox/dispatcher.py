@@ -116,15 +116,19 @@ class OutboxDispatcher:
     async def _drain(self) -> None:
         while True:
             entries = await asyncio.to_thread(self._due)
-            if not entries:
-                return
+            failed: set[tuple[str, str]] = set()
             for entry_id, kind, subject, payload, attempts in entries:
+                key = repo.order_key(kind, subject)
+                if key in failed:
+                    continue  # keep the order on this subject: it waits for the retry
                 error = await self._apply(kind, subject, payload)
                 await asyncio.to_thread(self._settle, entry_id, attempts, error)
                 async with self._changed:
                     self._changed.notify_all()
                 if error is not None:
-                    return  # keep the order: what follows waits for this one's retry
+                    failed.add(key)
+            if len(entries) < BATCH or failed:
+                return
 
     def _due(self) -> list[tuple[int, str, str, dict[str, Any], int]]:
         with session_scope(self._sessions) as session:

@@ -29,6 +29,9 @@ class OutboxKind(StrEnum):
     # A receiver's credentials were withdrawn (revoked, retired): no more logins, the live
     # session is dropped.
     RECEIVER_LOGIN_REMOVED = "receiver_login_removed"
+    # A command was recorded (by any API process, or a schedule change): the leading worker
+    # delivers it.
+    COMMAND_CREATED = "command_created"
 
 
 def record(session: Session, kind: OutboxKind, subject: str, payload: dict[str, Any] | None = None) -> OutboxEntry:

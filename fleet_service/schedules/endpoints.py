@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from fleet_service.auth.dependencies import CurrentPrincipal
-from fleet_service.commands.endpoints import issuer_of
+from fleet_service.commands.endpoints import deliver_now, issuer_of
 from fleet_service.commands.service import Created
 from fleet_service.db import RowId
 from fleet_service.deps import RuntimeDep, SessionDep
@@ -18,9 +18,7 @@ router = APIRouter(tags=["schedules"])
 
 
 def _submit(runtime: Runtime, created: list[Created]) -> None:
-    if runtime.commands is not None:
-        for made in created:
-            runtime.commands.submit_created(made)
+    deliver_now(runtime, created)
 
 
 @router.post("/schedules", response_model=ScheduleOut, status_code=status.HTTP_201_CREATED)

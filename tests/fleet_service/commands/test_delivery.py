@@ -38,12 +38,12 @@ async def test_play_to_a_station_reaches_online_receivers_now_and_offline_ones_a
         await wait_until(lambda: fleet.runtime.ingest.tracker.is_online("x-1"), timeout=10)
         sent = await send(fleet, fleet.operator_x, target={"station": fleet.ids["sx"]}, op="play", url=STREAM)
         assert sent["targets"] == 2
-        await wait_until(lambda: fleet.runtime.commands.progress(sent["id"]).get("done") == 1, timeout=10)
+        await wait_until(lambda: (fleet.runtime.commands.progress(sent["id"]) or {}).get("done") == 1, timeout=10)
         status = await targets(fleet, sent["id"])
         assert status["x-1"]["status"] == "done" and status["x-1"]["deliveries"] == 1
         assert status["x-2"]["status"] == "pending" and status["x-2"]["deliveries"] == 0
         async with x2.online():
-            await wait_until(lambda: fleet.runtime.commands.progress(sent["id"]).get("done") == 2, timeout=10)
+            await wait_until(lambda: (fleet.runtime.commands.progress(sent["id"]) or {}).get("done") == 2, timeout=10)
     status = await targets(fleet, sent["id"])
     assert status["x-2"]["status"] == "done" and status["x-2"]["first_sent_at"] is not None
     assert len(x1.received) == 1 and len(x2.received) == 1
@@ -54,7 +54,7 @@ async def test_play_to_a_station_reaches_online_receivers_now_and_offline_ones_a
 
 async def test_an_offline_receiver_never_gets_an_expired_command(fleet, receiver):
     sent = await send(fleet, fleet.admin, target={"receiver": "y-1"}, op="stop", expires_in_s=1)
-    await wait_until(lambda: fleet.runtime.commands.progress(sent["id"]).get("expired") == 1, timeout=10)
+    await wait_until(lambda: (fleet.runtime.commands.progress(sent["id"]) or {}).get("expired") == 1, timeout=10)
     y1 = receiver("y-1")
     async with y1.online():
         await wait_until(lambda: fleet.runtime.ingest.tracker.is_online("y-1"), timeout=10)
@@ -76,7 +76,7 @@ async def test_a_command_without_an_answer_is_delivered_again_at_the_next_birth(
     # Next session: delivered again; this time it answers (a real receiver would say dup).
     silent.answer = lambda _cmd: [("done", None)]
     async with silent.online():
-        await wait_until(lambda: fleet.runtime.commands.progress(sent["id"]).get("done") == 1, timeout=10)
+        await wait_until(lambda: (fleet.runtime.commands.progress(sent["id"]) or {}).get("done") == 1, timeout=10)
     status = await targets(fleet, sent["id"])
     assert status["x-1"]["deliveries"] == 2
     assert silent.received[0] == silent.received[1]  # the same command id, byte for byte
@@ -96,7 +96,7 @@ async def test_a_rejection_is_recorded_with_its_reason_explained(fleet, receiver
     async with x1.online():
         await wait_until(lambda: fleet.runtime.ingest.tracker.is_online("x-1"), timeout=10)
         sent = await send(fleet, fleet.admin, target={"receiver": "x-1"}, op="play", url=STREAM)
-        await wait_until(lambda: fleet.runtime.commands.progress(sent["id"]).get("rejected") == 1, timeout=10)
+        await wait_until(lambda: (fleet.runtime.commands.progress(sent["id"]) or {}).get("rejected") == 1, timeout=10)
     target = (await targets(fleet, sent["id"]))["x-1"]
     assert target["reason"] == "lower_priority"
     assert target["reason_text"].startswith("Đang phát bản tin ưu tiên cao hơn")
@@ -107,7 +107,7 @@ async def test_acknowledgements_for_commands_never_sent_are_counted_not_applied(
     async with x1.online():
         await wait_until(lambda: fleet.runtime.ingest.tracker.is_online("x-1"), timeout=10)
         sent = await send(fleet, fleet.admin, target={"receiver": "x-1"}, op="stop")
-        await wait_until(lambda: fleet.runtime.commands.progress(sent["id"]).get("done") == 1, timeout=10)
+        await wait_until(lambda: (fleet.runtime.commands.progress(sent["id"]) or {}).get("done") == 1, timeout=10)
     assert fleet.runtime.commands.counters.acks_unknown == 1
     response = await fleet.api.get("/api/v1/commands/made-up-id", headers=fleet.admin)
     assert response.status_code == 404

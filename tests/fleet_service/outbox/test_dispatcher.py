@@ -137,3 +137,17 @@ async def test_a_request_waits_for_its_own_entries_and_hears_of_a_failure(sessio
         assert state.applied
     finally:
         await dispatcher.stop()
+
+
+async def test_one_subject_waiting_for_its_retry_does_not_hold_back_the_others(session_factory):
+    broker = FlakyBroker(failures=1)
+    dispatcher = OutboxDispatcher(session_factory, broker.handlers())
+    await dispatcher.start()
+    try:
+        record(session_factory, (OutboxKind.RECEIVER_LOGIN_SET, "rx-1", "a"),
+               (OutboxKind.RECEIVER_LOGIN_REMOVED, "rx-1", None), (OutboxKind.RECEIVER_LOGIN_SET, "rx-2", "b"))
+        await until(lambda: broker.applied == [("set", "rx-2:b")], timeout=5)  # rx-1 waits for its retry
+        await until(lambda: len(broker.applied) == 3, timeout=15)
+    finally:
+        await dispatcher.stop()
+    assert broker.applied == [("set", "rx-2:b"), ("set", "rx-1:a"), ("removed", "rx-1:")]
