@@ -131,6 +131,8 @@ def test_workers_take_over_and_apis_follow_the_leader(tmp_path: Path) -> None:
         assert provisioned.status_code == 201 and provisioned.json()["broker_applied"] is True
         receiver = connected(broker.host, broker.port, "rx-1", provisioned.json()["mqtt_password"])
         assert receiver is not None
+        birth = b'{"v":1,"state":"online","session":1,"reason":"boot"}'
+        receiver.publish("loa/v1/rx/rx-1/state", birth, qos=1, retain=True).wait_for_publish(5)
 
         # The leader dies without a word; the other worker takes over within the lease's time.
         killed_at = time.monotonic()
@@ -140,6 +142,17 @@ def test_workers_take_over_and_apis_follow_the_leader(tmp_path: Path) -> None:
         takeover_s = time.monotonic() - killed_at
         assert takeover_s < LEASE_TTL.total_seconds() + STANDBY_POLL_S + 3, takeover_s
         assert second_id != first_id
+
+        # A command recorded by an API process is delivered by the new leader, once.
+        received: list[bytes] = []
+        receiver.on_message = lambda _client, _userdata, message: received.append(message.payload)
+        receiver.subscribe("loa/v1/rx/rx-1/cmd", qos=1)
+        time.sleep(0.5)
+        sent = apis[0].post("/commands", json={"target": {"receiver": "rx-1"}, "op": "volume", "volume": 40})
+        assert sent.status_code == 202, sent.text
+        until(lambda: received, 5, "the command at the receiver")
+        time.sleep(2)
+        assert len(received) == 1 and sent.json()["id"].encode() in received[0]
 
         # Through the second API: revoked; the new leader applies it before the answer.
         revoked = apis[1].post("/receivers/rx-1/revoke")
