@@ -4,7 +4,7 @@ Python names say what the values are."""
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -264,8 +264,11 @@ class ScheduleSlot(BaseModel):
     @classmethod
     def _calendar_date(cls, value: object) -> object:
         # "YYYY-MM-DD" and nothing else: pydantic would also take Unix seconds (0 is 1970-01-01)
-        # and date-times at midnight, which a receiver does not.
-        if value is not None and not (isinstance(value, str) and _YYYY_MM_DD.fullmatch(value)):
+        # and date-times at midnight, which a receiver does not. A date the service builds
+        # itself (from the schedules table) is a date object, and welcome.
+        if value is None or (isinstance(value, date) and not isinstance(value, datetime)):
+            return value
+        if not (isinstance(value, str) and _YYYY_MM_DD.fullmatch(value)):
             raise ValueError("date must be YYYY-MM-DD")
         return value
 

@@ -139,3 +139,18 @@ async def test_a_receiver_registered_or_moved_later_gets_its_schedule_at_its_nex
     assert emptied.schedule_version > first.schedule_version
     expected = (await fleet.api.get("/api/v1/receivers/x-3/schedule", headers=fleet.admin)).json()
     assert expected["expected_version"] == emptied.schedule_version and expected["slots"] == []
+
+
+async def test_a_slot_with_dates_reaches_the_receiver_with_them(fleet, receiver):
+    x1 = receiver("x-1")
+    async with x1.online():
+        await wait_until(lambda: fleet.runtime.ingest.tracker.is_online("x-1"), timeout=10)
+        response = await create(fleet, fleet.admin, name="Tết", station=fleet.ids["sx"],
+                                slots=[{**MORNING, "valid_from": "2027-02-05", "valid_to": "2027-02-09"}])
+        assert response.status_code == 201, response.text
+        await wait_until(lambda: len(x1.received) == 1, timeout=10)
+    command = decode_command(x1.received[0])
+    assert isinstance(command, ScheduleCommand)
+    assert [(str(s.valid_from), str(s.valid_to)) for s in command.slots] == [("2027-02-05", "2027-02-09")]
+    # On the wire the receiver reads plain YYYY-MM-DD.
+    assert b'"f":"2027-02-05"' in x1.received[0] and b'"t":"2027-02-09"' in x1.received[0]
