@@ -58,9 +58,11 @@ def _report(api: str, token: str, start: datetime | None, end: datetime | None, 
         lo, hi = period(start, end)
     except LoaError as exc:
         raise api_client.fail(f"{exc.message_vi} / {exc.message_en}") from None
+    # Without --to the service takes its own "now", once, for the end of the period and for
+    # whether an outage is still going on.
+    params = {"start": lo.isoformat()} if end is None else {"start": lo.isoformat(), "end": hi.isoformat()}
     with api_client.client(api, token) as client:
-        answer = api_client.call(client, "GET", f"{subject}/availability",
-                                 params={"start": lo.isoformat(), "end": hi.isoformat()})
+        answer = api_client.call(client, "GET", f"{subject}/availability", params=params)
         _print(title(client), answer)
 
 

@@ -175,3 +175,10 @@ def test_no_command_creates_a_database_file(served: Served, tmp_path: Path, monk
     finally:
         get_settings.cache_clear()
     assert list(empty.iterdir()) == []
+
+
+def test_an_outage_still_going_on_is_said_so_when_the_end_is_left_out(served: Served):
+    result = loa("availability", "receiver", "y-1", "--from", "2026-07-01T07:00:00",
+                 "--api", served.url, "--token", served.admin)
+    assert result.exit_code == 0, result.output
+    assert "(đang mất / ongoing)" in result.output
