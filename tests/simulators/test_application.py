@@ -40,17 +40,17 @@ async def test_the_ground_truth_records_what_really_played(make_broker, make_obs
         fleet = Fleet(broker.host, broker.port, creds, ground_truth=tmp_path / "gt.jsonl", **FAST)
         await fleet.start()
         try:
-            await fleet.wait_up(timeout=10)
+            await fleet.wait_up(timeout=30)
             sent = time.time()
             observer.publish("loa/v1/rx/rx-000/cmd", _command("play", "c1", url=streams.url()))
-            await wait_until(lambda: any(a.status is AckStatus.DONE for a in _acks(observer, "rx-000")), 10,
+            await wait_until(lambda: any(a.status is AckStatus.DONE for a in _acks(observer, "rx-000")), 30,
                              what="play done")
             done = time.time()
             assert fleet.status("rx-000").playing == "cmd:c1"
             observer.publish("loa/v1/rx/rx-000/cmd", _command("play", "c2", url=streams.url(), pri="emergency"))
-            await wait_until(lambda: fleet.status("rx-000").playing == "cmd:c2", 10, what="c2 playing")
+            await wait_until(lambda: fleet.status("rx-000").playing == "cmd:c2", 30, what="c2 playing")
             observer.publish("loa/v1/rx/rx-000/cmd", _command("stop", "c3", pri="emergency"))
-            await wait_until(lambda: fleet.status("rx-000").playing is None, 5, what="stopped")
+            await wait_until(lambda: fleet.status("rx-000").playing is None, 30, what="stopped")
             stopped = time.time()
             await fleet.power_loss("rx-001")  # never played: nothing to record
         finally:
