@@ -1,5 +1,5 @@
-"""Applies the outbox: in the process that runs the MQTT side (the worker), in the order the
-entries were recorded, retrying with backoff until each one succeeds."""
+"""Applies the outbox: in the leading worker, in the order the entries were recorded for each
+subject, retrying with backoff until each one succeeds."""
 
 from __future__ import annotations
 
