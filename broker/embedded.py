@@ -38,6 +38,7 @@ from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
+from fleet_service.broker_port import BrokerAccounts
 from fleet_service.protocol.topics import COMMAND_LEVEL, RECEIVER_PUBLISHES, TOPIC_ROOT, MessageKind
 
 log = logging.getLogger(__name__)
@@ -469,8 +470,8 @@ class EmbeddedBroker:
         return EmbeddedBrokerAccounts(self)
 
 
-class EmbeddedBrokerAccounts:
-    """BrokerAccounts for the embedded broker: logins are read from the registry at every
+class EmbeddedBrokerAccounts(BrokerAccounts):
+    """The service's BrokerAccounts for the embedded broker: logins are read from the registry at every
     CONNECT, so what is left to do is to drop the live session that logged in with a password
     no longer valid, on revocation and on a new password alike."""
 

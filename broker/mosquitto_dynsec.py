@@ -23,7 +23,7 @@ Mosquitto 2.0.11 crashes (SIGSEGV) if a role is deleted while a client still hol
 that client is touched afterwards. Roles are therefore only deleted right after their client
 (in the same command batch), or when the full client list shows that nobody holds them.
 
-``MosquittoDynsec`` implements ``broker.accounts.BrokerAccounts``.
+``MosquittoDynsec`` implements the service's ``fleet_service.broker_port.BrokerAccounts``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from fleet_service.broker_port import BrokerAccounts
 from fleet_service.protocol.topics import RECEIVER_PUBLISHES, TOPIC_ROOT, ReceiverId
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class _Pending:
     failure: str | None = None
 
 
-class MosquittoDynsec:
+class MosquittoDynsec(BrokerAccounts):
     """Administers Mosquitto's dynamic security plugin over MQTT; a ``BrokerAccounts``.
 
     Holds one paho-mqtt connection with the admin login, on its own network thread, and

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.accounts import BrokerAccounts, RegistryOnlyAccounts
+from fleet_service.broker_port import BrokerAccounts, RegistryOnlyAccounts
 from fleet_service.config import Settings
 from fleet_service.db import make_engine, make_sessionmaker
 from fleet_service.outbox.dispatcher import OutboxDispatcher

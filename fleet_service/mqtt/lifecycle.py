@@ -12,8 +12,8 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.accounts import BrokerAccounts, RegistryOnlyAccounts
 from broker.embedded import EmbeddedBroker, LoginLimiter, LoginRules, TlsListener
+from fleet_service.broker_port import BrokerAccounts, RegistryOnlyAccounts
 from fleet_service.commands.delivery import CommandDelivery
 from fleet_service.commands.service import Created
 from fleet_service.schedules.sync import ScheduleSync

@@ -17,7 +17,6 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from broker.accounts import BrokerAccounts
 from broker.mosquitto_dynsec import (
     RECEIVER_ROLE,
     BrokerAccountError,
@@ -25,6 +24,7 @@ from broker.mosquitto_dynsec import (
     MosquittoDynsec,
     receiver_role_name,
 )
+from fleet_service.broker_port import BrokerAccounts
 from tests.support.mosquitto_production import ProductionBroker, production_mosquitto
 from tests.support.ports import free_port
 

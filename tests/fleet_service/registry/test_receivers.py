@@ -4,8 +4,8 @@ import hashlib
 
 from sqlalchemy import select
 
-from broker.accounts import RegistryOnlyAccounts
 from fleet_service.auth.models import Role
+from fleet_service.broker_port import RegistryOnlyAccounts
 from fleet_service.mqtt.lifecycle import broker_login_handlers
 from fleet_service.outbox.dispatcher import OutboxDispatcher
 from fleet_service.registry import service

@@ -1,9 +1,13 @@
 """The port through which the registry tells a broker about receiver logins.
 
-Every broker Loa supports implements it: the embedded amqtt broker reads the registry at each
-login and only needs to drop live sessions on revoke; Mosquitto's dynamic security plugin is
-told about each login as it is created or removed. Calls are synchronous and safe from any
-thread, because the registry's callers are both the API (worker threads) and the CLI.
+The service owns it and the adapters in broker/ implement it, so that the service depends on
+no broker: the embedded amqtt broker reads the registry at each login and only needs to drop
+live sessions on revoke; Mosquitto's dynamic security plugin is told about each login as it
+is created or removed. Calls are synchronous and safe from any thread, because the
+registry's callers are both the API (worker threads) and the CLI.
+
+It imports nothing else of the service, so that broker/ may import it (the import-linter
+contracts in pyproject.toml hold both sides to that).
 """
 
 from __future__ import annotations
