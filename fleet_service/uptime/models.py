@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleet_service.db import Base, UTCDateTime
@@ -51,11 +53,11 @@ class ConnectivityInterval(Base):
 
 
 class ReceiverLiveState(Base):
-    """Each receiver's current connectivity as the worker sees it, written in batches (at most
-    LIVE_STATE_FLUSH_S behind): what another process (an API, the CLI) or the worker itself
-    after a restart reads, instead of one process's memory. ``heard_at`` is the last message
-    really heard: after a restart, an outage that began while the service was away is never
-    recorded from earlier than that."""
+    """Each receiver's current connectivity, latest telemetry and play status as the leading
+    worker sees them, written in batches (at most ingest.service.LIVE_STATE_FLUSH_S behind):
+    what every API process, the CLI and the worker itself after a restart read, instead of one
+    process's memory. ``heard_at`` is the last message really heard: after a restart, an
+    outage that began while the service was away is never recorded from earlier than that."""
 
     __tablename__ = "receiver_live_state"
 
@@ -64,3 +66,17 @@ class ReceiverLiveState(Base):
     session: Mapped[int | None] = mapped_column(BigInteger)
     heard_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The latest telemetry report (NULL before the first one).
+    telemetry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    signal_dbm: Mapped[int | None]
+    temperature_c: Mapped[float | None]
+    supply_v: Mapped[float | None]
+    amplifier: Mapped[str | None] = mapped_column(String(16))
+    stream: Mapped[str | None] = mapped_column(String(16))
+    firmware: Mapped[str | None] = mapped_column(String(64))
+    # Receiver clock minus service clock, seconds (positive: the receiver runs ahead).
+    clock_skew_s: Mapped[float | None]
+    # The schedule version the receiver last said it holds (telemetry or play status).
+    schedule_version: Mapped[int | None] = mapped_column(BigInteger)
+    # What it last said it plays (its retained play status), as ingest.schemas.PlayingOut.
+    playing: Mapped[dict[str, Any] | None] = mapped_column(JSON)
