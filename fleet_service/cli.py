@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from pathlib import Path
 
 import typer
 
@@ -137,29 +136,6 @@ def _log_for_operators() -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
-@app.command()
-def demo(
-    receivers_per_station: int = typer.Option(2, "--receivers-per-station", min=1, max=50),
-    duration: float | None = typer.Option(None, help="Giây; mặc định chạy đến Ctrl-C / seconds; default until Ctrl-C"),
-    mqtt_port: int | None = typer.Option(None, help="Mặc định 1883, hoặc cổng trống / default 1883, or a free port"),
-    api_port: int | None = typer.Option(None, help="Mặc định 8000, hoặc cổng trống / default 8000, or a free port"),
-    directory: Path = typer.Option(Path(".loa/demo"), "--dir", help="Dữ liệu demo / demo data"),
-    keep: bool = typer.Option(False, help="Giữ dữ liệu lần trước / keep the previous run's data"),
-    seed: int = typer.Option(2023, help="Hạt giống kịch bản lỗi / fault scenario seed"),
-) -> None:
-    """Chạy thử / demo: embedded broker + service + SQLite + a simulated Đại Từ fleet with faults."""
-    import asyncio
-    import logging
-
-    from fleet_service.demo import run_demo
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(run_demo(directory, receivers_per_station, duration, mqtt_port, api_port, keep, seed))
-    except KeyboardInterrupt:
-        typer.echo("Đã dừng / stopped")
-
-
 db_app = typer.Typer(no_args_is_help=True)
 app.add_typer(db_app, name="db", help="Cơ sở dữ liệu / database")
 
@@ -194,7 +170,6 @@ def _register_subcommands() -> None:
     from fleet_service.registry.cli import receivers_app, regions_app, stations_app
     from fleet_service.ingest.cli import status
     from fleet_service.uptime.cli import availability_app
-    from simulators.cli import simulate_app
 
     app.add_typer(regions_app, name="regions", help="Đơn vị hành chính / administrative regions")
     app.add_typer(stations_app, name="stations", help="Đài truyền thanh / stations")
@@ -202,7 +177,6 @@ def _register_subcommands() -> None:
     app.add_typer(users_app, name="users", help="Người dùng / users")
     app.add_typer(tokens_app, name="tokens", help="Mã truy cập API / API tokens")
     app.add_typer(availability_app, name="availability", help="Tỷ lệ hoạt động / availability from the ledger")
-    app.add_typer(simulate_app, name="simulate", help="Mô phỏng thiết bị thu / simulated receivers")
     app.add_typer(commands_app, name="commands", help="Lệnh phát/dừng/âm lượng và nhật ký / commands and the audit log")
     from fleet_service.dashboards.cli import dashboards_app
     app.add_typer(dashboards_app, name="dashboards", help="Bảng điều khiển Grafana / Grafana dashboards")
@@ -211,4 +185,22 @@ def _register_subcommands() -> None:
     app.command("status")(status)
 
 
+# Commands that other packages add to ``loa`` (the simulator's ``simulate`` and ``demo``): each
+# entry point of this group names a Typer app (a group of sub-commands) or a function (one
+# command). The service finds them here rather than importing them, so that it depends on none.
+COMMAND_ENTRY_POINTS = "loa.commands"
+
+
+def _register_plugins() -> None:
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group=COMMAND_ENTRY_POINTS), key=lambda e: e.name):
+        command = entry.load()
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=entry.name)
+        else:
+            app.command(entry.name)(command)
+
+
 _register_subcommands()
+_register_plugins()

@@ -1,4 +1,6 @@
-"""``loa simulate``: run virtual receivers against a broker, with faults, writing ground truth."""
+"""``loa simulate``: run virtual receivers against a broker, with faults, writing ground truth;
+and ``loa demo``. Both reach ``loa`` through the ``loa.commands`` entry points (pyproject.toml),
+so that the service does not import the simulator."""
 
 from __future__ import annotations
 
@@ -214,3 +216,23 @@ def availability_command(
     truth = GroundTruth.load(ground_truth)
     for rid in truth.receivers:
         typer.echo(f"{rid}\t{truth.availability(rid, start, end):.6f}")
+
+
+def demo(
+    receivers_per_station: int = typer.Option(2, "--receivers-per-station", min=1, max=50),
+    duration: float | None = typer.Option(None, help="Giây; mặc định chạy đến Ctrl-C / seconds; default until Ctrl-C"),
+    mqtt_port: int | None = typer.Option(None, help="Mặc định 1883, hoặc cổng trống / default 1883, or a free port"),
+    api_port: int | None = typer.Option(None, help="Mặc định 8000, hoặc cổng trống / default 8000, or a free port"),
+    directory: Path = typer.Option(Path(".loa/demo"), "--dir", help="Dữ liệu demo / demo data"),
+    keep: bool = typer.Option(False, help="Giữ dữ liệu lần trước / keep the previous run's data"),
+    seed: int = typer.Option(2023, help="Hạt giống kịch bản lỗi / fault scenario seed"),
+) -> None:
+    """Chạy thử / demo: embedded broker + service + SQLite + a simulated Đại Từ fleet with faults."""
+    # Imported here: it loads the whole service, which no other ``loa`` command needs to pay for.
+    from simulators.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(run_demo(directory, receivers_per_station, duration, mqtt_port, api_port, keep, seed))
+    except KeyboardInterrupt:
+        typer.echo("Đã dừng / stopped")

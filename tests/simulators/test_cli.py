@@ -78,3 +78,14 @@ def test_memory_per_receiver_is_a_few_kilobytes(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     per_receiver = float(re.search(r"\((\d+) bytes per receiver", result.output).group(1))
     assert per_receiver < 8 * 1024, result.output
+
+
+def test_loa_finds_simulate_and_demo_through_entry_points() -> None:
+    """The service does not import the simulator: ``loa simulate`` and ``loa demo`` exist only
+    because the installed package declares them (pyproject.toml, ``loa.commands``)."""
+    from fleet_service.cli import app
+
+    for command, expected in (("simulate", "fault injection"), ("demo", "Đại Từ")):
+        result = CliRunner().invoke(app, [command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert expected in result.output, result.output

@@ -1,6 +1,10 @@
 """``loa demo``: the embedded broker, the service and SQLite, with a simulated fleet for Đại Từ
 district whose receivers lose their link, lose power, flap and reboot, so that the live view and
-the availability figures have something to show."""
+the availability figures have something to show.
+
+It lives with the simulator, which builds on the service, so that the service never imports
+the simulator: ``loa`` finds the command (simulators/cli.py) through the ``loa.commands``
+entry points in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -26,6 +30,10 @@ from fleet_service.registry import service as registry
 from fleet_service.registry.schemas import ReceiverCreate
 from fleet_service.runtime import Runtime
 from fleet_service.timefmt import local_text
+from simulators.firmware import unavailable_reason
+from simulators.fleet import Fleet
+from simulators.scenario import FaultKind, Scenario
+from simulators.stream_server import StreamServer
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +145,6 @@ def firmware_note(receivers: list[str], reason: str | None) -> str:
 async def run_demo(directory: Path, receivers_per_station: int, duration: float | None, mqtt_port: int | None,
                    api_port: int | None, keep: bool, seed: int,
                    firmware_receivers: int = DEMO_FIRMWARE_RECEIVERS) -> None:
-    from simulators.firmware import unavailable_reason
-    from simulators.fleet import Fleet
-    from simulators.scenario import FaultKind, Scenario
-    from simulators.stream_server import StreamServer
-
     if directory.exists() and not keep:
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fleet_service.demo import DEMO_FIRMWARE_RECEIVERS, choose_ports, firmware_note
+from simulators.demo import DEMO_FIRMWARE_RECEIVERS, choose_ports, firmware_note
 from simulators.firmware import unavailable_reason
 from simulators.stream import mpeg_bitrate
 
