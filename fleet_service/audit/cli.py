@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from fleet_service.audit import service
+from fleet_service.cli_runtime import loa_command
+from fleet_service.cli_support import print_table
 from fleet_service.db import session_scope
-from fleet_service.registry.cli import loa_command, print_table
 from fleet_service.timefmt import as_utc, local_text
 
 audit_app = typer.Typer(no_args_is_help=True)

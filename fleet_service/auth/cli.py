@@ -13,8 +13,9 @@ import typer
 
 from fleet_service.auth import service
 from fleet_service.auth.models import Role
+from fleet_service.cli_runtime import loa_command
+from fleet_service.cli_support import print_table
 from fleet_service.db import session_scope, utcnow
-from fleet_service.registry.cli import loa_command, print_table
 from fleet_service.timefmt import local_text
 
 users_app = typer.Typer(no_args_is_help=True)

@@ -13,8 +13,8 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from fleet_service import api_client
-from fleet_service.api_client import ApiUrl, Token
+from fleet_service import cli_support
+from fleet_service.cli_support import ApiUrl, Token, parse_time
 from fleet_service.timefmt import local_text
 
 commands_app = typer.Typer(no_args_is_help=True)
@@ -39,8 +39,8 @@ STATUS_TEXT = {
 _ORDER = list(STATUS_TEXT)
 
 # The HTTP client shared with ``loa status`` and ``loa availability``.
-_client = api_client.client
-_call = api_client.call
+_client = cli_support.client
+_call = cli_support.call
 
 
 def _progress_line(command: dict[str, Any]) -> str:
@@ -53,7 +53,7 @@ def _progress_line(command: dict[str, Any]) -> str:
 @commands_app.command("send")
 def send(
     op: Annotated[str, typer.Argument(help="play | stop | volume | reboot | config")],
-    api: ApiUrl = api_client.DEFAULT_API_URL,
+    api: ApiUrl = cli_support.DEFAULT_API_URL,
     token: Token = "",
     receiver: Annotated[str | None, typer.Option(help="Một thiết bị / one receiver id")] = None,
     station: Annotated[int | None, typer.Option(help="Một đài / a station id")] = None,
@@ -83,7 +83,7 @@ def send(
     with _client(api, token) as client:
         command = _call(client, "POST", "/commands", json=body)
         typer.echo(f"Lệnh / command {command['id']}: {op} → {command['target_name']} "
-                   f"({command['targets']} thiết bị / receivers), hết hạn / expires {local_text(_dt(command['expires_at']))}")
+                   f"({command['targets']} thiết bị / receivers), hết hạn / expires {local_text(parse_time(command['expires_at']))}")
         if watch:
             _watch(client, command["id"], wait)
 
@@ -93,12 +93,6 @@ def _setting(text: str) -> tuple[str, Any]:
     if not sep:
         raise typer.BadParameter(f"'{text}': use key=value")
     return key, int(value) if value.isdigit() else value
-
-
-def _dt(text: str):  # type: ignore[no-untyped-def]
-    from datetime import datetime
-
-    return datetime.fromisoformat(text)
 
 
 def _watch(client: httpx.Client, command_id: str, wait: float = WAIT_S) -> None:
@@ -130,7 +124,7 @@ def _show_awaited(client: httpx.Client, command: dict[str, Any], wait: float) ->
                f"{len(awaited)} receivers:")
     for t in awaited:
         typer.echo(f"  {t['receiver_id']:<20} {OPEN_TEXT[t['status']]}")
-    typer.echo(f"Lệnh vẫn còn hiệu lực đến / the command stays in force until {local_text(_dt(command['expires_at']))}; "
+    typer.echo(f"Lệnh vẫn còn hiệu lực đến / the command stays in force until {local_text(parse_time(command['expires_at']))}; "
                f"theo dõi tiếp / follow it: loa commands show {command['id']} --watch")
 
 
@@ -142,7 +136,7 @@ def _show_problems(client: httpx.Client, command_id: str) -> None:
 
 
 @commands_app.command("show")
-def show(command_id: str, api: ApiUrl = api_client.DEFAULT_API_URL, token: Token = "",
+def show(command_id: str, api: ApiUrl = cli_support.DEFAULT_API_URL, token: Token = "",
          watch: Annotated[bool, typer.Option("--watch", help="Theo dõi trực tiếp / follow live")] = False,
          wait: Annotated[float, typer.Option(help="Chờ tối đa (giây; 0: đến khi hết hạn) / longest wait "
                                                   "(s; 0: until expiry)")] = 0) -> None:
@@ -150,18 +144,18 @@ def show(command_id: str, api: ApiUrl = api_client.DEFAULT_API_URL, token: Token
     with _client(api, token) as client:
         command = _call(client, "GET", f"/commands/{command_id}")
         typer.echo(f"{command['id']}  {command['op']} ({command['priority']})  → {command['target_name']}  "
-                   f"bởi / by {command['issued_by']}  {local_text(_dt(command['issued_at']))}")
+                   f"bởi / by {command['issued_by']}  {local_text(parse_time(command['issued_at']))}")
         if watch:
             _watch(client, command_id, wait)
             return
         typer.echo(_progress_line(command))
         for t in _call(client, "GET", f"/commands/{command_id}/targets"):
-            when = local_text(_dt(t["finished_at"])) if t["finished_at"] else ""
+            when = local_text(parse_time(t["finished_at"])) if t["finished_at"] else ""
             typer.echo(f"  {t['receiver_id']:<20} {STATUS_TEXT[t['status']]:<22} {when:<20} {t['reason_text'] or ''}")
 
 
 @commands_app.command("list")
-def list_commands(api: ApiUrl = api_client.DEFAULT_API_URL, token: Token = "",
+def list_commands(api: ApiUrl = cli_support.DEFAULT_API_URL, token: Token = "",
                   start: Annotated[str | None, typer.Option(help="Từ / from (ISO 8601, giờ Việt Nam)")] = None,
                   end: Annotated[str | None, typer.Option(help="Đến / until")] = None,
                   receiver: Annotated[str | None, typer.Option(help="Chỉ lệnh tới thiết bị này / only to this receiver")] = None,
@@ -173,5 +167,5 @@ def list_commands(api: ApiUrl = api_client.DEFAULT_API_URL, token: Token = "",
     if not rows:
         typer.echo("Không có lệnh nào / no commands in this period")
     for c in rows:
-        typer.echo(f"{local_text(_dt(c['issued_at']))}  {c['id']}  {c['issued_by']:<16} {c['op']:<8} {c['priority']:<9} "
+        typer.echo(f"{local_text(parse_time(c['issued_at']))}  {c['id']}  {c['issued_by']:<16} {c['op']:<8} {c['priority']:<9} "
                    f"→ {c['target_name']:<28} {_progress_line(c)}")

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from fleet_service.cli_support import error
 from fleet_service.errors import LoaError
 
 dashboards_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
@@ -39,8 +40,7 @@ def publish(
     try:
         result = publish_to(url.rstrip("/"), token, with_datasources=datasources)
     except LoaError as exc:
-        typer.echo(f"Lỗi: {exc.message_vi}\nError: {exc.message_en}", err=True)
-        raise typer.Exit(1) from None
+        raise error(exc.message_vi, exc.message_en) from None
     for uid in result.datasources_created:
         typer.echo(f"nguồn dữ liệu mới / datasource created: {uid}")
     for uid in result.datasources_updated:

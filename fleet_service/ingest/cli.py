@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from fleet_service import api_client
-from fleet_service.api_client import ApiUrl, Token
+from fleet_service import cli_support
+from fleet_service.cli_support import ApiUrl, Token
 from fleet_service.timefmt import duration_text, local_text
 
 STATE_TEXT = {"online": "hoạt động / online", "offline": "MẤT KẾT NỐI / DOWN", "never_seen": "chưa thấy / never seen"}
@@ -20,16 +20,16 @@ STATE_TEXT = {"online": "hoạt động / online", "offline": "MẤT KẾT NỐI
 def status(
     region_id: Annotated[int | None, typer.Option("--region", help="Chỉ đơn vị này / only this region's subtree")] = None,
     show_all: Annotated[bool, typer.Option("--all", help="Liệt kê cả thiết bị đang hoạt động / list online ones too")] = False,
-    api: ApiUrl = api_client.DEFAULT_API_URL,
+    api: ApiUrl = cli_support.DEFAULT_API_URL,
     token: Token = "",
 ) -> None:
     """Tình trạng / which receivers are down, and since when."""
-    with api_client.client(api, token) as client:
+    with cli_support.client(api, token) as client:
         stations = None
         if region_id is not None:
             # A region outside the caller's scope answers 404, as one that does not exist.
-            stations = {s["id"] for s in api_client.call(client, "GET", "/stations", params={"region_id": region_id})}
-        fleet = api_client.call(client, "GET", "/live/receivers")
+            stations = {s["id"] for s in cli_support.call(client, "GET", "/stations", params={"region_id": region_id})}
+        fleet = cli_support.call(client, "GET", "/live/receivers")
     now = datetime.now(UTC)
     counts = {"online": 0, "offline": 0, "never_seen": 0}
     lines = []

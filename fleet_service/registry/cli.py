@@ -8,16 +8,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import yaml
 
+from fleet_service.cli_runtime import loa_command
+from fleet_service.cli_support import error, print_table
 from fleet_service.db import session_scope
-from fleet_service.errors import LoaError
 from fleet_service.outbox.cli import follow_in_cli
 from fleet_service.registry import service
 from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
@@ -31,35 +31,11 @@ from fleet_service.registry.schemas import (
     RegionUpdate,
     StationCreate,
 )
-from fleet_service.runtime import Runtime
 from fleet_service.timefmt import local_text
 
 regions_app = typer.Typer(no_args_is_help=True)
 stations_app = typer.Typer(no_args_is_help=True)
 receivers_app = typer.Typer(no_args_is_help=True)
-
-
-
-# --- shared by the domains' CLIs ---------------------------------------------------------
-
-@contextmanager
-def loa_command() -> Iterator[Runtime]:
-    """The runtime of one command; a domain error becomes a readable message and exit code 1."""
-    from fleet_service.cli import cli_runtime
-
-    try:
-        with cli_runtime() as runtime:
-            yield runtime
-    except LoaError as exc:
-        typer.echo(f"Lỗi: {exc.message_vi}\nError: {exc.message_en}", err=True)
-        raise typer.Exit(1) from None
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[("—" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    for line in [list(headers), ["-" * w for w in widths], *cells]:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
 
 
 def _credential(credential: ProvisionedCredential) -> None:
@@ -333,8 +309,7 @@ _CA = re.compile(r"^/?[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}(?:/[A-Za-z0-9_-][A-Za-z0
 
 
 def _usage_error(vi: str, en: str) -> typer.Exit:
-    typer.echo(f"Lỗi: {vi}\nError: {en}", err=True)
-    return typer.Exit(2)
+    return error(vi, en, 2)
 
 
 def _device_settings(host: str | None, port: int | None, apn: str | None, ca: str | None,
@@ -371,9 +346,8 @@ def _device_settings(host: str | None, port: int | None, apn: str | None, ca: st
 
 
 def _exists_error(path: Path) -> typer.Exit:
-    typer.echo(f"Lỗi: tệp {path} đã có; dùng --force để ghi đè. Chưa cấp mật khẩu mới.\n"
-               f"Error: {path} already exists; --force overwrites it. No new password was issued.", err=True)
-    return typer.Exit(1)
+    return error(f"tệp {path} đã có; dùng --force để ghi đè. Chưa cấp mật khẩu mới.",
+                 f"{path} already exists; --force overwrites it. No new password was issued.")
 
 
 def _write_private(path: Path, text: str, *, force: bool) -> None:
@@ -433,10 +407,9 @@ def receivers_provision(
                     try:
                         _write_private(config_out, json.dumps(device) + "\n", force=force)
                     except OSError as exc:
-                        typer.echo(f"Lỗi: không ghi được {config_out}: {exc.strerror or exc}. Chưa cấp mật khẩu "
-                                   f"mới.\nError: cannot write {config_out}: {exc.strerror or exc}. No new "
-                                   "password was issued.", err=True)
-                        raise typer.Exit(1) from None
+                        raise error(f"không ghi được {config_out}: {exc.strerror or exc}. Chưa cấp mật khẩu mới.",
+                                    f"cannot write {config_out}: {exc.strerror or exc}. No new password was "
+                                    "issued.") from None
                     written = True
         except BaseException:
             if written and config_out is not None:

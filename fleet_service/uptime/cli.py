@@ -13,8 +13,8 @@ from urllib.parse import quote
 import httpx
 import typer
 
-from fleet_service import api_client
-from fleet_service.api_client import ApiUrl, Token
+from fleet_service import cli_support
+from fleet_service.cli_support import ApiUrl, Token
 from fleet_service.errors import LoaError
 from fleet_service.timefmt import duration_text, local_text, period
 
@@ -57,18 +57,18 @@ def _report(api: str, token: str, start: datetime | None, end: datetime | None, 
     try:
         lo, hi = period(start, end)
     except LoaError as exc:
-        raise api_client.fail(f"{exc.message_vi} / {exc.message_en}") from None
+        raise cli_support.fail(f"{exc.message_vi} / {exc.message_en}") from None
     # Without --to the service takes its own "now", once, for the end of the period and for
     # whether an outage is still going on.
     params = {"start": lo.isoformat()} if end is None else {"start": lo.isoformat(), "end": hi.isoformat()}
-    with api_client.client(api, token) as client:
-        answer = api_client.call(client, "GET", f"{subject}/availability", params=params)
+    with cli_support.client(api, token) as client:
+        answer = cli_support.call(client, "GET", f"{subject}/availability", params=params)
         _print(title(client), answer)
 
 
 @availability_app.command("receiver")
 def receiver(receiver_id: str, start: FromOpt = None, end: ToOpt = None,
-             api: ApiUrl = api_client.DEFAULT_API_URL, token: Token = "") -> None:
+             api: ApiUrl = cli_support.DEFAULT_API_URL, token: Token = "") -> None:
     """Thiết bị thu / one receiver."""
     _report(api, token, start, end, f"/receivers/{quote(receiver_id, safe='')}",
             lambda _client: f"Thiết bị thu / receiver {receiver_id}")
@@ -76,11 +76,11 @@ def receiver(receiver_id: str, start: FromOpt = None, end: ToOpt = None,
 
 @availability_app.command("station")
 def station(station_id: int, start: FromOpt = None, end: ToOpt = None,
-            api: ApiUrl = api_client.DEFAULT_API_URL, token: Token = "") -> None:
+            api: ApiUrl = cli_support.DEFAULT_API_URL, token: Token = "") -> None:
     """Đài / one station, across every receiver that served it."""
 
     def title(client: httpx.Client) -> str:
-        name = api_client.call(client, "GET", f"/stations/{station_id}")["name"]
+        name = cli_support.call(client, "GET", f"/stations/{station_id}")["name"]
         return f"Đài / station {station_id}: {name}"
 
     _report(api, token, start, end, f"/stations/{station_id}", title)
@@ -88,11 +88,11 @@ def station(station_id: int, start: FromOpt = None, end: ToOpt = None,
 
 @availability_app.command("region")
 def region(region_id: int, start: FromOpt = None, end: ToOpt = None,
-           api: ApiUrl = api_client.DEFAULT_API_URL, token: Token = "") -> None:
+           api: ApiUrl = cli_support.DEFAULT_API_URL, token: Token = "") -> None:
     """Đơn vị hành chính / a region and everything below it."""
 
     def title(client: httpx.Client) -> str:
-        found = api_client.call(client, "GET", f"/regions/{region_id}")
+        found = cli_support.call(client, "GET", f"/regions/{region_id}")
         return f"Đơn vị / region {region_id}: {found['level']} {found['name']}"
 
     _report(api, token, start, end, f"/regions/{region_id}", title)

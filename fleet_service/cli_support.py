@@ -1,14 +1,20 @@
-"""How ``loa`` commands that read or act on the fleet talk to the running service's API
-(LOA_API_URL, LOA_API_TOKEN) instead of the database: the token decides what the caller may
-see and do, exactly as on the API, and no command opens (or creates) a database file.
+"""What the ``loa`` commands share: bilingual messages, tables, and the client through which
+commands that read or act on the fleet talk to the running service's API.
 
-Every failure ends the command with one bilingual line on standard error: no token, a token
-the service refuses, a service that does not answer (saying where it was looked for), and the
-API's own refusals (a 404 for what lies outside the caller's region, as for what does not
-exist)."""
+A leaf: it imports nothing of the service's domains (pyproject.toml's import-linter contracts
+hold it to that), so that every domain's cli.py may use it.
+
+Commands that read or act on the fleet ask the running service's API (LOA_API_URL,
+LOA_API_TOKEN) instead of the database: the token decides what the caller may see and do,
+exactly as on the API, and no command opens (or creates) a database file. Every failure ends
+the command with one bilingual line on standard error: no token, a token the service refuses,
+a service that does not answer (saying where it was looked for), and the API's own refusals
+(a 404 for what lies outside the caller's region, as for what does not exist)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated, Any
 
 import httpx
@@ -23,8 +29,28 @@ Token = Annotated[str, typer.Option("--token", envvar="LOA_API_TOKEN", help="Mã
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
+    """Say ``message`` (already bilingual) on standard error; the exit to raise."""
     typer.echo(message, err=True)
     return typer.Exit(code)
+
+
+def error(vi: str, en: str, code: int = 1) -> typer.Exit:
+    """Say what went wrong on standard error, Vietnamese first, English below; the exit to
+    raise (2 for a usage error, as click does)."""
+    typer.echo(f"Lỗi: {vi}\nError: {en}", err=True)
+    return typer.Exit(code)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[("—" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    for line in [list(headers), ["-" * w for w in widths], *cells]:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+def parse_time(text: str) -> datetime:
+    """A time as the API gives it (ISO 8601, with its offset)."""
+    return datetime.fromisoformat(text)
 
 
 def client(api: str, token: str) -> httpx.Client:
