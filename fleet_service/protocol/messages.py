@@ -29,10 +29,13 @@ UNIX_TIME_MAX = UINT32_MAX
 BIG_COUNTER_MAX = 2**53 - 1
 
 
+# Each field's wire name is given as validation_alias and serialization_alias rather than as
+# alias, which means the same to pydantic: a type checker then takes the Python names (the ones
+# the code uses) for the constructor's parameters, as populate_by_name allows.
 class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
 
-    version: Literal[1] = Field(default=PROTOCOL_VERSION, alias="v")
+    version: Literal[1] = Field(default=PROTOCOL_VERSION, validation_alias="v", serialization_alias="v")
 
 
 class State(StrEnum):
@@ -55,11 +58,11 @@ class StateMessage(_Message):
     state: State
     session: int = Field(ge=0, le=SESSION_MAX)
     reason: StateReason
-    firmware: str | None = Field(default=None, alias="fw", max_length=32)
+    firmware: str | None = Field(default=None, validation_alias="fw", serialization_alias="fw", max_length=32)
     # On a reconnect birth: seconds, by the receiver's monotonic clock, since it last heard the
     # broker on its previous connection. Lets the ledger record an outage the service could not
     # see itself (the service or the broker was down). Absent after power-on.
-    offline_s: float | None = Field(default=None, alias="off", ge=0, le=10 * 365 * 86400, allow_inf_nan=False)
+    offline_s: float | None = Field(default=None, validation_alias="off", serialization_alias="off", ge=0, le=10 * 365 * 86400, allow_inf_nan=False)
 
 
 class ResetCause(StrEnum):
@@ -91,29 +94,29 @@ class Telemetry(_Message):
 
     session: int = Field(ge=0, le=SESSION_MAX)
     seq: int = Field(ge=0, le=UINT32_MAX, description="report number within the session")
-    sent_at: int = Field(alias="ts", ge=0, le=UNIX_TIME_MAX, description="receiver clock, Unix seconds; may be skewed")
-    uptime_s: int = Field(alias="up", ge=0, le=UINT32_MAX, description="seconds since boot")
-    signal_dbm: int | None = Field(default=None, alias="rssi", ge=-140, le=0)
-    signal_csq: int | None = Field(default=None, alias="csq", ge=0, le=99)
-    temperature_c: float | None = Field(default=None, alias="temp", ge=-40, le=125, allow_inf_nan=False)
-    supply_v: float | None = Field(default=None, alias="vin", ge=0, le=60, allow_inf_nan=False)
-    amplifier: AmpState = Field(alias="amp")
-    stream: StreamState = Field(alias="st")
-    bitrate_kbps: int | None = Field(default=None, alias="kbps", ge=0, le=10_000)
-    underruns: int = Field(default=0, alias="urun", ge=0, le=UINT32_MAX, description="since boot")
-    free_memory: int | None = Field(default=None, alias="mem", ge=0, le=UINT32_MAX, description="bytes")
-    reset_cause: ResetCause = Field(default=ResetCause.UNKNOWN, alias="rst")
-    firmware: str = Field(alias="fw", max_length=32)
+    sent_at: int = Field(validation_alias="ts", serialization_alias="ts", ge=0, le=UNIX_TIME_MAX, description="receiver clock, Unix seconds; may be skewed")
+    uptime_s: int = Field(validation_alias="up", serialization_alias="up", ge=0, le=UINT32_MAX, description="seconds since boot")
+    signal_dbm: int | None = Field(default=None, validation_alias="rssi", serialization_alias="rssi", ge=-140, le=0)
+    signal_csq: int | None = Field(default=None, validation_alias="csq", serialization_alias="csq", ge=0, le=99)
+    temperature_c: float | None = Field(default=None, validation_alias="temp", serialization_alias="temp", ge=-40, le=125, allow_inf_nan=False)
+    supply_v: float | None = Field(default=None, validation_alias="vin", serialization_alias="vin", ge=0, le=60, allow_inf_nan=False)
+    amplifier: AmpState = Field(validation_alias="amp", serialization_alias="amp")
+    stream: StreamState = Field(validation_alias="st", serialization_alias="st")
+    bitrate_kbps: int | None = Field(default=None, validation_alias="kbps", serialization_alias="kbps", ge=0, le=10_000)
+    underruns: int = Field(default=0, validation_alias="urun", serialization_alias="urun", ge=0, le=UINT32_MAX, description="since boot")
+    free_memory: int | None = Field(default=None, validation_alias="mem", serialization_alias="mem", ge=0, le=UINT32_MAX, description="bytes")
+    reset_cause: ResetCause = Field(default=ResetCause.UNKNOWN, validation_alias="rst", serialization_alias="rst")
+    firmware: str = Field(validation_alias="fw", serialization_alias="fw", max_length=32)
     # Added in 1.1 (optional: older receivers leave them out).
-    stream_bytes: int | None = Field(default=None, alias="sb", ge=0, le=BIG_COUNTER_MAX,
+    stream_bytes: int | None = Field(default=None, validation_alias="sb", serialization_alias="sb", ge=0, le=BIG_COUNTER_MAX,
                                      description="stream bytes received since boot")
-    volume: int | None = Field(default=None, alias="vol", ge=0, le=100)
-    schedule_version: int | None = Field(default=None, alias="sched", ge=0, le=SESSION_MAX)
+    volume: int | None = Field(default=None, validation_alias="vol", serialization_alias="vol", ge=0, le=100)
+    schedule_version: int | None = Field(default=None, validation_alias="sched", serialization_alias="sched", ge=0, le=SESSION_MAX)
     clock_skew_ms: int | None = Field(
-        default=None, alias="skew", ge=-(2**31), le=2**31 - 1,
+        default=None, validation_alias="skew", serialization_alias="skew", ge=-(2**31), le=2**31 - 1,
         description="receiver clock minus reference time, measured at the last clock sync")
     clock_synced_s: int | None = Field(
-        default=None, alias="sync", ge=0, le=UINT32_MAX, description="seconds since the last successful clock sync")
+        default=None, validation_alias="sync", serialization_alias="sync", ge=0, le=UINT32_MAX, description="seconds since the last successful clock sync")
 
 
 class EventKind(StrEnum):
@@ -139,7 +142,7 @@ class Event(_Message):
     """Something worth telling at once, on ``.../event`` (QoS 1)."""
 
     session: int = Field(ge=0, le=SESSION_MAX)
-    sent_at: int = Field(alias="ts", ge=0, le=UNIX_TIME_MAX)
+    sent_at: int = Field(validation_alias="ts", serialization_alias="ts", ge=0, le=UNIX_TIME_MAX)
     kind: EventKind
     # A short code-like detail, not free prose: events are counted and grouped by it.
     detail: str | None = Field(default=None, max_length=120)
@@ -199,17 +202,17 @@ def _stream_url(value: str) -> str:
 
 
 class _Command(_Message):
-    command_id: str = Field(alias="id", min_length=1, max_length=32, pattern=_CODE_ID)
-    priority: Priority = Field(default=Priority.NORMAL, alias="pri")
-    issued_at: int = Field(alias="ts", ge=0, le=UNIX_TIME_MAX, description="service clock, Unix seconds")
-    expires_at: int = Field(alias="exp", ge=0, le=UNIX_TIME_MAX, description="service clock, Unix seconds")
+    command_id: str = Field(validation_alias="id", serialization_alias="id", min_length=1, max_length=32, pattern=_CODE_ID)
+    priority: Priority = Field(default=Priority.NORMAL, validation_alias="pri", serialization_alias="pri")
+    issued_at: int = Field(validation_alias="ts", serialization_alias="ts", ge=0, le=UNIX_TIME_MAX, description="service clock, Unix seconds")
+    expires_at: int = Field(validation_alias="exp", serialization_alias="exp", ge=0, le=UNIX_TIME_MAX, description="service clock, Unix seconds")
 
 
 class PlayCommand(_Command):
     op: Literal[CommandOp.PLAY] = CommandOp.PLAY
     url: str = Field(max_length=URL_MAX)
     # Stop by itself after this long; absent: play until the stream ends or a stop.
-    duration_s: int | None = Field(default=None, alias="dur", ge=1, le=86400)
+    duration_s: int | None = Field(default=None, validation_alias="dur", serialization_alias="dur", ge=1, le=86400)
 
     _check_url = field_validator("url")(_stream_url)
 
@@ -220,7 +223,7 @@ class StopCommand(_Command):
 
 class VolumeCommand(_Command):
     op: Literal[CommandOp.VOLUME] = CommandOp.VOLUME
-    volume: int = Field(alias="vol", ge=0, le=100)
+    volume: int = Field(validation_alias="vol", serialization_alias="vol", ge=0, le=100)
 
 
 class RebootCommand(_Command):
@@ -239,7 +242,7 @@ class ReceiverSettings(BaseModel):
 
 class ConfigCommand(_Command):
     op: Literal[CommandOp.CONFIG] = CommandOp.CONFIG
-    settings: ReceiverSettings = Field(alias="set")
+    settings: ReceiverSettings = Field(validation_alias="set", serialization_alias="set")
 
 
 class ScheduleSlot(BaseModel):
@@ -247,16 +250,16 @@ class ScheduleSlot(BaseModel):
 
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
 
-    slot_id: str = Field(alias="id", min_length=1, max_length=16, pattern=_CODE_ID)
-    start: str = Field(alias="s", description="HH:MM or HH:MM:SS, local time")
-    end: str = Field(alias="e", description="HH:MM or HH:MM:SS, local time, after start (same day)")
+    slot_id: str = Field(validation_alias="id", serialization_alias="id", min_length=1, max_length=16, pattern=_CODE_ID)
+    start: str = Field(validation_alias="s", serialization_alias="s", description="HH:MM or HH:MM:SS, local time")
+    end: str = Field(validation_alias="e", serialization_alias="e", description="HH:MM or HH:MM:SS, local time, after start (same day)")
     # Bit 0 is Monday ... bit 6 is Sunday (ISO weekday - 1).
-    days: int = Field(default=127, alias="d", ge=1, le=127)
-    url: str = Field(alias="u", max_length=URL_MAX)
-    priority: Priority = Field(default=Priority.NORMAL, alias="p")
-    valid_from: date | None = Field(default=None, alias="f")
-    valid_to: date | None = Field(default=None, alias="t")
-    volume: int | None = Field(default=None, alias="vol", ge=0, le=100)
+    days: int = Field(default=127, validation_alias="d", serialization_alias="d", ge=1, le=127)
+    url: str = Field(validation_alias="u", serialization_alias="u", max_length=URL_MAX)
+    priority: Priority = Field(default=Priority.NORMAL, validation_alias="p", serialization_alias="p")
+    valid_from: date | None = Field(default=None, validation_alias="f", serialization_alias="f")
+    valid_to: date | None = Field(default=None, validation_alias="t", serialization_alias="t")
+    volume: int | None = Field(default=None, validation_alias="vol", serialization_alias="vol", ge=0, le=100)
 
     _check_url = field_validator("url")(_stream_url)
 
@@ -313,8 +316,8 @@ class ScheduleCommand(_Command):
 
     op: Literal[CommandOp.SCHEDULE] = CommandOp.SCHEDULE
     # Not "version": that is the protocol's own major version ("v"), which every command carries.
-    schedule_version: int = Field(alias="ver", ge=0, le=SESSION_MAX)
-    tz_offset_min: int = Field(default=420, alias="tz", ge=-720, le=840, description="local time = UTC + tz")
+    schedule_version: int = Field(validation_alias="ver", serialization_alias="ver", ge=0, le=SESSION_MAX)
+    tz_offset_min: int = Field(default=420, validation_alias="tz", serialization_alias="tz", ge=-720, le=840, description="local time = UTC + tz")
     slots: tuple[ScheduleSlot, ...] = Field(default=(), max_length=SCHEDULE_MAX_SLOTS)
 
     @model_validator(mode="after")
@@ -371,11 +374,11 @@ class Ack(_Message):
     answered with the same outcome again and ``dup: true``, and never executed twice."""
 
     session: int = Field(ge=0, le=SESSION_MAX)
-    command_id: str = Field(alias="id", min_length=1, max_length=32, pattern=_CODE_ID)
-    status: AckStatus = Field(alias="st")
-    reason: str | None = Field(default=None, alias="why", max_length=64, pattern=r"^[a-z0-9_:.-]+$")
-    sent_at: int = Field(alias="ts", ge=0, le=UNIX_TIME_MAX)
-    duplicate: bool = Field(default=False, alias="dup")
+    command_id: str = Field(validation_alias="id", serialization_alias="id", min_length=1, max_length=32, pattern=_CODE_ID)
+    status: AckStatus = Field(validation_alias="st", serialization_alias="st")
+    reason: str | None = Field(default=None, validation_alias="why", serialization_alias="why", max_length=64, pattern=r"^[a-z0-9_:.-]+$")
+    sent_at: int = Field(validation_alias="ts", serialization_alias="ts", ge=0, le=UNIX_TIME_MAX)
+    duplicate: bool = Field(default=False, validation_alias="dup", serialization_alias="dup")
 
 
 class PlaySource(StrEnum):
@@ -401,15 +404,15 @@ class PlayStatus(_Message):
     Published on every change (not periodically)."""
 
     session: int = Field(ge=0, le=SESSION_MAX)
-    sent_at: int = Field(alias="ts", ge=0, le=UNIX_TIME_MAX)
-    stream: StreamState = Field(alias="st")
-    priority: Priority | None = Field(default=None, alias="pri")
-    source: PlaySource = Field(default=PlaySource.NONE, alias="src")
+    sent_at: int = Field(validation_alias="ts", serialization_alias="ts", ge=0, le=UNIX_TIME_MAX)
+    stream: StreamState = Field(validation_alias="st", serialization_alias="st")
+    priority: Priority | None = Field(default=None, validation_alias="pri", serialization_alias="pri")
+    source: PlaySource = Field(default=PlaySource.NONE, validation_alias="src", serialization_alias="src")
     ref: str | None = Field(default=None, max_length=32, pattern=_CODE_ID, description="command id or slot id")
     url: str | None = Field(default=None, max_length=URL_MAX)
-    volume: int = Field(alias="vol", ge=0, le=100)
+    volume: int = Field(validation_alias="vol", serialization_alias="vol", ge=0, le=100)
     why: PlayReason
-    schedule_version: int | None = Field(default=None, alias="sched", ge=0, le=SESSION_MAX)
+    schedule_version: int | None = Field(default=None, validation_alias="sched", serialization_alias="sched", ge=0, le=SESSION_MAX)
 
 
 def csq_to_dbm(csq: int) -> int | None:
