@@ -33,35 +33,42 @@ import importlib
 import json
 import math
 import multiprocessing as mp
-import os
-import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any
 
-from bench.connections import (
-    OBSERVER_USER,
+from bench.harness import (
     SERVICE_USER,
     Broker,
+    CpuSampler,
     SysObserver,
+    add_run_options,
+    attach_py_spy,
+    command_line,
+    copy_registry,
+    expect,
+    join_all,
+    machine,
+    machine_line,
     make_registry,
     open_files_limit,
     production_tuning,
     raise_nofile,
     receiver_ids,
+    report_failure,
+    results_section,
+    split_credentials,
     start_broker,
+    wait_idle,
+    wait_py_spy,
     write_broker_files,
 )
-from bench.ingest_rate import CpuSampler as _InterpolatingSampler
-from bench.ingest_rate import _expect, machine, settle
 from fleet_service.protocol.codec import CommandError, decode_command
 from fleet_service.protocol.topics import TOPIC_ROOT, MessageKind, command_topic, receiver_topics
 
@@ -90,9 +97,8 @@ RAW_INFLIGHT = 1000
 START_TIMEOUT_S = 300.0
 # Waiting for the acks of one phase.
 PHASE_TIMEOUT_S = 120.0
-# Before each phase, wait (at most --settle seconds) until the rest of the machine uses less than
-# this many cores (bench.ingest_rate.settle).
-QUIET_MACHINE_CORES = 0.3
+# CPU is sampled this often (interpolated between samples).
+SAMPLE_INTERVAL_S = 0.05
 STREAM_URL = "http://127.0.0.1/loa-bench.mp3"
 SESSION = 1
 # Runs of each database-side variant in --breakdown; the least CPU counts.
@@ -149,9 +155,7 @@ def _responders_main(index: int, params: dict[str, Any], events: Any, stop: Any)
         limit = raise_nofile()
         asyncio.run(_respond(index, params, events, stop, limit))
     except BaseException as exc:  # report, never hang the parent
-        import traceback
-
-        events.put(("error", f"responders {index} failed: {exc!r}\n{traceback.format_exc()}"))
+        report_failure(events, f"responders {index}", exc)
 
 
 async def _respond(index: int, params: dict[str, Any], events: Any, stop: Any, limit: int) -> None:
@@ -210,9 +214,7 @@ def _raw_main(params: dict[str, Any], events: Any, go: Any) -> None:
     try:
         events.put(("raw-done", _raw(params, events, go)))
     except BaseException as exc:
-        import traceback
-
-        events.put(("error", f"raw client failed: {exc!r}\n{traceback.format_exc()}"))
+        report_failure(events, "raw client", exc)
 
 
 def _raw(params: dict[str, Any], events: Any, go: Any) -> dict[str, Any]:
@@ -287,9 +289,7 @@ def _service_main(params: dict[str, Any], events: Any, go: Any) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         events.put(("service-done", asyncio.run(_service(params, events, go))))
     except BaseException as exc:
-        import traceback
-
-        events.put(("error", f"service failed: {exc!r}\n{traceback.format_exc()}"))
+        report_failure(events, "service", exc)
 
 
 async def _service(params: dict[str, Any], events: Any, go: Any) -> dict[str, Any]:
@@ -317,7 +317,6 @@ async def _service(params: dict[str, Any], events: Any, go: Any) -> dict[str, An
     try:
         started = time.monotonic()
         async with run_telemetry(runtime), run_mqtt_side(runtime, wait_connected_s=START_TIMEOUT_S):
-            runtime.ingest.telemetry_writer = runtime.telemetry
             ingest, delivery = runtime.ingest, runtime.commands
             deadline = time.monotonic() + START_TIMEOUT_S
             while ingest.tracker.counts()[0] < n:  # the retained births, read at subscribe
@@ -377,21 +376,6 @@ async def _service(params: dict[str, Any], events: Any, go: Any) -> dict[str, An
             "stored": stored, "delivery": counters, "ingest": ingest_counters, "polls": polls}
 
 
-# --- CPU ------------------------------------------------------------------------------------
-
-class CpuSampler(_InterpolatingSampler):
-    """CPU of every role of this benchmark over a window (interpolated between 50 ms samples)."""
-
-    def cores(self, start: float, end: float) -> dict[str, float]:
-        out = super().cores(start, end)
-        if not out:
-            return out
-        for role in self.roles:
-            out[role] = self.seconds(role, start, end) / (end - start)
-        out["other"] = max(0.0, out["machine"] - sum(out[r] for r in self.roles))
-        return out
-
-
 # --- one phase ------------------------------------------------------------------------------
 
 @dataclass
@@ -423,6 +407,12 @@ class Setup:
     what_if: dict[str, Any] = field(default_factory=dict)  # service tuning constants replaced
 
 
+def phase_sampler(setup: Setup, role: str, pid: int) -> CpuSampler:
+    """CPU of the broker, the responders and the phase's publisher (``role``)."""
+    return CpuSampler({"broker": [setup.broker.pid], "responders": setup.responder_pids, role: [pid]},
+                      interval_s=SAMPLE_INTERVAL_S, deadline_s=PHASE_TIMEOUT_S + 2 * START_TIMEOUT_S)
+
+
 def _dropped(setup: Setup) -> float:
     return setup.observer.latest("publish/messages/dropped") or 0.0
 
@@ -436,21 +426,17 @@ def run_raw(setup: Setup, number: int, inflight: int) -> Phase:
     process = ctx.Process(target=_raw_main, args=(params, events, go), daemon=True, name="raw-client")
     process.start()
     try:
-        _expect(events, "raw-ready", watch=[process])
+        expect(events, "raw-ready", watch=[process])
         dropped = _dropped(setup)
-        sampler = CpuSampler({"broker": [f"/proc/{setup.broker.pid}/stat"],
-                              "responders": [f"/proc/{pid}/stat" for pid in setup.responder_pids],
-                              "client": [f"/proc/{process.pid}/stat"]})
+        sampler = phase_sampler(setup, "client", process.pid)
         sampler.start()
         time.sleep(0.2)
         go.set()
-        result = _expect(events, "raw-done", timeout=PHASE_TIMEOUT_S + 60, watch=[process])[1]
+        result = expect(events, "raw-done", timeout=PHASE_TIMEOUT_S + 60, watch=[process])[1]
         time.sleep(0.1)
         sampler.stop()
     finally:
-        process.join(timeout=30)
-        if process.is_alive():
-            process.kill()
+        join_all([process])
     phase = Phase(RAW, number, result["at"], facts={**result, "inflight": inflight})
     end = result["t0"] + (result["at"][1.0] or PHASE_TIMEOUT_S)
     phase.cpu = sampler.cores(result["t0"], end)
@@ -463,41 +449,31 @@ def run_raw(setup: Setup, number: int, inflight: int) -> Phase:
 def run_service(setup: Setup, number: int, spy: str | None = None) -> Phase:
     rundir = setup.workdir / f"service-{number}"
     rundir.mkdir()
-    db = rundir / "service.db"
-    shutil.copyfile(setup.registry_db, db)
+    database_url = copy_registry(setup.registry_db, rundir / "service.db")
     ctx = mp.get_context("spawn")
     events, go = ctx.Queue(), ctx.Event()
     params = {"receivers": setup.n, "port": setup.port, "password": setup.password,
-              "database_url": f"sqlite:///{db}", "buffer_dir": str(rundir / "telemetry-buffer"),
+              "database_url": database_url, "buffer_dir": str(rundir / "telemetry-buffer"),
               "what_if": setup.what_if}
     process = ctx.Process(target=_service_main, args=(params, events, go), daemon=True, name="service")
     process.start()
     pid = process.pid
     assert pid is not None  # started
-    spying: subprocess.Popen[bytes] | None = None
+    spying = None
     try:
-        ready = _expect(events, "service-ready", watch=[process])[1]
+        ready = expect(events, "service-ready", watch=[process])[1]
         if spy:
-            spying = _attach_py_spy(pid, spy)
+            spying = attach_py_spy(pid, spy, rate=500, gil=True, duration_s=PHASE_TIMEOUT_S + 60)
         dropped = _dropped(setup)
-        sampler = CpuSampler({"broker": [f"/proc/{setup.broker.pid}/stat"],
-                              "responders": [f"/proc/{pid}/stat" for pid in setup.responder_pids],
-                              "service": [f"/proc/{pid}/stat"]})
+        sampler = phase_sampler(setup, "service", pid)
         sampler.start()
         time.sleep(0.2)
         go.set()
-        result = _expect(events, "service-done", timeout=PHASE_TIMEOUT_S + 120, watch=[process])[1]
+        result = expect(events, "service-done", timeout=PHASE_TIMEOUT_S + 120, watch=[process])[1]
         sampler.stop()
     finally:
-        process.join(timeout=60)
-        if process.is_alive():
-            process.kill()
-        if spying is not None:
-            try:
-                spying.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                spying.terminate()
-                spying.wait(timeout=10)
+        join_all([process], 60)
+        wait_py_spy(spying)
     phase = Phase(SERVICE, number, result["at"], facts={**result, **ready})
     phase.cpu = sampler.cores(result["t0"], result["end"])
     phase.cpu_db = sampler.cores(result["t0"], result["db_end"])
@@ -509,17 +485,6 @@ def run_service(setup: Setup, number: int, spy: str | None = None) -> Phase:
 
 
 # --- where the service's time goes (py-spy) -------------------------------------------------
-
-def _attach_py_spy(pid: int, out: str) -> subprocess.Popen[bytes] | None:
-    exe = os.environ.get("PY_SPY") or shutil.which("py-spy")
-    if not exe:
-        print("py-spy not found (put it on PATH or set PY_SPY); not sampled", flush=True)
-        return None
-    spy = subprocess.Popen([exe, "record", "-p", str(pid), "-r", "500", "--gil", "-f", "raw", "-o", out, "--nonblocking",
-                            "-d", str(int(PHASE_TIMEOUT_S + 60))], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(1.5)  # attached before the command is sent
-    return spy
-
 
 # Frames on (nearly) every stack, which say nothing about where the time goes.
 SPY_PLUMBING = ("multiprocessing/", "asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.py", "<string>",
@@ -593,7 +558,7 @@ def write_costs(workdir: Path, registry_db: Path, n: int) -> dict[str, float]:
                 ("one merged row per target, Core executemany", "core", True)]
     for i, (label, way, merged) in enumerate(variants * WRITE_COST_RUNS):
         db = workdir / f"writes-{i}.db"
-        shutil.copyfile(registry_db, db)
+        copy_registry(registry_db, db)
         engine = make_engine(f"sqlite:///{db}")
         sessions = make_sessionmaker(engine)
         try:
@@ -694,8 +659,7 @@ def conditions(cfg: argparse.Namespace, info: dict[str, str], n: int, registry_s
     connected = sum(r["connected"] for r in ready)
     what_if = cfg.what_if_values
     return "\n".join([
-        f"- machine: {info['nproc']} cores ({info['cpu']}), {info['memory']}; {info['python']}; "
-        f"Mosquitto {info['mosquitto']}; {info['libraries']}; load average at start {info['load']}",
+        machine_line(info),
         f"- receivers: {n:,} registered and provisioned in a SQLite registry through the registry service "
         f"({registry_s:.0f} s); {connected:,} responders connected in {len(ready)} process(es) "
         f"(`simulators.mqtt.MqttClient`, {max(r['seconds'] for r in ready):.1f} s to connect), each logged in as "
@@ -750,23 +714,11 @@ def parse_what_if(parser: argparse.ArgumentParser, items: list[str]) -> dict[str
     return out
 
 
-def split_credentials(workdir: Path, credentials: dict[str, str], parts: int) -> list[str]:
-    ids = sorted(credentials)
-    paths = []
-    for i in range(parts):
-        path = workdir / f"credentials-{i}.json"
-        path.write_text(json.dumps({rid: credentials[rid] for rid in ids[i::parts]}))
-        paths.append(str(path))
-    return paths
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.command_acks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--receivers", type=int, default=2000, help="receivers (default 2000; the goal is 10000)")
     parser.add_argument("--responder-processes", type=int, default=2, help="processes of responders (default 2)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of raw then service (default 1)")
-    parser.add_argument("--settle", type=float, default=20.0,
-                        help="before each phase wait up to this many seconds for the machine to be idle (default 20)")
     parser.add_argument("--raw-inflight", default=f"{RAW_INFLIGHT},0",
                         help="the raw client's QoS 1 in-flight windows, one raw phase each, 0 = none (default "
                              f"{RAW_INFLIGHT},0: the service's window, and none)")
@@ -779,8 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--breakdown", action="store_true",
                         help="also time, in-process, the database side of one fleet-wide command: the request's "
                              "INSERT and the outcome UPDATEs as the writer does them, and cheaper alternatives")
-    parser.add_argument("--append", metavar="MARKDOWN", help="append the results section to this file")
-    parser.add_argument("--keep", metavar="DIR", help="keep the work directory (broker log, databases) here")
+    add_run_options(parser, settle=20.0)
     cfg = parser.parse_args(argv)
     n = cfg.receivers
     if n < 1 or not 1 <= cfg.responder_processes <= n or cfg.repeat < 1:
@@ -792,9 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--raw-inflight: give whole numbers separated by commas")
     if any(w < 0 for w in cfg.raw_inflight):
         parser.error("--raw-inflight: windows are ≥ 0")
-    command = " ".join(["python -m bench.command_acks", *(sys.argv[1:] if argv is None else argv)])
-    if cfg.py_spy and os.environ.get("PY_SPY"):
-        command = f"PY_SPY={os.environ['PY_SPY']} {command}"
+    command = command_line("bench.command_acks", argv, py_spy=bool(cfg.py_spy))
     info = machine()
     print(f"# {command}\n", flush=True)
     limit = raise_nofile()
@@ -816,19 +765,18 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         registry = make_registry(workdir, n)
         print(f"registry: {n} receivers provisioned in {registry.seconds:.1f} s", flush=True)
-        password, observer_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        passwd, acl, hashing = write_broker_files(workdir / "auth", registry.credentials, password, observer_password)
         # The service publishes commands: its login reads and writes the receivers' topics.
-        acl.write_text(acl.read_text().replace(f"user {SERVICE_USER}\ntopic read ", f"user {SERVICE_USER}\ntopic readwrite "))
-        broker = start_broker(workdir / "broker", passwd, acl, production_tuning())
-        observer = SysObserver(broker.port, observer_password)
+        auth = write_broker_files(workdir / "auth", registry.credentials, service_writes=True)
+        password, hashing = auth.service_password, auth.hashing_s
+        broker = start_broker(workdir / "broker", auth, production_tuning())
+        observer = SysObserver(broker.port, auth.observer_password)
         files = split_credentials(workdir, registry.credentials, cfg.responder_processes)
         params = {"port": broker.port, "credentials": files}
         responders = [ctx.Process(target=_responders_main, args=(i, params, events, stop), daemon=True,
                                   name=f"responders-{i}") for i in range(cfg.responder_processes)]
         for p in responders:
             p.start()
-        ready = [_expect(events, "responders-ready", watch=responders)[2] for _ in responders]
+        ready = [expect(events, "responders-ready", watch=responders)[2] for _ in responders]
         connected = sum(r["connected"] for r in ready)
         print(f"responders: {connected} of {n} connected in {max(r['seconds'] for r in ready):.1f} s "
               f"(errors: {[r['errors'] for r in ready]})", flush=True)
@@ -838,9 +786,7 @@ def main(argv: list[str] | None = None) -> int:
                       cfg.raw_inflight, what_if)
         for number in range(1, cfg.repeat + 1):
             for inflight in [*cfg.raw_inflight, None]:
-                busy = settle(cfg.settle)
-                if busy >= QUIET_MACHINE_CORES:
-                    print(f"(machine still busy: {busy:.2f} cores in use before round {number})", flush=True)
+                wait_idle(cfg.settle, f"round {number}")
                 phase = run_raw(setup, number, inflight) if inflight is not None else run_service(setup, number)
                 kind = phase.kind
                 phases.append(phase)
@@ -848,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{_s(phase.at[1.0])}" + (f", in the database {_s(phase.facts['db_s'])}" if kind == SERVICE else "")
                       + f"; cores {phase.cpu and {k: round(v, 2) for k, v in phase.cpu.items()}}", flush=True)
         if cfg.py_spy:
-            settle(cfg.settle)
+            wait_idle(cfg.settle, "the sampled phase")
             spied = run_service(setup, cfg.repeat + 1, str(Path(cfg.py_spy).resolve()))
             print(f"[service sampled by py-spy, not counted] 99 % {_s(spied.at[0.99])}, in the database "
                   f"{_s(spied.facts['db_s'])}", flush=True)
@@ -859,14 +805,11 @@ def main(argv: list[str] | None = None) -> int:
         broker_nofile = open_files_limit(broker.pid)
         stop.set()
         for _ in responders:
-            event = _expect(events, "responders-done", watch=responders)
+            event = expect(events, "responders-done", watch=responders)
             totals.update(event[2])
     finally:
         stop.set()
-        for p in responders:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
+        join_all(responders)
         if observer is not None:
             observer.close()
         if broker is not None:
@@ -877,30 +820,15 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     sampled = spy_summary(cfg.py_spy) if cfg.py_spy and Path(cfg.py_spy).exists() else None
-    section = [
-        f"## {date.today().isoformat()} — a play command to {n:,} receivers, time until acknowledged "
-        "(`bench/command_acks.py`)",
-        "",
-        f"Command: `{command}`",
-        "",
-        conditions(cfg, info, n, registry.seconds, hashing, ready, broker_nofile),
-        "",
-        *findings(phases, n, dict(totals)),
-        "",
-        table(phases),
-    ]
-    if writes:
-        section += ["", f"The database side alone (in-process, SQLite, {n:,} targets, CPU seconds of one thread, "
-                    f"least of {WRITE_COST_RUNS} runs; `--breakdown`):", "", *[f"- {label}: {seconds:.3f} s" for label, seconds in writes.items()]]
-    if sampled and spied is not None:
-        section += ["", "Where the service process's time went in one more service phase (py-spy, not in the table; "
-                    f"99 % after {_s(spied.at[0.99])} under sampling):", "", "```", sampled, "```"]
-    snippet = "\n".join(section) + "\n"
-    print("\n" + snippet)
-    if cfg.append:
-        with open(cfg.append, "a") as f:
-            f.write("\n" + snippet)
-        print(f"appended to {cfg.append}")
+    writes_lines = ([f"The database side alone (in-process, SQLite, {n:,} targets, CPU seconds of one thread, least of "
+                     f"{WRITE_COST_RUNS} runs; `--breakdown`):", "",
+                     *[f"- {label}: {seconds:.3f} s" for label, seconds in writes.items()]] if writes else [])
+    spy_lines = (["Where the service process's time went in one more service phase (py-spy, not in the table; "
+                  f"99 % after {_s(spied.at[0.99])} under sampling):", "", "```", sampled, "```"]
+                 if sampled and spied is not None else [])
+    results_section(f"a play command to {n:,} receivers, time until acknowledged", "command_acks.py", command,
+                    conditions(cfg, info, n, registry.seconds, hashing, ready, broker_nofile),
+                    findings(phases, n, dict(totals)), table(phases), writes_lines, spy_lines, append=cfg.append)
     return 0
 
 

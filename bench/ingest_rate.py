@@ -27,30 +27,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import os
-import platform
-import queue
 import random
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.cpu import ProcSampler
+from bench.harness import (
+    CpuSampler,
+    add_run_options,
+    attach_py_spy,
+    command_line,
+    copy_registry,
+    expect,
+    join_all,
+    machine,
+    machine_line,
+    make_registry,
+    receiver_ids,
+    report_failure,
+    results_section,
+    start_broker,
+    thread_stat,
+    wait_idle,
+    wait_py_spy,
+)
 
 # --- tuning ---------------------------------------------------------------------------------
 
-RECEIVER_PREFIX = "rx"
-# Receivers per station in the benchmark registry (a commune has 10-20).
-RECEIVERS_PER_STATION = 20
 # The workload is the same in every run and every phase: one seed.
 SEED = 20261126
 FIRMWARE = "1.4.2"
@@ -69,9 +77,8 @@ START_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 600.0
 # CPU accounting samples /proc this often; window ends are interpolated between samples.
 SAMPLE_INTERVAL_S = 0.05
-# Before each run, wait (at most --settle seconds) until the rest of the machine uses less than
-# this many cores: on a shared host it keeps other people's bursts out of the figures.
-QUIET_MACHINE_CORES = 0.3
+# The aiomqtt adapter's bound on its queue of incoming messages (--breakdown's aiomqtt run).
+AIOMQTT_MAX_QUEUED_INCOMING = 100_000
 # Messages timed by the in-process part of --breakdown (decode alone, ingest without MQTT).
 MICROBENCH_MAX = 100_000
 
@@ -81,10 +88,6 @@ Work = list[tuple[str, bytes, int, bool]]
 
 
 # --- the load -------------------------------------------------------------------------------
-
-def receiver_ids(count: int) -> list[str]:
-    return [f"{RECEIVER_PREFIX}-{i}" for i in range(count)]
-
 
 def publisher_share(messages: int, publishers: int, index: int) -> int:
     return messages // publishers + (1 if index < messages % publishers else 0)
@@ -195,9 +198,7 @@ def _consumer_main(kind: str, params: dict[str, Any], events: Any, done: Any) ->
         else:
             result = asyncio.run(_async_consumer(kind, params, events, done))
     except BaseException as exc:  # report, never hang the parent
-        import traceback
-
-        events.put(("error", f"{kind} consumer failed: {exc!r}\n{traceback.format_exc()}"))
+        report_failure(events, f"{kind} consumer", exc)
         return
     events.put(("consumed", kind, result))
 
@@ -291,11 +292,11 @@ async def _wait_quiet(done: Any, received: Callable[[], int], expected: int) -> 
 
 
 async def _aiomqtt_only(params: dict[str, Any], events: Any, done: Any) -> dict[str, Any]:
-    """The adapter's MQTT side alone: same aiomqtt client options and subscriptions, same
-    ``async for`` over ``client.messages`` and the same payload conversion, but no ingest."""
+    """The first adapter's MQTT side alone (aiomqtt, before commit 05d65ea moved the adapter to paho
+    on the event loop): its client options and subscriptions, ``async for`` over
+    ``client.messages`` and the same payload conversion, but no ingest."""
     import aiomqtt
 
-    from fleet_service.mqtt.adapter import MAX_QUEUED_INCOMING
     from fleet_service.protocol import service_subscriptions
 
     state = {"count": 0, "first": 0.0, "last": 0.0, "births": 0}
@@ -303,7 +304,7 @@ async def _aiomqtt_only(params: dict[str, Any], events: Any, done: Any) -> dict[
 
     async def consume() -> None:
         async with aiomqtt.Client(params["host"], params["port"], identifier="bench-aiomqtt-only", keepalive=30,
-                                  clean_session=True, max_queued_incoming_messages=MAX_QUEUED_INCOMING) as client:
+                                  clean_session=True, max_queued_incoming_messages=AIOMQTT_MAX_QUEUED_INCOMING) as client:
             for topic, qos in service_subscriptions():
                 await client.subscribe(topic, qos=qos)
             ready.set()
@@ -414,48 +415,6 @@ async def _service(params: dict[str, Any], events: Any, done: Any) -> dict[str, 
     }
 
 
-# --- CPU accounting -------------------------------------------------------------------------
-
-class CpuSampler(ProcSampler):
-    """Reads the CPU each role used in a window afterwards (linear interpolation between samples)."""
-
-    def __init__(self, roles: dict[str, list[str]]) -> None:
-        """``roles``: role -> /proc stat files (a process's, or one thread's under task/)."""
-        super().__init__(roles, interval_s=SAMPLE_INTERVAL_S, deadline_s=RUN_TIMEOUT_S + 2 * START_TIMEOUT_S)
-
-    def _at(self, t: float, value: Callable[[tuple[float, int, int, dict[str, int]]], float]) -> float:
-        s = self.samples
-        if t <= s[0][0]:
-            return value(s[0])
-        for a, b in zip(s, s[1:]):
-            if a[0] <= t <= b[0]:
-                w = (t - a[0]) / (b[0] - a[0]) if b[0] > a[0] else 0.0
-                return value(a) + w * (value(b) - value(a))
-        return value(s[-1])
-
-    def seconds(self, role: str, start: float, end: float) -> float:
-        """CPU seconds ``role`` used in [start, end]."""
-        if len(self.samples) < 2:
-            return 0.0
-        ticks = self._at(end, lambda s: s[3][role]) - self._at(start, lambda s: s[3][role])
-        return ticks / self.tick
-
-    def cores(self, start: float, end: float) -> dict[str, float]:
-        """Cores used on average in [start, end], per role, by the whole machine and by the rest."""
-        if len(self.samples) < 2 or end <= start:
-            return {}
-        wall = end - start
-        total = self._at(end, lambda s: s[1]) - self._at(start, lambda s: s[1])
-        idle = self._at(end, lambda s: s[2]) - self._at(start, lambda s: s[2])
-        ncpu = os.cpu_count() or 1
-        out = {"machine": ncpu * (total - idle) / total if total > 0 else 0.0}
-        processes = [role for role in self.roles if role in ("broker", "publishers", "consumer")]
-        for role in processes:
-            out[role] = self.seconds(role, start, end) / wall
-        out["other"] = max(0.0, out["machine"] - sum(out[r] for r in processes))
-        return out
-
-
 # --- one run --------------------------------------------------------------------------------
 
 @dataclass
@@ -476,31 +435,21 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def broker_config(max_queued: int | None) -> str:
-    body = "allow_anonymous true\n"
-    if max_queued is not None:
-        body += f"max_queued_messages {max_queued}\n"
-    return body
-
-
 def run_once(kind: str, number: int, cfg: argparse.Namespace, workdir: Path, template_db: Path,
              profile: str | None = None, on_consumer: Callable[[int], Any] | None = None) -> RunResult:
     """One run of one consumer ``kind`` against a fresh broker. ``on_consumer`` is called with the
     consumer's pid once it is subscribed, before the publishers start (e.g. to attach a
     sampling profiler)."""
-    from tests.support.mosquitto import mosquitto
-
     ctx = mp.get_context("spawn")
-    with mosquitto(workdir / f"broker-{kind}-{number}", broker_config(cfg.max_queued)) as broker:
+    tuning = [f"max_queued_messages {cfg.max_queued}"] if cfg.max_queued is not None else []
+    with start_broker(workdir / f"broker-{kind}-{number}", None, tuning, sys_interval=0) as broker:
         params: dict[str, Any] = {
             "host": broker.host, "port": broker.port, "messages": cfg.messages, "receivers": cfg.receivers,
             "publishers": cfg.publishers, "birth_share": cfg.birth_share, "profile": profile,
             "base_ts": cfg.base_ts,
         }
         if kind == SERVICE:
-            db = workdir / f"ledger-{kind}-{number}.db"
-            shutil.copyfile(template_db, db)
-            params["database_url"] = f"sqlite:///{db}"
+            params["database_url"] = copy_registry(template_db, workdir / f"ledger-{kind}-{number}.db")
         events = ctx.Queue()
         go, done = ctx.Event(), ctx.Event()
         processes: list[Any] = []
@@ -509,7 +458,7 @@ def run_once(kind: str, number: int, cfg: argparse.Namespace, workdir: Path, tem
             consumer = ctx.Process(target=_consumer_main, args=(kind, params, events, done), daemon=True)
             consumer.start()
             processes.append(consumer)
-            _expect(events, "consumer-ready", watch=processes)
+            expect(events, "consumer-ready", watch=processes)
             if on_consumer is not None:
                 on_consumer(consumer.pid)
             publishers = [ctx.Process(target=_publisher_main, args=(i, params, events, go), daemon=True)
@@ -518,18 +467,18 @@ def run_once(kind: str, number: int, cfg: argparse.Namespace, workdir: Path, tem
                 p.start()
                 processes.append(p)
             for _ in publishers:
-                _expect(events, "publisher-ready", watch=processes)
-            sampler = CpuSampler({"broker": [f"/proc/{broker.process.pid}/stat"],
-                                  "publishers": [f"/proc/{p.pid}/stat" for p in publishers],
-                                  "consumer": [f"/proc/{consumer.pid}/stat"],
-                                  "consumer_main": [f"/proc/{consumer.pid}/task/{consumer.pid}/stat"]})
+                expect(events, "publisher-ready", watch=processes)
+            sampler = CpuSampler({"broker": [broker.pid], "publishers": [p.pid for p in publishers],
+                                  "consumer": [consumer.pid], "consumer_main": [thread_stat(consumer.pid)]},
+                                 interval_s=SAMPLE_INTERVAL_S, deadline_s=RUN_TIMEOUT_S + 2 * START_TIMEOUT_S,
+                                 parts=["consumer_main"])
             sampler.start()
             time.sleep(4 * SAMPLE_INTERVAL_S)
             go_at = time.monotonic()
             go.set()
-            published = [_expect(events, "published", RUN_TIMEOUT_S, processes)[2] for _ in publishers]
+            published = [expect(events, "published", RUN_TIMEOUT_S, processes)[2] for _ in publishers]
             done.set()
-            consumed = _expect(events, "consumed", RUN_TIMEOUT_S + 2 * QUIET_S, processes)[2]
+            consumed = expect(events, "consumed", RUN_TIMEOUT_S + 2 * QUIET_S, processes)[2]
             consumed_at = time.monotonic()
             sampler.stop()
             finished = True
@@ -537,10 +486,7 @@ def run_once(kind: str, number: int, cfg: argparse.Namespace, workdir: Path, tem
             for p in processes:
                 if not finished and p.is_alive():
                     p.terminate()
-                p.join(timeout=10)
-                if p.is_alive():
-                    p.terminate()
-                    p.join(timeout=5)
+            join_all(processes, 10)
     total = sum(p["count"] for p in published)
     pub_start = min(p["start"] for p in published)
     pub_end = max(p["end"] for p in published)
@@ -564,108 +510,13 @@ def run_once(kind: str, number: int, cfg: argparse.Namespace, workdir: Path, tem
                      sum(p["unacked"] for p in published), cpu, extra)
 
 
-def _expect(events: Any, tag: str, timeout: float = START_TIMEOUT_S, watch: list[Any] | None = None) -> tuple[Any, ...]:
-    """The next event, which must be ``tag``; fails early if a watched process died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            event = events.get(timeout=0.5)
-            break
-        except queue.Empty:
-            dead = [p for p in watch or [] if p.exitcode not in (None, 0)]
-            if dead:
-                raise RuntimeError(f"waiting for {tag}: {dead[0].name} exited with {dead[0].exitcode}") from None
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out waiting for {tag}") from None
-    if event[0] == "error":
-        raise RuntimeError(event[1])
-    if event[0] != tag:
-        raise RuntimeError(f"expected {tag}, got {event!r}")
-    return event
-
-
-# --- set-up ---------------------------------------------------------------------------------
-
-def _cpu_times() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    return sum(fields), fields[3] + fields[4]
-
-
-def settle(max_wait: float) -> float:
-    """Wait until the machine is nearly idle (or ``max_wait`` passed); return the busy cores
-    seen last."""
-    ncpu = os.cpu_count() or 1
-    deadline = time.monotonic() + max_wait
-    busy = 0.0
-    while True:
-        total0, idle0 = _cpu_times()
-        time.sleep(0.5)
-        total1, idle1 = _cpu_times()
-        busy = ncpu * (1 - (idle1 - idle0) / max(1, total1 - total0))
-        if busy < QUIET_MACHINE_CORES or time.monotonic() >= deadline:
-            return busy
-
-
-def make_registry(workdir: Path, receivers: int) -> Path:
-    """A migrated SQLite database with ``receivers`` registered and provisioned; each service
-    run gets its own copy, so every run starts from the same registry and an empty ledger."""
-    from fleet_service.db import make_engine, make_sessionmaker
-    from fleet_service.migrations import upgrade
-    from tests.support.fleet import provision_fleet
-
-    path = workdir / "registry.db"
-    url = f"sqlite:///{path}"
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        provision_fleet(make_sessionmaker(engine), receivers=receivers,
-                        stations=max(1, receivers // RECEIVERS_PER_STATION), prefix=RECEIVER_PREFIX)
-    finally:
-        engine.dispose()
-    return path
-
-
-def machine() -> dict[str, str]:
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem = "?"
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
-    from tests.support.mosquitto import MOSQUITTO
-
-    try:
-        mosq = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        mosq = "?"
-    libs = ", ".join(f"{name} {_version(name)}" for name in ("paho-mqtt", "aiomqtt", "pydantic", "SQLAlchemy"))
-    return {"nproc": str(os.cpu_count()), "cpu": model, "memory": mem,
-            "python": f"{platform.python_implementation()} {platform.python_version()}",
-            "mosquitto": mosq.replace("mosquitto version ", ""), "libraries": libs,
-            "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
 # --- the in-process part of --breakdown -----------------------------------------------------
 
 def _microbench_main(params: dict[str, Any], events: Any) -> None:
     try:
         events.put(("microbench", asyncio.run(_microbench(params))))
     except BaseException as exc:
-        events.put(("error", f"microbench failed: {exc!r}"))
+        report_failure(events, "microbench", exc)
 
 
 async def _microbench(params: dict[str, Any]) -> dict[str, Any]:
@@ -728,19 +579,16 @@ async def _microbench(params: dict[str, Any]) -> dict[str, Any]:
 
 def run_microbench(cfg: argparse.Namespace, workdir: Path, template_db: Path) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    db = workdir / "ledger-microbench.db"
-    shutil.copyfile(template_db, db)
     params = {"messages": cfg.messages, "receivers": cfg.receivers, "publishers": cfg.publishers,
-              "birth_share": cfg.birth_share, "base_ts": cfg.base_ts, "database_url": f"sqlite:///{db}"}
+              "birth_share": cfg.birth_share, "base_ts": cfg.base_ts,
+              "database_url": copy_registry(template_db, workdir / "ledger-microbench.db")}
     events = ctx.Queue()
     p = ctx.Process(target=_microbench_main, args=(params, events), daemon=True)
     p.start()
     try:
-        return _expect(events, "microbench", RUN_TIMEOUT_S, [p])[1]
+        return expect(events, "microbench", RUN_TIMEOUT_S, [p])[1]
     finally:
-        p.join(timeout=10)
-        if p.is_alive():
-            p.terminate()
+        join_all([p], 10)
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -833,8 +681,7 @@ def conditions(cfg: argparse.Namespace, info: dict[str, str], births_per_run: in
     procs_a = f"1 Mosquitto + {cfg.publishers} publisher processes + 1 paho subscriber process"
     procs_b = f"1 Mosquitto + {cfg.publishers} publisher processes + 1 service process (event loop + ledger thread)"
     return "\n".join([
-        f"- machine: {info['nproc']} cores ({info['cpu']}), {info['memory']}; {info['python']}; "
-        f"Mosquitto {info['mosquitto']}; {info['libraries']}; load average at start {info['load']}",
+        machine_line(info),
         f"- load: {cfg.messages:,} messages per run from {cfg.publishers} paho publisher processes "
         f"({cfg.receivers:,} receivers, each on its own topic; mean payload {mean_payload:.0f} bytes; telemetry QoS 0, "
         f"{births_per_run:,} state births QoS 1 retained = boot births + {cfg.birth_share:.1%} reconnect births)",
@@ -861,15 +708,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of messages after the boot births that are reconnect births (default 0.01)")
     parser.add_argument("--max-queued", type=int, default=None,
                         help="Mosquitto max_queued_messages (default: Mosquitto's own, 1000)")
-    parser.add_argument("--settle", type=float, default=30.0,
-                        help="before each run wait up to this many seconds for the machine to be idle (default 30)")
     parser.add_argument("--goal", type=float, default=0.5, help="goal for the ratio B/A (default 0.5)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also run: aiomqtt loop alone, decode alone, ingest without MQTT")
     parser.add_argument("--profile", metavar="FILE", help="one more service run under cProfile, stats to FILE")
     parser.add_argument("--py-spy", metavar="FILE", dest="py_spy",
                         help="one more service run sampled by py-spy (on PATH or $PY_SPY), collapsed stacks to FILE")
-    parser.add_argument("--append", metavar="MARKDOWN", help="append the results section to this file")
+    add_run_options(parser, settle=30.0, keep=False)
     cfg = parser.parse_args(argv)
     if cfg.messages < 1 or cfg.repeat < 1 or not 1 <= cfg.publishers <= cfg.receivers:
         parser.error("need messages ≥ 1, repeat ≥ 1 and 1 ≤ publishers ≤ receivers")
@@ -877,9 +722,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--birth-share must be in [0, 1)")
 
     cfg.base_ts = int(time.time())
-    command = " ".join(["python -m bench.ingest_rate", *(sys.argv[1:] if argv is None else argv)])
-    if cfg.py_spy and os.environ.get("PY_SPY"):
-        command = f"PY_SPY={os.environ['PY_SPY']} {command}"
+    command = command_line("bench.ingest_rate", argv, py_spy=bool(cfg.py_spy))
     info = machine()
     print(f"# {command}\n", flush=True)
     results: list[RunResult] = []
@@ -888,14 +731,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="loa-bench-") as tmp:
         workdir = Path(tmp)
         started = time.monotonic()
-        template = make_registry(workdir, cfg.receivers)
+        template = make_registry(workdir, cfg.receivers).path
         print(f"registry: {cfg.receivers} receivers provisioned in {time.monotonic() - started:.1f} s", flush=True)
         kinds = [RAW, SERVICE] + ([AIOMQTT] if cfg.breakdown else [])
         for n in range(1, cfg.repeat + 1):
             for kind in kinds:
-                busy = settle(cfg.settle)
-                if busy >= QUIET_MACHINE_CORES:
-                    print(f"(machine still busy: {busy:.2f} cores in use before run {n} {kind})", flush=True)
+                wait_idle(cfg.settle, f"run {n} {kind}")
                 r = run_once(kind, n, cfg, workdir, template)
                 results.append(r)
                 print(progress_line(r), flush=True)
@@ -911,65 +752,40 @@ def main(argv: list[str] | None = None) -> int:
 
     births_per_run = max(r.births for r in results)
     mean_payload = results[0].payload_bytes / results[0].published
-    text, a, b, ratio = summary(results, cfg)
-    section = [
-        f"## {date.today().isoformat()} — ingest rate vs raw Mosquitto delivery (`bench/ingest_rate.py`)",
-        "",
-        f"Command: `{command}`",
-        "",
-        conditions(cfg, info, births_per_run, mean_payload),
-        "",
-        text,
-        "",
-        run_table(results),
-    ]
+    text, _, _, _ = summary(results, cfg)
+    breakdown: list[str] = []
     if micro:
         aiomqtt_rates = [r.rate for r in results if r.kind == AIOMQTT]
-        section += ["", "Breakdown (same load):",
-                    f"- aiomqtt loop alone (adapter's client and iteration, no ingest): median "
-                    f"{_median(aiomqtt_rates):,.0f} msg/s, "
-                    f"{_median([r.extra['cpu_us_per_msg'] for r in results if r.kind == AIOMQTT]):.1f} µs CPU/msg",
-                    f"- in-process, no MQTT, {micro['messages']:,} messages: decode() {micro['decode_us']:.1f} µs/msg; "
-                    f"IngestService.handle() {micro['handle_us']:.1f} µs/msg "
-                    f"(≈ {1e6 / micro['handle_us']:,.0f} msg/s on one core; {micro['transitions']:,} ledger "
-                    f"transitions from these messages)",
-                    f"- the ledger alone (record_transitions, batches of 500, SQLite WAL): "
-                    f"{micro['ledger_us']:,.0f} µs per transition ({micro['ledger_transitions']:,} transitions)"]
-    if sampled:
-        section += ["", "Where the service process's time goes (py-spy, one more run, share of samples of both "
-                    "threads in which the stage is on the stack):", "", "```", sampled, "```"]
-    snippet = "\n".join(section) + "\n"
-    print("\n" + snippet)
-    if cfg.append:
-        with open(cfg.append, "a") as f:
-            f.write("\n" + snippet)
-        print(f"appended to {cfg.append}")
+        breakdown = ["Breakdown (same load):",
+                     f"- aiomqtt loop alone (adapter's client and iteration, no ingest): median "
+                     f"{_median(aiomqtt_rates):,.0f} msg/s, "
+                     f"{_median([r.extra['cpu_us_per_msg'] for r in results if r.kind == AIOMQTT]):.1f} µs CPU/msg",
+                     f"- in-process, no MQTT, {micro['messages']:,} messages: decode() {micro['decode_us']:.1f} µs/msg; "
+                     f"IngestService.handle() {micro['handle_us']:.1f} µs/msg "
+                     f"(≈ {1e6 / micro['handle_us']:,.0f} msg/s on one core; {micro['transitions']:,} ledger "
+                     f"transitions from these messages)",
+                     f"- the ledger alone (record_transitions, batches of 500, SQLite WAL): "
+                     f"{micro['ledger_us']:,.0f} µs per transition ({micro['ledger_transitions']:,} transitions)"]
+    spied = (["Where the service process's time goes (py-spy, one more run, share of samples of both threads in "
+              "which the stage is on the stack):", "", "```", sampled, "```"] if sampled else [])
+    results_section("ingest rate vs raw Mosquitto delivery", "ingest_rate.py", command,
+                    conditions(cfg, info, births_per_run, mean_payload), text, run_table(results), breakdown, spied,
+                    append=cfg.append)
     return 0
 
 
 def run_sampled(cfg: argparse.Namespace, workdir: Path, template: Path) -> str | None:
     """One more service run (not counted) with py-spy attached to the service process; returns
     the summary of where its samples fell."""
-    exe = os.environ.get("PY_SPY") or shutil.which("py-spy")
-    if not exe:
-        print("py-spy not found (put it on PATH or set PY_SPY); skipped", flush=True)
-        return None
     out = str(Path(cfg.py_spy).resolve())
-    spies: list[subprocess.Popen[bytes]] = []
+    spies: list[Any] = []
 
-    def attach(pid: int) -> None:
-        spies.append(subprocess.Popen([exe, "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", out,
-                                       "--nonblocking", "-d", str(int(RUN_TIMEOUT_S))],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        time.sleep(1.0)  # let it attach before the load starts
+    def attach(pid: int) -> None:  # before the load starts; it stops when the service process exits
+        spies.append(attach_py_spy(pid, out, rate=250, duration_s=RUN_TIMEOUT_S, settle_s=1.0))
 
     r = run_once(SERVICE, 0, cfg, workdir, template, on_consumer=attach)
-    for spy in spies:  # it stops by itself when the service process exits
-        try:
-            spy.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            spy.terminate()
-            spy.wait(timeout=10)
+    for spy in spies:
+        wait_py_spy(spy)
     print(f"sampled service run (not counted): {_k(r.rate)} msg/s; collapsed stacks in {cfg.py_spy}", flush=True)
     if not Path(out).exists():
         return None

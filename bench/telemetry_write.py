@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
-from datetime import UTC, date, datetime, timedelta
-from importlib import metadata
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 
+from bench.harness import command_line, machine, machine_line, results_section
 from fleet_service.protocol.messages import Telemetry
 from fleet_service.telemetry.buffer import DiskBuffer
 from fleet_service.telemetry.points import telemetry_line
@@ -107,14 +104,16 @@ def stored(vm: VictoriaMetrics, run: str) -> int:
     return vm.sample_count(f'{{__name__="telemetry_seq",receiver=~"{run}-.*"}}')
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.telemetry_write", description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=200_000)
     parser.add_argument("--receivers", type=int, default=2500)
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--append", type=Path, help="append the results as a section of this markdown file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    command = command_line("bench.telemetry_write", argv)
+    info = machine(libraries=("influxdb-client", "httpx", "pydantic"))
 
     rows: list[tuple[int, str, float, float, float | None, int]] = []
     with tempfile.TemporaryDirectory(prefix="loa-bench-") as tmp:
@@ -144,16 +143,8 @@ def main() -> None:
     written = [args.points / r[2] for r in rows if r[1] == "writer"]
     submit_us = [r[4] / args.points * 1e6 for r in rows if r[4] is not None]
     cpu_us = {k: statistics.median(r[3] / args.points * 1e6 for r in rows if r[1] == k) for k in ("raw", "writer")}
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("influxdb-client", "httpx", "pydantic"))
-    section = [
-        f"## {date.today().isoformat()} — telemetry writer vs raw line-protocol POST (`bench/telemetry_write.py`)",
-        "",
-        f"Command: `python -m bench.telemetry_write {' '.join(sys.argv[1:])}`",
-        "",
-        f"- machine: 2-core host ({platform.processor() or platform.machine()}), {os.cpu_count()} CPUs; "
-        f"CPython {platform.python_version()}; VictoriaMetrics (Debian 1.79) on 127.0.0.1; {versions}; "
-        f"load average at start {load}",
+    results_section("telemetry writer vs raw line-protocol POST", "telemetry_write.py", command, [
+        machine_line(info, mosquitto=False) + "; VictoriaMetrics (Debian's) on 127.0.0.1",
         f"- load: {args.points:,} telemetry points per run ({args.receivers:,} receivers, every field present, "
         f"~{line_bytes} bytes of line protocol each), batches of {args.batch:,}, gzip on both sides; "
         f"{args.repeat} runs of each, alternating, one server",
@@ -165,13 +156,7 @@ def main() -> None:
         f"{statistics.median(submit_us):.2f} µs per message",
         f"- ratio writer/raw: **{statistics.median(written) / statistics.median(raw):.2f}×**",
         f"- points found in the server afterwards: {', '.join(f'{r[1]}{r[0]} {r[5]:,}' for r in rows)}",
-        "",
-    ]
-    print("\n".join(section))
-    if args.append:
-        with args.append.open("a") as f:
-            f.write("\n" + "\n".join(section))
-
+    ], append=args.append)
 
 if __name__ == "__main__":
     main()

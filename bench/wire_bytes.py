@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
-import platform
 import secrets
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from bench.harness import machine, machine_line
 from tests.firmware.conftest import Device, wait_for
 from tests.support.mosquitto_production import production_mosquitto
 from tests.support.ports import free_port
@@ -133,7 +132,7 @@ def main() -> None:
     c, s, e = r["connect"], r["steady"], r["stop"]
     assert isinstance(c, Counts) and isinstance(s, Counts) and isinstance(e, Counts)
     per_min = 60 / float(r["steady_s"])  # type: ignore[arg-type]
-    print(f"machine: {os.cpu_count()} cores, {platform.platform()}, {platform.python_version()}")
+    print(machine_line(machine(libraries=())).removeprefix("- "))
     print(f"settings: heap {args.heapsize}, keepalive {args.keepalive} s, telemetry every {args.interval:g} s, TLS on, steady window {float(r['steady_s']):.0f} s")  # type: ignore[arg-type]
     print(f"connection (TCP payload): up {c.bytes_up} B, down {c.bytes_down} B in {c.writes_up}+{c.writes_down} segments")
     print(f"steady: up {s.bytes_up * per_min:.0f} B/min, down {s.bytes_down * per_min:.0f} B/min "
