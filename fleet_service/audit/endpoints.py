@@ -32,11 +32,11 @@ def audit_log(
 ) -> list[AuditEntryOut]:
     """Nhật ký thao tác / every action taken through the API or the ``loa`` command, carried
     out or refused, newest first."""
-    if principal.region_path is not None:
+    if principal.scope.restricted:
         # The log spans the whole fleet: an admin of one subtree would learn of the others.
         raise Forbidden("Chỉ quản trị viên toàn mạng được xem nhật ký thao tác",
                         "Only admins of the whole fleet may read the audit log")
-    rows = service.list_entries(session, actor=actor, action=action,
+    rows = service.list_entries(session, scope=principal.scope, actor=actor, action=action,
                                 since=as_utc(since) if since else None, until=as_utc(until) if until else None,
                                 limit=limit, offset=offset)
     return [AuditEntryOut.model_validate(r) for r in rows]

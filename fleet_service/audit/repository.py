@@ -9,17 +9,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleet_service.audit.models import AuditEntry
+from fleet_service.scope import RegionScope, ScopeLike
 
 
 def add(session: Session, entry: AuditEntry) -> None:
     session.add(entry)
 
 
-def list_entries(session: Session, *, actor: str | None = None, action: str | None = None,
-                 since: datetime | None = None, until: datetime | None = None,
+def list_entries(session: Session, *, scope: ScopeLike = None, actor: str | None = None,
+                 action: str | None = None, since: datetime | None = None, until: datetime | None = None,
                  limit: int = 100, offset: int = 0) -> Sequence[AuditEntry]:
     """Newest first."""
-    query = select(AuditEntry)
+    query = select(AuditEntry).where(RegionScope.of(scope).audit_entries())
     if actor is not None:
         query = query.where(AuditEntry.actor == actor)
     if action is not None:

@@ -19,6 +19,7 @@ from fleet_service.audit import repository as repo
 from fleet_service.audit.models import AuditEntry, Outcome, Source
 from fleet_service.db import session_scope, utcnow
 from fleet_service.errors import LoaError
+from fleet_service.scope import ScopeLike
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,8 @@ def cli_entry(command: Sequence[str], arguments: Mapping[str, object], error: Ba
 
 # --- reading -----------------------------------------------------------------------------
 
-def list_entries(session: Session, *, actor: str | None = None, action: str | None = None,
-                 since: datetime | None = None, until: datetime | None = None,
+def list_entries(session: Session, *, scope: ScopeLike = None, actor: str | None = None,
+                 action: str | None = None, since: datetime | None = None, until: datetime | None = None,
                  limit: int = 100, offset: int = 0) -> Sequence[AuditEntry]:
-    return repo.list_entries(session, actor=actor, action=action, since=since, until=until,
+    return repo.list_entries(session, scope=scope, actor=actor, action=action, since=since, until=until,
                              limit=limit, offset=offset)

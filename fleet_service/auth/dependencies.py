@@ -2,7 +2,7 @@
 
     @router.get("/regions/{region_id}/availability")
     def availability(region_id: int, session: SessionDep, principal: CurrentPrincipal): ...
-        # principal.can_access_path(region.path), or pass principal.region_path as a scope
+        # principal.scope.contains(region.path), or pass principal.scope to a service
 
     @router.post("/receivers/{receiver_id}/commands")
     def send(..., principal: Annotated[Principal, Depends(require_roles(Role.OPERATOR))]): ...
@@ -22,6 +22,7 @@ from fleet_service.auth import service
 from fleet_service.auth.models import Role
 from fleet_service.deps import SessionDep
 from fleet_service.errors import Forbidden, NotAuthenticated
+from fleet_service.scope import RegionScope
 
 TOKEN_URL = "/api/v1/auth/token"
 
@@ -41,8 +42,13 @@ class Principal:
     region_path: str | None
     emergency: bool = False  # may send and stop emergency bulletins
 
+    @property
+    def scope(self) -> RegionScope:
+        """What the caller may see and act on (fleet_service.scope)."""
+        return RegionScope(self.region_path)
+
     def can_access_path(self, path: str) -> bool:
-        return self.region_path is None or path.startswith(self.region_path)
+        return self.scope.contains(path)
 
 
 def get_current_principal(request: Request, session: SessionDep,

@@ -60,13 +60,13 @@ def create_token(data: TokenCreate, session: SessionDep, principal: CurrentPrinc
 @router.delete("/auth/tokens/{token_id}", response_model=TokenOut)
 def revoke_token(token_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> TokenOut:
     """Revoke one of the caller's tokens (an admin of the whole fleet: anyone's)."""
-    own_only = None if principal.role is Role.ADMIN and principal.region_path is None else principal.user_id
+    own_only = None if principal.role is Role.ADMIN and principal.scope.whole_fleet else principal.user_id
     return TokenOut.model_validate(service.revoke_token(session, token_id, user_id=own_only))
 
 
 @router.get("/users", response_model=list[UserOut])
 def list_users(session: SessionDep, principal: AdminPrincipal) -> list[UserOut]:
-    return [UserOut.model_validate(u) for u in service.list_users(session, scope=principal.region_path)]
+    return [UserOut.model_validate(u) for u in service.list_users(session, scope=principal.scope)]
 
 
 @router.post("/users", response_model=UserOut, status_code=201)
@@ -78,7 +78,7 @@ def create_user(data: UserCreate, session: SessionDep, principal: AdminPrincipal
         password=data.password,
         region_id=data.region_id,
         full_name=data.full_name,
-        scope=principal.region_path,
+        scope=principal.scope,
         emergency=data.emergency,
     )
     return UserOut.model_validate(user)
@@ -86,9 +86,9 @@ def create_user(data: UserCreate, session: SessionDep, principal: AdminPrincipal
 
 @router.post("/users/{username}/disable", response_model=UserOut)
 def disable_user(username: str, session: SessionDep, principal: AdminPrincipal) -> UserOut:
-    return UserOut.model_validate(service.set_user_active(session, username, False, scope=principal.region_path))
+    return UserOut.model_validate(service.set_user_active(session, username, False, scope=principal.scope))
 
 
 @router.post("/users/{username}/enable", response_model=UserOut)
 def enable_user(username: str, session: SessionDep, principal: AdminPrincipal) -> UserOut:
-    return UserOut.model_validate(service.set_user_active(session, username, True, scope=principal.region_path))
+    return UserOut.model_validate(service.set_user_active(session, username, True, scope=principal.scope))

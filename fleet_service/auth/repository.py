@@ -9,26 +9,20 @@ from sqlalchemy.orm import Session
 
 from fleet_service.auth.models import ApiToken, User
 from fleet_service.registry.models import Region
+from fleet_service.scope import RegionScope, ScopeLike
 
 
 def get_user(session: Session, user_id: int) -> User | None:
     return session.get(User, user_id)
 
 
-def get_user_by_username(session: Session, username: str) -> User | None:
-    return session.scalar(select(User).where(User.username == username))
+def get_user_by_username(session: Session, username: str, *, scope: ScopeLike = None) -> User | None:
+    return session.scalar(select(User).where(User.username == username, RegionScope.of(scope).users()))
 
 
-def list_users(session: Session, *, scope: str | None = None) -> Sequence[User]:
-    """Users whose region lies under ``scope``; users without a region only when unscoped."""
-    query = select(User).order_by(User.username)
-    if scope is not None:
-        query = query.join(Region, User.region_id == Region.id).where(Region.path.startswith(scope))
-    return session.scalars(query).all()
-
-
-def region_path(session: Session, region_id: int) -> str | None:
-    return session.scalar(select(Region.path).where(Region.id == region_id))
+def list_users(session: Session, *, scope: ScopeLike = None) -> Sequence[User]:
+    """Users whose region lies in ``scope``; users without a region only in the whole fleet."""
+    return session.scalars(select(User).where(RegionScope.of(scope).users()).order_by(User.username)).all()
 
 
 def token_with_owner(session: Session, token_hash: str) -> Row[tuple[ApiToken, User, str | None]] | None:

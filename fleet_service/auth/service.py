@@ -14,6 +14,7 @@ from fleet_service.auth.security import hash_password, new_token, token_hash, ve
 from fleet_service.db import utcnow
 from fleet_service.errors import Conflict, Invalid, NotAuthenticated, NotFound
 from fleet_service.registry import service as registry
+from fleet_service.scope import RegionScope, ScopeLike
 
 # Bytes of randomness in an API token: 256 bits.
 API_TOKEN_BYTES = 32
@@ -63,7 +64,7 @@ def create_user(
     password: str | None = None,
     region_id: int | None = None,
     full_name: str | None = None,
-    scope: str | None = None,
+    scope: ScopeLike = None,
     emergency: bool = False,
 ) -> User:
     """``password`` None: an account that signs in with API tokens only. Everyone but an
@@ -80,7 +81,7 @@ def create_user(
             f"Vai trò '{role}' không tồn tại (chọn: {', '.join(Role)})",
             f"Unknown role '{role}' (choose: {', '.join(Role)})",
         ) from None
-    if region_id is None and (role is not Role.ADMIN or scope is not None):
+    if region_id is None and (role is not Role.ADMIN or RegionScope.of(scope).restricted):
         raise Invalid(
             "Người dùng này phải được gán một đơn vị hành chính làm phạm vi",
             "This user must be given a region as their scope",
@@ -105,24 +106,19 @@ def create_user(
     return user
 
 
-def get_user(session: Session, username: str, *, scope: str | None = None) -> User:
+def get_user(session: Session, username: str, *, scope: ScopeLike = None) -> User:
     """By username, within the caller's scope."""
-    user = repo.get_user_by_username(session, username)
-    if user is None or (scope is not None and not _user_within(session, user, scope)):
+    user = repo.get_user_by_username(session, username, scope=scope)
+    if user is None:
         raise NotFound(f"Không tìm thấy người dùng '{username}'", f"User '{username}' not found")
     return user
 
 
-def _user_within(session: Session, user: User, scope: str) -> bool:
-    path = repo.region_path(session, user.region_id) if user.region_id is not None else None
-    return path is not None and path.startswith(scope)
-
-
-def list_users(session: Session, *, scope: str | None = None) -> Sequence[User]:
+def list_users(session: Session, *, scope: ScopeLike = None) -> Sequence[User]:
     return repo.list_users(session, scope=scope)
 
 
-def set_user_active(session: Session, username: str, active: bool, *, scope: str | None = None) -> User:
+def set_user_active(session: Session, username: str, active: bool, *, scope: ScopeLike = None) -> User:
     """A disabled user's tokens stop working at once; enabling the user again restores them."""
     user = get_user(session, username, scope=scope)
     user.active = active
@@ -130,13 +126,13 @@ def set_user_active(session: Session, username: str, active: bool, *, scope: str
     return user
 
 
-def set_emergency(session: Session, username: str, allowed: bool, *, scope: str | None = None) -> User:
+def set_emergency(session: Session, username: str, allowed: bool, *, scope: ScopeLike = None) -> User:
     user = get_user(session, username, scope=scope)
     user.emergency = allowed
     return user
 
 
-def set_password(session: Session, username: str, password: str, *, scope: str | None = None) -> User:
+def set_password(session: Session, username: str, password: str, *, scope: ScopeLike = None) -> User:
     _check_password_policy(password)
     user = get_user(session, username, scope=scope)
     user.password_hash = hash_password(password)

@@ -20,7 +20,7 @@ router = APIRouter(tags=["commands"])
 
 
 def issuer_of(principal: Principal) -> service.Issuer:
-    return service.Issuer(principal.user_id, principal.username, principal.role, principal.region_path,
+    return service.Issuer(principal.user_id, principal.username, principal.role, principal.scope,
                           principal.emergency)
 
 
@@ -59,15 +59,15 @@ def list_commands(
     first. An operator sees the commands that concern their region: sent to it, to a region
     above it or the whole fleet, or to any of its receivers; the counts are of its receivers."""
     since, until = period(start, end, timedelta(days=7))
-    rows = repository.list_commands(session, scope=principal.region_path, since=since, until=until,
+    rows = repository.list_commands(session, scope=principal.scope, since=since, until=until,
                                     receiver_id=receiver, limit=limit, offset=offset)
-    return service.describe(session, rows, scope=principal.region_path)
+    return service.describe(session, rows, scope=principal.scope)
 
 
 @router.get("/commands/{command_id}", response_model=CommandOut)
 def get_command(command_id: str, session: SessionDep, principal: CurrentPrincipal) -> CommandOut:
-    command = service.get_command(session, command_id, scope=principal.region_path)
-    return service.describe(session, [command], scope=principal.region_path)[0]
+    command = service.get_command(session, command_id, scope=principal.scope)
+    return service.describe(session, [command], scope=principal.scope)[0]
 
 
 @router.get("/commands/{command_id}/targets", response_model=list[TargetOut])
@@ -76,6 +76,6 @@ def command_targets(
     status_filter: Annotated[str | None, Query(alias="status", description="only targets in this status")] = None,
 ) -> list[TargetOut]:
     """Each receiver's outcome, with the reason explained (only the caller's receivers)."""
-    service.get_command(session, command_id, scope=principal.region_path)
-    targets = repository.targets_of(session, command_id, status=status_filter, scope=principal.region_path)
+    service.get_command(session, command_id, scope=principal.scope)
+    targets = repository.targets_of(session, command_id, status=status_filter, scope=principal.scope)
     return [service.target_out(t) for t in targets]

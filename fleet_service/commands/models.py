@@ -52,17 +52,28 @@ class Command(Base):
     # The op's own fields, as sent on the wire (url, dur, vol, set, ver/tz/slots).
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     target_kind: Mapped[str] = mapped_column(String(16))
-    # Receiver id, station id, region id, or "" for the whole fleet.
-    target_ref: Mapped[str] = mapped_column(String(64))
+    # The target by id only, the one of its kind (none for the whole fleet): a copy of its
+    # region path went stale when a region moved. Scope checks join through the target's
+    # region as it is now (fleet_service.scope). No foreign key: the log outlives the target.
+    target_region_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    target_station_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    target_receiver_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Its name when the command was sent, as the log shows it.
     target_name: Mapped[str] = mapped_column(String(300))
-    # Region path of the target ("/1/7/"), or "/" for the fleet: an operator sees a command when
-    # its target lies within the operator's subtree.
-    target_path: Mapped[str] = mapped_column(String(1000), index=True)
     issued_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     issuer_name: Mapped[str] = mapped_column(String(100))
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     note: Mapped[str | None] = mapped_column(String(500))
+
+    @property
+    def target_ref(self) -> str:
+        """Receiver id, station id, region id, or "" for the whole fleet (the API's form)."""
+        if self.target_receiver_id is not None:
+            return self.target_receiver_id
+        if self.target_station_id is not None:
+            return str(self.target_station_id)
+        return str(self.target_region_id) if self.target_region_id is not None else ""
 
 
 class CommandTarget(Base):

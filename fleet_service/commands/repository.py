@@ -6,11 +6,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from fleet_service.commands.models import OPEN_STATUSES, Command, CommandTarget, TargetKind, TargetStatus
-from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
+from fleet_service.commands.models import OPEN_STATUSES, Command, CommandTarget, TargetStatus
+from fleet_service.registry.models import Receiver, ReceiverStatus
+from fleet_service.scope import RegionScope, ScopeLike
 
 # Rows per INSERT when a command fans out to a whole province.
 _INSERT_CHUNK = 5000
@@ -18,20 +19,16 @@ _TARGETS: Table = CommandTarget.__table__  # type: ignore[assignment]
 
 
 def active_receivers_under(session: Session, *, receiver_id: str | None = None, station_id: int | None = None,
-                           region_path: str | None = None, scope: str | None = None) -> list[str]:
-    """Active receivers of one target, restricted to ``scope`` (a region path prefix). A
-    receiver on no station is reached only by its own id or the whole fleet, and only by a
-    caller whose scope is the whole fleet."""
-    query = select(Receiver.id).where(Receiver.status == ReceiverStatus.ACTIVE.value)
+                           under: ScopeLike = None, scope: ScopeLike = None) -> list[str]:
+    """Active receivers of one target (a receiver, a station, the subtree ``under``),
+    restricted to ``scope``. A receiver on no station is reached only by its own id or the
+    whole fleet, and only by a caller whose scope is the whole fleet."""
+    query = select(Receiver.id).where(Receiver.status == ReceiverStatus.ACTIVE.value,
+                                      RegionScope.of(under).receivers(), RegionScope.of(scope).receivers())
     if receiver_id is not None:
         query = query.where(Receiver.id == receiver_id)
     if station_id is not None:
         query = query.where(Receiver.station_id == station_id)
-    if region_path is not None or scope is not None:
-        query = query.join(Station, Station.id == Receiver.station_id).join(Region, Region.id == Station.region_id)
-        for prefix in (region_path, scope):
-            if prefix is not None:
-                query = query.where(Region.path.startswith(prefix, autoescape=True))
     return list(session.scalars(query.order_by(Receiver.id)))
 
 
@@ -47,42 +44,14 @@ def add_command(session: Session, command: Command, receiver_ids: Sequence[str])
         connection.execute(insert(_TARGETS), rows[start:start + _INSERT_CHUNK])
 
 
-def _receivers_within(scope: str) -> Select[tuple[str]]:
-    """Ids of the receivers now on a station of the subtree ``scope``."""
-    return (select(Receiver.id).join(Station, Station.id == Receiver.station_id)
-            .join(Region, Region.id == Station.region_id).where(Region.path.startswith(scope, autoescape=True)))
+def get_command(session: Session, command_id: str, scope: ScopeLike = None) -> Command | None:
+    """A command that concerns ``scope`` (RegionScope.commands says which do)."""
+    return session.scalar(select(Command).where(Command.id == command_id, RegionScope.of(scope).commands()))
 
 
-def _ancestors(scope: str) -> list[str]:
-    """"/1/7/42/" -> ["/", "/1/", "/1/7/"]: the fleet's path and the regions above the subtree."""
-    parts = scope.strip("/").split("/")
-    return ["/" + "".join(f"{p}/" for p in parts[:n]) for n in range(len(parts))]
-
-
-def _visible_to(scope: str) -> ColumnElement[bool]:
-    """A command concerns a subtree when its target lies in it, when it went to the whole
-    fleet or to a region above it (a district-wide play reaches the commune's receivers), or
-    when any of its targets is one of the subtree's receivers."""
-    return or_(
-        Command.target_path.startswith(scope, autoescape=True),
-        and_(Command.target_kind.in_((TargetKind.FLEET.value, TargetKind.REGION.value)),
-             Command.target_path.in_(_ancestors(scope))),
-        exists().where(CommandTarget.command_id == Command.id, CommandTarget.receiver_id.in_(_receivers_within(scope))),
-    )
-
-
-def get_command(session: Session, command_id: str, scope: str | None = None) -> Command | None:
-    query = select(Command).where(Command.id == command_id)
-    if scope is not None:
-        query = query.where(_visible_to(scope))
-    return session.scalar(query)
-
-
-def list_commands(session: Session, *, scope: str | None, since: datetime | None, until: datetime | None,
+def list_commands(session: Session, *, scope: ScopeLike, since: datetime | None, until: datetime | None,
                   receiver_id: str | None = None, limit: int = 100, offset: int = 0) -> Sequence[Command]:
-    query = select(Command)
-    if scope is not None:
-        query = query.where(_visible_to(scope))
+    query = select(Command).where(RegionScope.of(scope).commands())
     if since is not None:
         query = query.where(Command.issued_at >= since)
     if until is not None:
@@ -92,17 +61,15 @@ def list_commands(session: Session, *, scope: str | None, since: datetime | None
     return session.scalars(query.order_by(Command.issued_at.desc(), Command.id).limit(limit).offset(offset)).all()
 
 
-def status_counts(session: Session, command_ids: Iterable[str], *, scope: str | None = None) -> dict[str, dict[str, int]]:
+def status_counts(session: Session, command_ids: Iterable[str], *, scope: ScopeLike = None) -> dict[str, dict[str, int]]:
     """Targets by status, of each command; with ``scope``, only the subtree's receivers."""
     ids = list(command_ids)
     counts: dict[str, dict[str, int]] = {cid: {} for cid in ids}
     if not ids:
         return counts
     query = (select(CommandTarget.command_id, CommandTarget.status, func.count())
-             .where(CommandTarget.command_id.in_(ids))
+             .where(CommandTarget.command_id.in_(ids), RegionScope.of(scope).command_targets())
              .group_by(CommandTarget.command_id, CommandTarget.status))
-    if scope is not None:
-        query = query.where(CommandTarget.receiver_id.in_(_receivers_within(scope)))
     rows = session.execute(query)
     for cid, status, n in rows:
         counts[cid][status] = n
@@ -110,13 +77,11 @@ def status_counts(session: Session, command_ids: Iterable[str], *, scope: str | 
 
 
 def targets_of(session: Session, command_id: str, *, status: str | None = None,
-               scope: str | None = None) -> Sequence[CommandTarget]:
+               scope: ScopeLike = None) -> Sequence[CommandTarget]:
     """A command's targets; with ``scope``, only the subtree's receivers."""
-    query = select(CommandTarget).where(CommandTarget.command_id == command_id)
+    query = select(CommandTarget).where(CommandTarget.command_id == command_id, RegionScope.of(scope).command_targets())
     if status is not None:
         query = query.where(CommandTarget.status == status)
-    if scope is not None:
-        query = query.where(CommandTarget.receiver_id.in_(_receivers_within(scope)))
     return session.scalars(query.order_by(CommandTarget.receiver_id)).all()
 
 

@@ -22,6 +22,7 @@ from fleet_service.outbox.service import OutboxKind
 from fleet_service.protocol.codec import COMMAND_ADAPTER
 from fleet_service.protocol.messages import CommandOp, Priority
 from fleet_service.registry import service as registry
+from fleet_service.scope import RegionScope, ScopeLike
 
 # Who may send which operation. Admins may do everything; an operator may send emergency
 # bulletins (and stop them) only when the user is marked for it (users.emergency).
@@ -62,7 +63,7 @@ class Issuer:
     user_id: int | None
     username: str
     role: Role
-    scope: str | None          # region path the issuer may act on; None = whole fleet
+    scope: ScopeLike           # the subtree the issuer may act on; None = whole fleet
     emergency: bool = False    # may send emergency-priority commands
 
 
@@ -109,46 +110,56 @@ def _params(data: CommandCreate) -> dict[str, Any]:
     return {}
 
 
-def resolve_target(session: Session, target: Target, scope: str | None) -> tuple[TargetKind, str, str, str, list[str]]:
-    """(kind, ref, name, region path, active receiver ids). Out of scope reads as absent."""
+def resolve_target(session: Session, target: Target, scope: ScopeLike) -> tuple[TargetKind, str, str, list[str]]:
+    """(kind, ref, name, active receiver ids). Out of scope reads as absent."""
     if target.receiver is not None:
         receiver = registry.get_receiver(session, target.receiver, scope=scope)
-        path = receiver.station.region.path if receiver.station is not None else "/"
         ids = repository.active_receivers_under(session, receiver_id=receiver.id)
-        return TargetKind.RECEIVER, receiver.id, receiver.id, path, ids
+        return TargetKind.RECEIVER, receiver.id, receiver.id, ids
     if target.station is not None:
         station = registry.get_station(session, target.station, scope=scope)
         ids = repository.active_receivers_under(session, station_id=station.id)
-        return TargetKind.STATION, str(station.id), station.name, station.region.path, ids
+        return TargetKind.STATION, str(station.id), station.name, ids
     if target.region is not None:
         region = registry.get_region(session, target.region, scope=scope)
-        ids = repository.active_receivers_under(session, region_path=region.path)
-        return TargetKind.REGION, str(region.id), region.name, region.path, ids
-    if scope is not None:
+        ids = repository.active_receivers_under(session, under=RegionScope(region.path))
+        return TargetKind.REGION, str(region.id), region.name, ids
+    if RegionScope.of(scope).restricted:
         raise Forbidden("Chỉ quản trị toàn hệ thống mới gửi lệnh cho cả hệ thống",
                         "Only a whole-fleet account may command the whole fleet")
-    return TargetKind.FLEET, "", "toàn hệ thống / whole fleet", "/", repository.active_receivers_under(session)
+    return TargetKind.FLEET, "", "toàn hệ thống / whole fleet", repository.active_receivers_under(session)
+
+
+def _target_ids(kind: TargetKind, ref: str) -> dict[str, Any]:
+    """The command's target columns: the id of its kind, none for the whole fleet."""
+    if kind is TargetKind.RECEIVER:
+        return {"target_receiver_id": ref}
+    if kind is TargetKind.STATION:
+        return {"target_station_id": int(ref)}
+    if kind is TargetKind.REGION:
+        return {"target_region_id": int(ref)}
+    return {}
 
 
 def create_command(session: Session, data: CommandCreate, issuer: Issuer, *, now: datetime | None = None) -> Created:
     check_allowed(issuer, data.op, data.priority)
     params = _params(data)
-    kind, ref, name, path, receiver_ids = resolve_target(session, data.target, issuer.scope)
-    return _create(session, data.op, data.priority, params, kind, ref, name, path, receiver_ids, issuer,
+    kind, ref, name, receiver_ids = resolve_target(session, data.target, issuer.scope)
+    return _create(session, data.op, data.priority, params, kind, ref, name, receiver_ids, issuer,
                    expires_in_s=data.expires_in_s, note=data.note, now=now)
 
 
 def create_system_command(session: Session, op: CommandOp, priority: Priority, params: dict[str, Any],
-                          kind: TargetKind, ref: str, name: str, path: str, receiver_ids: Sequence[str],
+                          kind: TargetKind, ref: str, name: str, receiver_ids: Sequence[str],
                           issuer: Issuer, *, expires_in_s: int | None = None, note: str | None = None,
                           now: datetime | None = None) -> Created:
     """For other domains (schedules) that decide the targets themselves."""
-    return _create(session, op, priority, params, kind, ref, name, path, list(receiver_ids), issuer,
+    return _create(session, op, priority, params, kind, ref, name, list(receiver_ids), issuer,
                    expires_in_s=expires_in_s, note=note, now=now)
 
 
 def _create(session: Session, op: CommandOp, priority: Priority, params: dict[str, Any], kind: TargetKind, ref: str,
-            name: str, path: str, receiver_ids: list[str], issuer: Issuer, *, expires_in_s: int | None,
+            name: str, receiver_ids: list[str], issuer: Issuer, *, expires_in_s: int | None,
             note: str | None, now: datetime | None) -> Created:
     if not receiver_ids:
         raise Invalid(f"'{name}' không có thiết bị nào đang hoạt động", f"'{name}' has no active receiver")
@@ -160,7 +171,7 @@ def _create(session: Session, op: CommandOp, priority: Priority, params: dict[st
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise Invalid(f"Lệnh không hợp lệ: {exc}", f"Invalid command: {exc}") from None
     command = Command(id=command_id, op=op.value, priority=priority.value, params=params, target_kind=kind.value,
-                      target_ref=ref, target_name=name, target_path=path, issued_by=issuer.user_id,
+                      **_target_ids(kind, ref), target_name=name, issued_by=issuer.user_id,
                       issuer_name=issuer.username, issued_at=issued_at, expires_at=expires_at, note=note)
     repository.add_command(session, command, receiver_ids)
     # Delivered by the leading worker, whichever process recorded it.
@@ -173,7 +184,7 @@ def payload_of(command: Command) -> bytes:
                         command.issued_at, command.expires_at)
 
 
-def get_command(session: Session, command_id: str, *, scope: str | None = None) -> Command:
+def get_command(session: Session, command_id: str, *, scope: ScopeLike = None) -> Command:
     """A command the caller may read: with ``scope``, one that concerns the subtree (its target
     lies in it or above it, or it went to one of its receivers). Reading one is not being
     allowed to stop or change it: that is create_command's check, on the new command's target."""
@@ -190,7 +201,7 @@ def command_out(command: Command, progress: dict[str, int]) -> CommandOut:
                       note=command.note, targets=sum(progress.values()), progress=progress)
 
 
-def describe(session: Session, commands: Sequence[Command], *, scope: str | None = None) -> list[CommandOut]:
+def describe(session: Session, commands: Sequence[Command], *, scope: ScopeLike = None) -> list[CommandOut]:
     """With ``scope``, the counts cover only the subtree's receivers: a fleet-wide command shows
     a commune's operator their own receivers, not the fleet."""
     counts = repository.status_counts(session, [c.id for c in commands], scope=scope)

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from fleet_service.registry.models import Receiver, ReceiverStatus
+from fleet_service.scope import RegionScope
 from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
 from fleet_service.uptime.repository import LedgerRepository
 
@@ -83,6 +84,5 @@ def receivers_with_open_interval(session: Session, region_path: str | None):  # 
         .where(Receiver.status == ReceiverStatus.ACTIVE.value)
         .order_by(Receiver.id)
     )
-    if region_path is not None:
-        query = query.where(Region.path.startswith(region_path, autoescape=True))
+    query = query.where(RegionScope(region_path).regions())
     return session.execute(query).all()

@@ -50,34 +50,34 @@ router = APIRouter(dependencies=[Depends(_registry_changes)])
 @router.get("/regions", response_model=list[RegionOut], tags=["regions"])
 def list_regions(session: SessionDep, principal: CurrentPrincipal, root_id: RowId | None = None) -> list[RegionOut]:
     """The regions the caller may see, depth first; ``root_id`` limits it to one subtree."""
-    regions = service.list_regions(session, root_id=root_id, scope=principal.region_path)
+    regions = service.list_regions(session, root_id=root_id, scope=principal.scope)
     return [RegionOut.model_validate(r) for r in regions]
 
 
 @router.post("/regions", response_model=RegionOut, status_code=201, tags=["regions"])
 def create_region(data: RegionCreate, session: SessionDep, principal: AdminPrincipal) -> RegionOut:
-    return RegionOut.model_validate(service.create_region(session, data, scope=principal.region_path))
+    return RegionOut.model_validate(service.create_region(session, data, scope=principal.scope))
 
 
 @router.get("/regions/{region_id}", response_model=RegionOut, tags=["regions"])
 def get_region(region_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> RegionOut:
-    return RegionOut.model_validate(service.get_region(session, region_id, scope=principal.region_path))
+    return RegionOut.model_validate(service.get_region(session, region_id, scope=principal.scope))
 
 
 @router.patch("/regions/{region_id}", response_model=RegionOut, tags=["regions"])
 def update_region(region_id: RowId, data: RegionUpdate, session: SessionDep, principal: AdminPrincipal) -> RegionOut:
-    return RegionOut.model_validate(service.update_region(session, region_id, data, scope=principal.region_path))
+    return RegionOut.model_validate(service.update_region(session, region_id, data, scope=principal.scope))
 
 
 @router.post("/regions/{region_id}/move", response_model=RegionOut, tags=["regions"])
 def move_region(region_id: RowId, data: RegionMove, session: SessionDep, principal: AdminPrincipal) -> RegionOut:
-    region = service.move_region(session, region_id, data.parent_id, scope=principal.region_path)
+    region = service.move_region(session, region_id, data.parent_id, scope=principal.scope)
     return RegionOut.model_validate(region)
 
 
 @router.delete("/regions/{region_id}", status_code=204, tags=["regions"])
 def delete_region(region_id: RowId, session: SessionDep, principal: AdminPrincipal) -> None:
-    service.delete_region(session, region_id, scope=principal.region_path)
+    service.delete_region(session, region_id, scope=principal.scope)
 
 
 # --- stations ----------------------------------------------------------------------------
@@ -85,34 +85,34 @@ def delete_region(region_id: RowId, session: SessionDep, principal: AdminPrincip
 @router.get("/stations", response_model=list[StationOut], tags=["stations"])
 def list_stations(session: SessionDep, principal: CurrentPrincipal, region_id: RowId | None = None) -> list[StationOut]:
     """Stations the caller may see; ``region_id`` limits it to that region's subtree."""
-    stations = service.list_stations(session, region_id=region_id, scope=principal.region_path)
+    stations = service.list_stations(session, region_id=region_id, scope=principal.scope)
     return [StationOut.model_validate(s) for s in stations]
 
 
 @router.post("/stations", response_model=StationOut, status_code=201, tags=["stations"])
 def create_station(data: StationCreate, session: SessionDep, principal: TechnicianPrincipal) -> StationOut:
-    return StationOut.model_validate(service.create_station(session, data, scope=principal.region_path))
+    return StationOut.model_validate(service.create_station(session, data, scope=principal.scope))
 
 
 @router.get("/stations/{station_id}", response_model=StationOut, tags=["stations"])
 def get_station(station_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> StationOut:
-    return StationOut.model_validate(service.get_station(session, station_id, scope=principal.region_path))
+    return StationOut.model_validate(service.get_station(session, station_id, scope=principal.scope))
 
 
 @router.patch("/stations/{station_id}", response_model=StationOut, tags=["stations"])
 def update_station(station_id: RowId, data: StationUpdate, session: SessionDep, principal: TechnicianPrincipal) -> StationOut:
-    return StationOut.model_validate(service.update_station(session, station_id, data, scope=principal.region_path))
+    return StationOut.model_validate(service.update_station(session, station_id, data, scope=principal.scope))
 
 
 @router.delete("/stations/{station_id}", status_code=204, tags=["stations"])
 def delete_station(station_id: RowId, session: SessionDep, principal: TechnicianPrincipal) -> None:
-    service.delete_station(session, station_id, scope=principal.region_path)
+    service.delete_station(session, station_id, scope=principal.scope)
 
 
 @router.get("/stations/{station_id}/history", response_model=list[AssignmentOut], tags=["stations"])
 def station_history(station_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> list[AssignmentOut]:
     """Which receiver served the station, from when to when (oldest first)."""
-    history = service.station_history(session, station_id, scope=principal.region_path)
+    history = service.station_history(session, station_id, scope=principal.scope)
     return [AssignmentOut.model_validate(a) for a in history]
 
 
@@ -122,7 +122,7 @@ def replace_receiver(
 ) -> ReplaceResult:
     """Retire a station's receiver and register its successor; then provision the new one."""
     old, new = service.replace_receiver(
-        session, station_id, data.old_receiver_id, data.new, note=data.note, scope=principal.region_path
+        session, station_id, data.old_receiver_id, data.new, note=data.note, scope=principal.scope
     )
     result = ReplaceResult(retired=ReceiverOut.model_validate(old), new=ReceiverOut.model_validate(new))
     session.commit()
@@ -141,7 +141,7 @@ def list_receivers(
     status: ReceiverStatus | None = None,
 ) -> list[ReceiverOut]:
     receivers = service.list_receivers(
-        session, station_id=station_id, region_id=region_id, status=status, scope=principal.region_path
+        session, station_id=station_id, region_id=region_id, status=status, scope=principal.scope
     )
     return [ReceiverOut.model_validate(r) for r in receivers]
 
@@ -149,19 +149,19 @@ def list_receivers(
 @router.post("/receivers", response_model=ReceiverOut, status_code=201, tags=["receivers"])
 def register_receiver(data: ReceiverCreate, session: SessionDep, principal: TechnicianPrincipal) -> ReceiverOut:
     """Register a receiver; it cannot log in until it is provisioned."""
-    return ReceiverOut.model_validate(service.register_receiver(session, data, scope=principal.region_path))
+    return ReceiverOut.model_validate(service.register_receiver(session, data, scope=principal.scope))
 
 
 @router.get("/receivers/{receiver_id}", response_model=ReceiverOut, tags=["receivers"])
 def get_receiver(receiver_id: str, session: SessionDep, principal: CurrentPrincipal) -> ReceiverOut:
-    return ReceiverOut.model_validate(service.get_receiver(session, receiver_id, scope=principal.region_path))
+    return ReceiverOut.model_validate(service.get_receiver(session, receiver_id, scope=principal.scope))
 
 
 @router.patch("/receivers/{receiver_id}", response_model=ReceiverOut, tags=["receivers"])
 def update_receiver(
     receiver_id: str, data: ReceiverUpdate, session: SessionDep, principal: TechnicianPrincipal
 ) -> ReceiverOut:
-    return ReceiverOut.model_validate(service.update_receiver(session, receiver_id, data, scope=principal.region_path))
+    return ReceiverOut.model_validate(service.update_receiver(session, receiver_id, data, scope=principal.scope))
 
 
 @router.post("/receivers/{receiver_id}/provision", response_model=ProvisionedCredential, status_code=201,
@@ -170,7 +170,7 @@ def provision_receiver(
     receiver_id: str, response: Response, session: SessionDep, runtime: RuntimeDep, principal: TechnicianPrincipal
 ) -> ProvisionedCredential:
     """A new MQTT password, in this answer only (earlier passwords stop working)."""
-    credential = service.provision(session, receiver_id, scope=principal.region_path)
+    credential = service.provision(session, receiver_id, scope=principal.scope)
     session.commit()
     response.headers["Cache-Control"] = "no-store"
     try:
@@ -187,7 +187,7 @@ def revoke_receiver(
     receiver_id: str, session: SessionDep, runtime: RuntimeDep, principal: TechnicianPrincipal
 ) -> ReceiverOut:
     """Withdraw the receiver's credentials and disconnect it now."""
-    receiver = ReceiverOut.model_validate(service.revoke(session, receiver_id, scope=principal.region_path))
+    receiver = ReceiverOut.model_validate(service.revoke(session, receiver_id, scope=principal.scope))
     session.commit()
     follow_commit(session, runtime.sessions, runtime.outbox)
     return receiver

@@ -1,12 +1,13 @@
-"""Every registry query. ``scope`` is a region path prefix ("/1/7/"): rows outside that subtree
-do not exist for the caller. None means the whole fleet."""
+"""Every registry query. ``scope`` is the caller's region scope (fleet_service.scope: a
+RegionScope, a region path "/1/7/", or None for the whole fleet): rows outside it do not exist
+for the caller. ``under`` narrows a list to one subtree in the same way."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Select, exists, func, literal, select, true, update
+from sqlalchemy import Select, exists, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from fleet_service.registry.names import same_name, vietnamese_key
@@ -18,32 +19,24 @@ from fleet_service.registry.models import (
     Station,
     StationAssignment,
 )
-
-
-def _within(scope: str | None, *more: str | None) -> ColumnElement[bool]:
-    """Region.path under every prefix given (None: no restriction)."""
-    clause: ColumnElement[bool] = true()
-    for prefix in (scope, *more):
-        if prefix is not None:
-            clause = clause & Region.path.startswith(prefix)
-    return clause
-
+from fleet_service.scope import RegionScope, ScopeLike
 
 # --- regions -----------------------------------------------------------------------------
 
-def get_region(session: Session, region_id: int, scope: str | None = None) -> Region | None:
-    return session.scalar(select(Region).where(Region.id == region_id, _within(scope)))
+def get_region(session: Session, region_id: int, scope: ScopeLike = None) -> Region | None:
+    return session.scalar(select(Region).where(Region.id == region_id, RegionScope.of(scope).regions()))
 
 
 def get_region_by_code(session: Session, code: str) -> Region | None:
     return session.scalar(select(Region).where(Region.code == code))
 
 
-def list_regions(session: Session, *, under: str | None = None, scope: str | None = None) -> Sequence[Region]:
+def list_regions(session: Session, *, under: ScopeLike = None, scope: ScopeLike = None) -> Sequence[Region]:
     """Depth first, siblings in Vietnamese order (then by id). Sorted here: no database
     collation orders Vietnamese as its dictionaries do, and PostgreSQL's usual ones ignore the
     '/' of the paths and would interleave subtrees."""
-    regions = session.scalars(select(Region).where(_within(scope, under))).all()
+    regions = session.scalars(select(Region).where(RegionScope.of(scope).regions(),
+                                                   RegionScope.of(under).regions())).all()
     by_name = sorted(regions, key=lambda r: (vietnamese_key(r.name), r.id))
     # Each region after its parent, siblings in the order above: sort by the chain of ranks.
     rank = {r.id: i for i, r in enumerate(by_name)}
@@ -79,7 +72,7 @@ def rewrite_subtree_paths(session: Session, old_prefix: str, new_prefix: str) ->
     ``new_prefix`` instead."""
     session.execute(
         update(Region)
-        .where(Region.path.startswith(old_prefix))
+        .where(RegionScope(old_prefix).regions())
         .values(path=literal(new_prefix) + func.substr(Region.path, len(old_prefix) + 1))
         .execution_options(synchronize_session="fetch")
     )
@@ -87,15 +80,15 @@ def rewrite_subtree_paths(session: Session, old_prefix: str, new_prefix: str) ->
 
 # --- stations ----------------------------------------------------------------------------
 
-def _stations(scope: str | None, under: str | None = None) -> Select[tuple[Station]]:
-    return select(Station).join(Region, Station.region_id == Region.id).where(_within(scope, under))
+def _stations(scope: ScopeLike, under: ScopeLike = None) -> Select[tuple[Station]]:
+    return select(Station).where(RegionScope.of(scope).stations(), RegionScope.of(under).stations())
 
 
-def get_station(session: Session, station_id: int, scope: str | None = None) -> Station | None:
+def get_station(session: Session, station_id: int, scope: ScopeLike = None) -> Station | None:
     return session.scalar(_stations(scope).where(Station.id == station_id))
 
 
-def list_stations(session: Session, *, under: str | None = None, scope: str | None = None) -> Sequence[Station]:
+def list_stations(session: Session, *, under: ScopeLike = None, scope: ScopeLike = None) -> Sequence[Station]:
     """In Vietnamese order of their names (then by id)."""
     stations = session.scalars(_stations(scope, under)).all()
     return sorted(stations, key=lambda s: (vietnamese_key(s.name), s.id))
@@ -130,17 +123,12 @@ def open_assignment(session: Session, receiver_id: str) -> StationAssignment | N
 
 # --- receivers ---------------------------------------------------------------------------
 
-def _receivers(scope: str | None, under: str | None = None) -> Select[tuple[Receiver]]:
-    query = select(Receiver)
-    if scope is None and under is None:
-        return query
+def _receivers(scope: ScopeLike, under: ScopeLike = None) -> Select[tuple[Receiver]]:
     # A receiver on no station belongs to no region: only the whole-fleet scope sees it.
-    return (query.join(Station, Receiver.station_id == Station.id)
-            .join(Region, Station.region_id == Region.id)
-            .where(_within(scope, under)))
+    return select(Receiver).where(RegionScope.of(scope).receivers(), RegionScope.of(under).receivers())
 
 
-def get_receiver(session: Session, receiver_id: str, scope: str | None = None) -> Receiver | None:
+def get_receiver(session: Session, receiver_id: str, scope: ScopeLike = None) -> Receiver | None:
     return session.scalar(_receivers(scope).where(Receiver.id == receiver_id))
 
 
@@ -152,9 +140,9 @@ def list_receivers(
     session: Session,
     *,
     station_id: int | None = None,
-    under: str | None = None,
+    under: ScopeLike = None,
     status: ReceiverStatus | None = None,
-    scope: str | None = None,
+    scope: ScopeLike = None,
 ) -> Sequence[Receiver]:
     query = _receivers(scope, under)
     if station_id is not None:

@@ -1,6 +1,6 @@
 """Registry logic: the region tree, stations, receivers, their MQTT credentials and history.
 
-Functions take ``scope``, the caller's region path prefix (None: the whole fleet). Whatever
+Functions take ``scope``, the caller's region scope (fleet_service.scope; None: the whole fleet). Whatever
 lies outside it is reported as not found, so that its existence does not leak. Nothing here
 commits: the request or CLI command does. A change of a receiver's login records its side
 effect on the broker in the outbox, in the same transaction (fleet_service/outbox).
@@ -33,6 +33,7 @@ from fleet_service.registry.models import (
     Station,
     StationAssignment,
 )
+from fleet_service.scope import RegionScope, ScopeLike
 from fleet_service.registry.schemas import (
     ImportSummary,
     InventoryImport,
@@ -54,22 +55,22 @@ RECEIVER_SECRET_BYTES = 20
 
 # --- regions -----------------------------------------------------------------------------
 
-def get_region(session: Session, region_id: int, *, scope: str | None = None) -> Region:
+def get_region(session: Session, region_id: int, *, scope: ScopeLike = None) -> Region:
     region = repo.get_region(session, region_id, scope)
     if region is None:
         raise NotFound(f"Không tìm thấy đơn vị hành chính {region_id}", f"Region {region_id} not found")
     return region
 
 
-def list_regions(session: Session, *, root_id: int | None = None, scope: str | None = None) -> Sequence[Region]:
+def list_regions(session: Session, *, root_id: int | None = None, scope: ScopeLike = None) -> Sequence[Region]:
     """Every region the caller may see, or the subtree of ``root_id`` (itself included)."""
     under = get_region(session, root_id, scope=scope).path if root_id is not None else None
     return repo.list_regions(session, under=under, scope=scope)
 
 
-def _parent_for(session: Session, parent_id: int | None, scope: str | None) -> Region | None:
+def _parent_for(session: Session, parent_id: int | None, scope: ScopeLike) -> Region | None:
     if parent_id is None:
-        if scope is not None:
+        if RegionScope.of(scope).restricted:
             raise Forbidden(
                 "Chỉ người quản trị toàn mạng mới tạo được đơn vị cấp cao nhất",
                 "Only a whole-fleet administrator can make a top-level region",
@@ -100,7 +101,7 @@ def _check_region_name_free(session: Session, name: str, parent: Region | None, 
                            f"There is already a region '{sibling.name}' (id {sibling.id}) {where_en}")
 
 
-def create_region(session: Session, data: RegionCreate, *, scope: str | None = None) -> Region:
+def create_region(session: Session, data: RegionCreate, *, scope: ScopeLike = None) -> Region:
     parent = _parent_for(session, data.parent_id, scope)
     _check_code_free(session, data.code)
     _check_region_name_free(session, data.name, parent)
@@ -108,7 +109,7 @@ def create_region(session: Session, data: RegionCreate, *, scope: str | None = N
     return repo.add_region(session, region, parent)
 
 
-def update_region(session: Session, region_id: int, data: RegionUpdate, *, scope: str | None = None) -> Region:
+def update_region(session: Session, region_id: int, data: RegionUpdate, *, scope: ScopeLike = None) -> Region:
     """Rename (or change level or code); its place in the tree stays."""
     region = get_region(session, region_id, scope=scope)
     # name and level cannot be cleared; code can.
@@ -123,7 +124,7 @@ def update_region(session: Session, region_id: int, data: RegionUpdate, *, scope
     return region
 
 
-def move_region(session: Session, region_id: int, parent_id: int | None, *, scope: str | None = None) -> Region:
+def move_region(session: Session, region_id: int, parent_id: int | None, *, scope: ScopeLike = None) -> Region:
     """Re-parent a region; the paths of its whole subtree follow."""
     region = get_region(session, region_id, scope=scope)
     parent = _parent_for(session, parent_id, scope)
@@ -133,7 +134,7 @@ def move_region(session: Session, region_id: int, parent_id: int | None, *, scop
 
 
 def _move(session: Session, region: Region, parent: Region | None) -> None:
-    if parent is not None and parent.path.startswith(region.path):
+    if parent is not None and RegionScope(region.path).contains(parent.path):
         raise Invalid(
             f"Không thể chuyển {region.name} vào chính nó hoặc một đơn vị trực thuộc nó",
             f"Cannot move {region.name} under itself or one of its own subregions",
@@ -146,7 +147,7 @@ def _move(session: Session, region: Region, parent: Region | None) -> None:
         repo.rewrite_subtree_paths(session, old_prefix, new_prefix)
 
 
-def delete_region(session: Session, region_id: int, *, scope: str | None = None) -> None:
+def delete_region(session: Session, region_id: int, *, scope: ScopeLike = None) -> None:
     region = get_region(session, region_id, scope=scope)
     if repo.region_has_children(session, region.id):
         raise Conflict(
@@ -171,14 +172,14 @@ def delete_region(session: Session, region_id: int, *, scope: str | None = None)
 
 # --- stations ----------------------------------------------------------------------------
 
-def get_station(session: Session, station_id: int, *, scope: str | None = None) -> Station:
+def get_station(session: Session, station_id: int, *, scope: ScopeLike = None) -> Station:
     station = repo.get_station(session, station_id, scope)
     if station is None:
         raise NotFound(f"Không tìm thấy đài truyền thanh {station_id}", f"Station {station_id} not found")
     return station
 
 
-def list_stations(session: Session, *, region_id: int | None = None, scope: str | None = None) -> Sequence[Station]:
+def list_stations(session: Session, *, region_id: int | None = None, scope: ScopeLike = None) -> Sequence[Station]:
     """Stations of the caller's scope, or of a region's subtree."""
     under = get_region(session, region_id, scope=scope).path if region_id is not None else None
     return repo.list_stations(session, under=under, scope=scope)
@@ -193,7 +194,7 @@ def _check_station_name_free(session: Session, name: str, region: Region, statio
                        f"There is already a station '{holder.name}' (id {holder.id}) in {region.name}")
 
 
-def create_station(session: Session, data: StationCreate, *, scope: str | None = None) -> Station:
+def create_station(session: Session, data: StationCreate, *, scope: ScopeLike = None) -> Station:
     region = get_region(session, data.region_id, scope=scope)
     _check_station_name_free(session, data.name, region)
     station = Station(**data.model_dump(exclude={"region_id"}), region_id=region.id)
@@ -202,7 +203,7 @@ def create_station(session: Session, data: StationCreate, *, scope: str | None =
     return station
 
 
-def update_station(session: Session, station_id: int, data: StationUpdate, *, scope: str | None = None) -> Station:
+def update_station(session: Session, station_id: int, data: StationUpdate, *, scope: ScopeLike = None) -> Station:
     station = get_station(session, station_id, scope=scope)
     changes = data.model_dump(exclude_unset=True)
     # region and name cannot be cleared; the rest can.
@@ -218,7 +219,7 @@ def update_station(session: Session, station_id: int, data: StationUpdate, *, sc
     return station
 
 
-def delete_station(session: Session, station_id: int, *, scope: str | None = None) -> None:
+def delete_station(session: Session, station_id: int, *, scope: ScopeLike = None) -> None:
     station = get_station(session, station_id, scope=scope)
     if repo.station_has_receivers_or_history(session, station.id):
         raise Conflict(
@@ -229,7 +230,7 @@ def delete_station(session: Session, station_id: int, *, scope: str | None = Non
     session.flush()
 
 
-def station_history(session: Session, station_id: int, *, scope: str | None = None) -> Sequence[StationAssignment]:
+def station_history(session: Session, station_id: int, *, scope: ScopeLike = None) -> Sequence[StationAssignment]:
     """Which receiver served the station, when, oldest first."""
     station = get_station(session, station_id, scope=scope)
     return repo.station_history(session, station.id)
@@ -237,7 +238,7 @@ def station_history(session: Session, station_id: int, *, scope: str | None = No
 
 # --- receivers ---------------------------------------------------------------------------
 
-def get_receiver(session: Session, receiver_id: str, *, scope: str | None = None) -> Receiver:
+def get_receiver(session: Session, receiver_id: str, *, scope: ScopeLike = None) -> Receiver:
     receiver = repo.get_receiver(session, receiver_id, scope)
     if receiver is None:
         raise NotFound(f"Không tìm thấy thiết bị thu {receiver_id}", f"Receiver {receiver_id} not found")
@@ -250,7 +251,7 @@ def list_receivers(
     station_id: int | None = None,
     region_id: int | None = None,
     status: ReceiverStatus | None = None,
-    scope: str | None = None,
+    scope: ScopeLike = None,
 ) -> Sequence[Receiver]:
     under = get_region(session, region_id, scope=scope).path if region_id is not None else None
     return repo.list_receivers(session, station_id=station_id, under=under, status=status, scope=scope)
@@ -275,10 +276,10 @@ def _check_hardware_id_free(session: Session, hardware_id: str, receiver_id: str
         )
 
 
-def _station_or_whole_fleet(session: Session, station_id: int | None, scope: str | None) -> Station | None:
+def _station_or_whole_fleet(session: Session, station_id: int | None, scope: ScopeLike) -> Station | None:
     if station_id is not None:
         return get_station(session, station_id, scope=scope)
-    if scope is not None:
+    if RegionScope.of(scope).restricted:
         raise Forbidden(
             "Thiết bị thu phải thuộc một đài trong phạm vi của bạn",
             "The receiver must belong to a station within your scope",
@@ -286,11 +287,11 @@ def _station_or_whole_fleet(session: Session, station_id: int | None, scope: str
     return None
 
 
-def register_receiver(session: Session, data: ReceiverCreate, *, scope: str | None = None) -> Receiver:
+def register_receiver(session: Session, data: ReceiverCreate, *, scope: ScopeLike = None) -> Receiver:
     return _register(session, data, scope, utcnow(), note=None)
 
 
-def _register(session: Session, data: ReceiverCreate, scope: str | None, now: datetime, note: str | None) -> Receiver:
+def _register(session: Session, data: ReceiverCreate, scope: ScopeLike, now: datetime, note: str | None) -> Receiver:
     receiver_id = _valid_receiver_id(data.id)
     station = _station_or_whole_fleet(session, data.station_id, scope)
     if repo.get_receiver(session, receiver_id) is not None:
@@ -322,7 +323,7 @@ def _assign(session: Session, receiver: Receiver, station_id: int | None, now: d
     session.flush()
 
 
-def update_receiver(session: Session, receiver_id: str, data: ReceiverUpdate, *, scope: str | None = None) -> Receiver:
+def update_receiver(session: Session, receiver_id: str, data: ReceiverUpdate, *, scope: ScopeLike = None) -> Receiver:
     receiver = get_receiver(session, receiver_id, scope=scope)
     changes = data.model_dump(exclude_unset=True)
     if changes.get("hardware_id", "") is None:  # cannot be cleared
@@ -345,7 +346,7 @@ def update_receiver(session: Session, receiver_id: str, data: ReceiverUpdate, *,
     return receiver
 
 
-def provision(session: Session, receiver_id: str, *, scope: str | None = None) -> ProvisionedCredential:
+def provision(session: Session, receiver_id: str, *, scope: ScopeLike = None) -> ProvisionedCredential:
     """A new MQTT password for the receiver; earlier ones stop working. The password is in the
     result and nowhere else: only its SHA-256 is stored. A revoked receiver becomes active."""
     receiver = get_receiver(session, receiver_id, scope=scope)
@@ -364,7 +365,7 @@ def provision(session: Session, receiver_id: str, *, scope: str | None = None) -
     return ProvisionedCredential(receiver_id=receiver.id, mqtt_username=receiver.id, mqtt_password=password, created_at=now)
 
 
-def revoke(session: Session, receiver_id: str, *, scope: str | None = None) -> Receiver:
+def revoke(session: Session, receiver_id: str, *, scope: ScopeLike = None) -> Receiver:
     """Withdraw a receiver's credentials. It stays in the registry, with its history."""
     receiver = get_receiver(session, receiver_id, scope=scope)
     repo.revoke_credentials(session, receiver.id, utcnow())
@@ -382,7 +383,7 @@ def replace_receiver(
     new: NewReceiver,
     *,
     note: str | None = None,
-    scope: str | None = None,
+    scope: ScopeLike = None,
 ) -> tuple[Receiver, Receiver]:
     """The old receiver is retired (credentials revoked, its assignment closed) and the new one
     starts serving the station at the same instant. Returns (old, new). The new receiver still

@@ -33,12 +33,12 @@ def create_schedule(data: ScheduleCreate, session: SessionDep, runtime: RuntimeD
 
 @router.get("/schedules", response_model=list[ScheduleOut])
 def list_schedules(session: SessionDep, principal: CurrentPrincipal) -> list[ScheduleOut]:
-    return [service.schedule_out(s) for s in repository.list_schedules(session, principal.region_path)]
+    return [service.schedule_out(s) for s in repository.list_schedules(session, principal.scope)]
 
 
 @router.get("/schedules/{schedule_id}", response_model=ScheduleOut)
 def get_schedule(schedule_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> ScheduleOut:
-    return service.schedule_out(service.get_schedule(session, schedule_id, scope=principal.region_path))
+    return service.schedule_out(service.get_schedule(session, schedule_id, scope=principal.scope))
 
 
 @router.put("/schedules/{schedule_id}/slots", response_model=ScheduleOut)
@@ -60,7 +60,7 @@ def delete_schedule(schedule_id: RowId, session: SessionDep, runtime: RuntimeDep
 @router.get("/receivers/{receiver_id}/schedule", response_model=ReceiverScheduleOut)
 def receiver_schedule(receiver_id: str, session: SessionDep, runtime: RuntimeDep, principal: CurrentPrincipal) -> ReceiverScheduleOut:
     """The schedule a receiver should hold, and whether it reports holding it."""
-    registry.get_receiver(session, receiver_id, scope=principal.region_path)
+    registry.get_receiver(session, receiver_id, scope=principal.scope)
     expected = service.expected_of(session, receiver_id)
     held = None
     ingest = runtime.ingest

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
 from fleet_service.schedules.models import ReceiverSchedule, Schedule
-
-
-def target_path() -> ColumnElement[str | None]:
-    """The region path of a schedule's target as it is now (None if the target is gone)."""
-    of_region = select(Region.path).where(Region.id == Schedule.target_id).scalar_subquery()
-    of_station = (select(Region.path).join(Station, Station.region_id == Region.id)
-                  .where(Station.id == Schedule.target_id).scalar_subquery())
-    return case((Schedule.target_kind == "station", of_station), else_=of_region)
+from fleet_service.scope import RegionScope, ScopeLike
 
 
 def path_of_target(session: Session, schedule: Schedule) -> str | None:
@@ -27,31 +20,27 @@ def path_of_target(session: Session, schedule: Schedule) -> str | None:
     return session.scalar(query)
 
 
-def get_schedule(session: Session, schedule_id: int, scope: str | None = None) -> Schedule | None:
-    query = select(Schedule).where(Schedule.id == schedule_id).options(selectinload(Schedule.slots))
-    if scope is not None:
-        query = query.where(target_path().startswith(scope, autoescape=True))
+def get_schedule(session: Session, schedule_id: int, scope: ScopeLike = None) -> Schedule | None:
+    query = (select(Schedule).where(Schedule.id == schedule_id, RegionScope.of(scope).schedules())
+             .options(selectinload(Schedule.slots)))
     return session.scalar(query)
 
 
-def list_schedules(session: Session, scope: str | None = None) -> Sequence[Schedule]:
-    query = select(Schedule).options(selectinload(Schedule.slots)).order_by(Schedule.id)
-    if scope is not None:
-        query = query.where(target_path().startswith(scope, autoescape=True))
+def list_schedules(session: Session, scope: ScopeLike = None) -> Sequence[Schedule]:
+    query = (select(Schedule).where(RegionScope.of(scope).schedules())
+             .options(selectinload(Schedule.slots)).order_by(Schedule.id))
     return session.scalars(query).all()
 
 
-def receivers_reached(session: Session, *, station_id: int | None = None, under: str | None = None,
+def receivers_reached(session: Session, *, station_id: int | None = None, under: ScopeLike = None,
                       receiver_ids: Sequence[str] | None = None) -> list[tuple[str, int, str]]:
     """(receiver id, station id, region path) of the active receivers a schedule target reaches
     (or of those of ``receiver_ids`` that serve a station)."""
     query = (select(Receiver.id, Station.id, Region.path).join(Station, Station.id == Receiver.station_id)
              .join(Region, Region.id == Station.region_id)
-             .where(Receiver.status == ReceiverStatus.ACTIVE.value))
+             .where(Receiver.status == ReceiverStatus.ACTIVE.value, RegionScope.of(under).regions()))
     if station_id is not None:
         query = query.where(Station.id == station_id)
-    if under is not None:
-        query = query.where(Region.path.startswith(under, autoescape=True))
     if receiver_ids is not None:
         query = query.where(Receiver.id.in_(list(receiver_ids)))
     return [(rid, sid, path) for rid, sid, path in session.execute(query.order_by(Receiver.id))]

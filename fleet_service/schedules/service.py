@@ -29,6 +29,7 @@ from fleet_service.registry import service as registry
 from fleet_service.schedules import repository
 from fleet_service.schedules.models import ReceiverSchedule, Schedule, ScheduleSlotRow
 from fleet_service.schedules.schemas import ScheduleCreate, ScheduleOut, SlotIn, SlotOut, days_of
+from fleet_service.scope import ScopeLike
 from fleet_service.timefmt import LOCAL_ZONE
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def delete_schedule(session: Session, schedule_id: int, issuer: commands.Issuer)
     return push(session, schedule, issuer)
 
 
-def get_schedule(session: Session, schedule_id: int, *, scope: str | None = None) -> Schedule:
+def get_schedule(session: Session, schedule_id: int, *, scope: ScopeLike = None) -> Schedule:
     schedule = repository.get_schedule(session, schedule_id, scope)
     if schedule is None:
         raise NotFound(f"Không có lịch phát {schedule_id}", f"No schedule {schedule_id}")
@@ -150,7 +151,7 @@ def push(session: Session, schedule: Schedule, issuer: commands.Issuer) -> list[
     for rid, slots in wanted.items():
         _validated(rid, slots)
     kind = TargetKind.STATION if schedule.target_kind == "station" else TargetKind.REGION
-    target = (kind, str(schedule.target_id), schedule.name, path)
+    target = (kind, str(schedule.target_id), schedule.name)
     return _send_changed(session, wanted, {rid: target for rid, _, _ in reached}, issuer,
                          f"lịch phát / schedule #{schedule.id}")
 
@@ -176,7 +177,7 @@ def bring_up_to_date(session: Session, receiver_ids: Sequence[str]) -> list[comm
             log.error("schedule of %s not brought up to date: %s", rid, exc.message_en)
             del wanted[rid]
     stations = repository.station_names(session, {sid for _, sid, _ in reached})
-    targets = {rid: (TargetKind.STATION, str(sid), stations[sid], path) for rid, sid, path in reached}
+    targets = {rid: (TargetKind.STATION, str(sid), stations[sid]) for rid, sid, _path in reached}
     return _send_changed(session, wanted, targets, SYSTEM, "lịch phát cập nhật theo sổ thiết bị / schedule brought up "
                          "to date with the registry", sent=sent)
 
@@ -186,13 +187,13 @@ SYSTEM = commands.Issuer(None, "hệ thống / system", Role.ADMIN, None)
 
 
 def _send_changed(session: Session, wanted: dict[str, list[ScheduleSlot]],
-                  targets: dict[str, tuple[TargetKind, str, str, str]], issuer: commands.Issuer, note: str, *,
+                  targets: dict[str, tuple[TargetKind, str, str]], issuer: commands.Issuer, note: str, *,
                   sent: dict[str, ReceiverSchedule] | None = None) -> list[commands.Created]:
     """One ``schedule`` command per distinct resulting schedule and command target, for the
     receivers whose schedule differs from the one they were last sent; records what was sent."""
     if sent is None:
         sent = repository.sent_schedules(session, list(wanted))
-    groups: dict[tuple[str, tuple[TargetKind, str, str, str]], list[str]] = defaultdict(list)
+    groups: dict[tuple[str, tuple[TargetKind, str, str]], list[str]] = defaultdict(list)
     wire: dict[str, list[dict[str, object]]] = {}
     for rid, slots in wanted.items():
         as_wire = [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in slots]
@@ -203,10 +204,10 @@ def _send_changed(session: Session, wanted: dict[str, list[ScheduleSlot]],
         wire[digest] = as_wire
     created: list[commands.Created] = []
     version = max(repository.highest_version(session) + 1, int(time.time()))
-    for (digest, (kind, ref, name, path)), receiver_ids in groups.items():
+    for (digest, (kind, ref, name)), receiver_ids in groups.items():
         params = {"ver": version, "tz": TZ_OFFSET_MIN, "slots": wire[digest]}
         made = commands.create_system_command(
-            session, CommandOp.SCHEDULE, Priority.NORMAL, params, kind, ref, name, path, receiver_ids, issuer,
+            session, CommandOp.SCHEDULE, Priority.NORMAL, params, kind, ref, name, receiver_ids, issuer,
             note=f"{note} v{version}")
         created.append(made)
         for rid in receiver_ids:

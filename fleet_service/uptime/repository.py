@@ -9,6 +9,7 @@ from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from fleet_service.registry.models import Region, Station
+from fleet_service.scope import RegionScope
 from fleet_service.uptime.availability import Span
 from fleet_service.uptime.models import Connectivity, ConnectivityInterval
 
@@ -61,7 +62,7 @@ class LedgerRepository:
             _overlapping(select(ConnectivityInterval), start, end)
             .join(Station, Station.id == ConnectivityInterval.station_id)
             .join(Region, Region.id == Station.region_id)
-            .where(Region.path.startswith(region_path, autoescape=True))
+            .where(RegionScope(region_path).regions())
         ).all()
         return [_span(i) for i in rows]
 
