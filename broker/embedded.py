@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
 from amqtt.broker import Broker
@@ -152,7 +152,7 @@ class RegistryAuthPlugin(BaseAuthPlugin):
         refusals: Any = None  # _RefusalLog
 
     async def authenticate(self, *, session: Session) -> bool | None:
-        config = self.context.config  # type: ignore[union-attr]
+        config = cast(RegistryAuthPlugin.Config, self.context.config)  # amqtt built it from our Config
         rules: LoginRules = config.rules
         address = getattr(session, "remote_address", None) or "?"
         username, password, client_id = session.username, session.password, session.client_id

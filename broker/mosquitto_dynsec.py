@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet_service.broker_port import BrokerAccounts
 from fleet_service.protocol.topics import RECEIVER_PUBLISHES, TOPIC_ROOT, ReceiverId
@@ -235,7 +236,7 @@ class MosquittoDynsec(BrokerAccounts):
         self.list_page_size = 1000
 
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id or f"{admin_username}-{uuid.uuid4().hex[:12]}",
             clean_session=True,
             protocol=mqtt.MQTTv311,
@@ -538,7 +539,7 @@ class MosquittoDynsec(BrokerAccounts):
 
     @staticmethod
     def _roles_of(client: Mapping[str, Any]) -> set[str]:
-        return {r.get("rolename") for r in client.get("roles", []) if isinstance(r, dict)}
+        return {name for r in client.get("roles", []) if isinstance(r, dict) and isinstance(name := r.get("rolename"), str)}
 
     @classmethod
     def _is_receiver(cls, client: Mapping[str, Any]) -> bool:

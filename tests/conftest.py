@@ -105,6 +105,7 @@ EXPECTED_S = {
     "tests/firmware/test_receiver.py": 5.0,
     "tests/firmware/test_hostile_commands.py": 7.0,
     "tests/firmware/test_typecheck.py": 5.0,
+    "tests/test_typecheck_service.py": 30.0,
     "tests/firmware/test_clock.py": 1.5,
     "tests/firmware/": 0.5,
     "tests/simulators/test_faults.py": 5.0,

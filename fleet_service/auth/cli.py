@@ -96,7 +96,7 @@ def users_password(
 ) -> None:
     """Đặt mật khẩu mới / set a new password."""
     if password is None:
-        password = typer.prompt("Mật khẩu mới / new password", hide_input=True, confirmation_prompt=True)
+        password = str(typer.prompt("Mật khẩu mới / new password", hide_input=True, confirmation_prompt=True))
     with loa_command() as runtime, session_scope(runtime.sessions) as session:
         service.set_password(session, username, password)
         typer.echo(f"Đã đổi mật khẩu / password changed for {username}")

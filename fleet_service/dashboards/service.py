@@ -12,7 +12,7 @@ from typing import Any
 
 import niquests
 import yaml
-from grafana_client import GrafanaApi
+from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException, GrafanaUnauthorizedError
 
 import dashboards

@@ -15,7 +15,7 @@ import random
 import secrets
 import socket
 import threading
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -88,7 +88,7 @@ class _Connection:
         else:
             self.loop.call_soon_threadsafe(callback, *args)
 
-    def _on_socket_open(self, client: mqtt.Client, _userdata: Any, sock: socket.socket) -> None:
+    def _on_socket_open(self, client: mqtt.Client, _userdata: Any, sock: mqtt.SocketLike) -> None:
         self._in_loop(self.loop.add_reader, sock, self._on_readable)
 
     def _on_readable(self) -> None:
@@ -96,17 +96,18 @@ class _Connection:
         for _ in range(READ_BURST):
             client.loop_read()
             sock = client.socket()
-            if sock is None or not _more_waiting(sock):
+            # A TCP or TLS socket: the service never connects over websockets.
+            if sock is None or not _more_waiting(cast(socket.socket, sock)):
                 return
 
-    def _on_socket_close(self, _client: mqtt.Client, _userdata: Any, sock: socket.socket) -> None:
+    def _on_socket_close(self, _client: mqtt.Client, _userdata: Any, sock: mqtt.SocketLike) -> None:
         self._in_loop(self.loop.remove_reader, sock)
         self._in_loop(self.loop.remove_writer, sock)
 
-    def _on_socket_register_write(self, client: mqtt.Client, _userdata: Any, sock: socket.socket) -> None:
+    def _on_socket_register_write(self, client: mqtt.Client, _userdata: Any, sock: mqtt.SocketLike) -> None:
         self._in_loop(self.loop.add_writer, sock, client.loop_write)
 
-    def _on_socket_unregister_write(self, _client: mqtt.Client, _userdata: Any, sock: socket.socket) -> None:
+    def _on_socket_unregister_write(self, _client: mqtt.Client, _userdata: Any, sock: mqtt.SocketLike) -> None:
         self._in_loop(self.loop.remove_writer, sock)
 
     def _tick(self) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from influxdb_client import Point, WritePrecision
+from influxdb_client.client.write.point import Point
+from influxdb_client.domain.write_precision import WritePrecision
 
 from fleet_service.protocol.messages import AmpState, Event, StreamState, Telemetry
 

@@ -19,7 +19,7 @@ from fleet_service.runtime import Runtime
 from fleet_service.telemetry.buffer import DiskBuffer
 from fleet_service.telemetry.schemas import TelemetryStatusOut
 from fleet_service.telemetry.tags import TagCache
-from fleet_service.telemetry.writer import InfluxV1Sink, InfluxV2Sink, Sink, TelemetryWriter
+from fleet_service.telemetry.writer import RETRY_MAX_S, InfluxV1Sink, InfluxV2Sink, Sink, TelemetryWriter
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def make_sink(settings: Settings) -> Sink:
 
 class TelemetryService:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session] | None, *,
-                 sink: Sink | None = None, retry_max_s: float | None = None) -> None:
+                 sink: Sink | None = None, retry_max_s: float = RETRY_MAX_S) -> None:
         self.settings = settings
         self.enabled = bool(settings.influx_url)
         self.tags = TagCache(sessions)
@@ -60,9 +60,8 @@ class TelemetryService:
         s = self.settings
         # Opening the buffer reads what a previous run left (up to the bound): not in the loop.
         buffer = await asyncio.to_thread(DiskBuffer, s.influx_buffer_dir, s.influx_buffer_max_bytes)
-        extra = {} if self._retry_max_s is None else {"retry_max_s": self._retry_max_s}
         self.writer = TelemetryWriter(self._sink or make_sink(s), buffer, self.tags, batch_size=s.influx_batch_size,
-                                      flush_interval_s=s.influx_flush_interval_s, **extra)
+                                      flush_interval_s=s.influx_flush_interval_s, retry_max_s=self._retry_max_s)
         self._tags_task = asyncio.create_task(self.tags.run(), name="telemetry-tags")
         self.writer.start()
         log.info("telemetry to %s (bucket %s); disk buffer %s, bound %d bytes, %d points waiting",

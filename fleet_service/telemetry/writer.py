@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Protocol
 
 import httpx
-from influxdb_client import InfluxDBClient
+from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
@@ -100,7 +100,9 @@ class InfluxV2Sink:
 
     def send(self, lines: bytes) -> None:
         try:
-            self._write_api.write(self.bucket, self.org, record=lines, write_precision=PRECISION)
+            # influxdb_client types the precision as its WritePrecision class, whose values are str.
+            self._write_api.write(self.bucket, self.org, record=lines,
+                                  write_precision=PRECISION)  # pyright: ignore[reportArgumentType]
         except ApiException as exc:
             raise _classify(exc.status or 0, _server_message(exc.body or exc.reason)) from None
         except Exception as exc:  # urllib3: refused, reset, timed out
