@@ -1,5 +1,5 @@
 """What every Loa dashboard shares: time zone, the region and station variables, the InfluxQL
-station filter, the ledger's clipped spans, and a few panel helpers."""
+station filter, the ledger's availability functions, and a few panel helpers."""
 
 from __future__ import annotations
 
@@ -42,24 +42,14 @@ WHERE r.path LIKE '$region%'
 ORDER BY st.name, r.name
 """
 
-# The ledger's intervals clipped to the dashboard's time range, exactly as
-# fleet_service/uptime/availability.py clips them: an open interval runs to now, nothing is
-# counted past now, and an outage still open at the end of the range is "ongoing".
-LEDGER_SPANS_SQL = """
-period AS (
-  SELECT $__timeFrom()::timestamp AS t0,
-         LEAST($__timeTo()::timestamp, now() AT TIME ZONE 'UTC') AS t1,
-         now() AT TIME ZONE 'UTC' AS t_now
-),
-spans AS (
-  SELECT c.station_id, c.receiver_id, c.state, c.start_at, c.start_cause,
-         GREATEST(c.start_at, p.t0) AS lo,
-         LEAST(COALESCE(c.end_at, p.t_now), p.t1) AS hi,
-         c.end_at IS NULL AND LEAST(COALESCE(c.end_at, p.t_now), p.t1) = p.t_now AS ongoing
-  FROM connectivity_intervals c CROSS JOIN period p
-  WHERE c.start_at < p.t1 AND (c.end_at IS NULL OR c.end_at > p.t0)
-    AND c.station_id IN ($station)
-)"""
+# Availability and outages over the dashboard's time range come from the one definition the API
+# also answers with: the functions fleet_service/uptime/availability_sql.py defines and migration
+# 0008 installs. Both take "now" from now(), once per query: an open interval runs to it,
+# nothing is counted past it, an outage still open when the range reaches it is "ongoing".
+# Durations are exact microseconds (duration_us, observed_us, online_us); panels show seconds.
+_RANGE = "$__timeFrom()::timestamp, $__timeTo()::timestamp"
+LEDGER_SPANS = f"loa_ledger_spans({_RANGE})"
+AVAILABILITY = f"loa_availability({_RANGE})"
 
 
 def region_variable() -> dash.QueryVariable:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import barchart, dashboard as dash
 from grafana_foundation_sdk.builders import table, timeseries
 
-from dashboards.common import (LEDGER_SPANS_SQL, MAX_DATA_POINTS, MIN_INTERVAL, STATION_FILTER, UTC_OFFSET_HOURS,
+from dashboards.common import (LEDGER_SPANS, MAX_DATA_POINTS, MIN_INTERVAL, STATION_FILTER, UTC_OFFSET_HOURS,
                                new_dashboard, unit)
 from dashboards.queries import INFLUX, POSTGRES, influxql, sql
 
@@ -35,11 +35,10 @@ ORDER BY 1
 """
 
 CAUSES = f"""
-WITH {LEDGER_SPANS_SQL.strip()}
 SELECT s.start_cause AS "Nguyên nhân / Cause", count(*) AS "Số lần / Outages",
-       sum(extract(epoch FROM s.hi - s.lo)) AS "Thời gian mất / Downtime"
-FROM spans s
-WHERE s.hi > s.lo AND s.state = 'offline'
+       sum(s.duration_us) / 1e6 AS "Thời gian mất / Downtime"
+FROM {LEDGER_SPANS} s
+WHERE s.state = 'offline' AND s.station_id IN ($station)
 GROUP BY 1
 ORDER BY 2 DESC, 1
 """

@@ -7,7 +7,7 @@ from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.builders import stat, table, timeseries
 from grafana_foundation_sdk.models import common as viz
 
-from dashboards.common import (LEDGER_SPANS_SQL, MAX_DATA_POINTS, MIN_INTERVAL, STATION_FILTER, fixed_color,
+from dashboards.common import (AVAILABILITY, MAX_DATA_POINTS, MIN_INTERVAL, STATION_FILTER, fixed_color,
                                new_dashboard, thresholds, unit)
 from dashboards.queries import INFLUX, POSTGRES, influxql, sql
 
@@ -39,14 +39,12 @@ ORDER BY 4, 1
 """
 
 WORST = f"""
-WITH {LEDGER_SPANS_SQL.strip()}
 SELECT st.name AS "Trạm / Station",
-       sum(extract(epoch FROM s.hi - s.lo)) FILTER (WHERE s.state = 'online')
-         / sum(extract(epoch FROM s.hi - s.lo)) AS "Hoạt động / Availability",
-       count(*) FILTER (WHERE s.state = 'offline') AS "Số lần mất / Outages",
-       coalesce(sum(extract(epoch FROM s.hi - s.lo)) FILTER (WHERE s.state = 'offline'), 0) AS "Thời gian mất / Downtime"
-FROM spans s JOIN stations st ON st.id = s.station_id
-WHERE s.hi > s.lo
+       sum(a.online_us)::float8 / sum(a.observed_us) AS "Hoạt động / Availability",
+       sum(a.outages) AS "Số lần mất / Outages",
+       sum(a.observed_us - a.online_us) / 1e6 AS "Thời gian mất / Downtime"
+FROM {AVAILABILITY} a JOIN stations st ON st.id = a.station_id
+WHERE a.station_id IN ($station)
 GROUP BY st.id, st.name
 ORDER BY 2, 1
 LIMIT {WORST_STATIONS}

@@ -8,5 +8,8 @@ ALTER ROLE :"reader" WITH LOGIN PASSWORD :'reader_password' NOSUPERUSER NOCREATE
 SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), :'reader') \gexec
 GRANT USAGE ON SCHEMA public TO :"reader";
 GRANT SELECT ON regions, stations, receivers, station_assignments, connectivity_intervals TO :"reader";
+-- Availability as the API defines it (migration 0008); the functions read the ledger as the reader.
+GRANT EXECUTE ON FUNCTION loa_ledger_spans(timestamp, timestamp, timestamp),
+                          loa_availability(timestamp, timestamp, timestamp) TO :"reader";
 -- Dashboards must not hold a query open for minutes on the production database.
 ALTER ROLE :"reader" SET statement_timeout = '30s';

@@ -40,10 +40,12 @@ def _print(title: str, a: dict[str, Any]) -> None:
     typer.echo(f"  Tỷ lệ hoạt động / online: {a['online_percent']:.3f} %")
     typer.echo(f"  Số lần mất kết nối / outages: {a['outage_count']}")
     typer.echo(f"  Tổng thời gian mất / downtime: {duration_text(a['downtime_s'])}")
-    outages = sorted(a["outages"], key=lambda o: o["duration_s"], reverse=True)
+    # Every figure is the service's (the one definition, fleet_service/uptime/availability_sql.py);
+    # the outages come longest first, so the first is the longest.
+    outages = a["outages"]
     if outages:
         longest = outages[0]
-        typer.echo(f"  Lâu nhất / longest: {duration_text(longest['duration_s'])} "
+        typer.echo(f"  Lâu nhất / longest: {duration_text(a['longest_outage_s'])} "
                    f"({longest['receiver_id']}, từ {local_text(_dt(longest['start']))})")
     for outage in outages[:OUTAGES_SHOWN]:
         note = " (đang mất / ongoing)" if outage["ongoing"] else ""

@@ -9,7 +9,9 @@ from sqlalchemy.orm import Session
 
 from fleet_service.db import utcnow
 from fleet_service.errors import Invalid
-from fleet_service.uptime.availability import Availability, summarize
+from fleet_service.uptime import availability_sql
+from fleet_service.uptime.availability import Availability
+from fleet_service.uptime.availability_sql import Period
 from fleet_service.uptime.models import ConnectivityInterval
 from fleet_service.uptime.repository import LedgerRepository
 from fleet_service.uptime.tracker import Transition
@@ -53,33 +55,33 @@ def record_transitions(session: Session, transitions: Iterable[Transition], stat
     return opened
 
 
-def _period(start: datetime, end: datetime | None, now: datetime | None) -> tuple[datetime, datetime, datetime]:
+def _period(start: datetime, end: datetime | None, now: datetime | None) -> Period:
     """One "now" for the whole answer: an end left to default and the test of whether an outage
     is still under way must see the same instant, or an open outage reads as ended."""
     now = now or utcnow()
     end = end or now
-    if start.tzinfo is None or end.tzinfo is None:
+    if start.tzinfo is None or end.tzinfo is None or now.tzinfo is None:
         raise Invalid("Thời điểm phải có múi giờ", "times must carry a time zone")
     if end <= start:
         raise Invalid("Thời điểm kết thúc phải sau thời điểm bắt đầu", "the period must end after it starts")
-    return start, end, now
+    return Period(start, end, now)
 
+
+# Availability is computed by the database, from the one definition in availability_sql.py that
+# Grafana's panels also call (docs/uptime.md).
 
 def receiver_availability(session: Session, receiver_id: str, start: datetime, end: datetime | None, *,
                           now: datetime | None = None) -> Availability:
     """``end`` None: up to ``now``. Give ``now`` when the caller took it already (to default
     the end of the period itself), so that both are the same instant."""
-    start, end, now = _period(start, end, now)
-    return summarize(LedgerRepository(session).spans_of_receiver(receiver_id, start, end), start, end, now)
+    return availability_sql.availability(session, _period(start, end, now), receiver_id=receiver_id)
 
 
 def station_availability(session: Session, station_id: int, start: datetime, end: datetime | None, *,
                          now: datetime | None = None) -> Availability:
-    start, end, now = _period(start, end, now)
-    return summarize(LedgerRepository(session).spans_of_station(station_id, start, end), start, end, now)
+    return availability_sql.availability(session, _period(start, end, now), station_id=station_id)
 
 
 def region_availability(session: Session, region_path: str, start: datetime, end: datetime | None, *,
                         now: datetime | None = None) -> Availability:
-    start, end, now = _period(start, end, now)
-    return summarize(LedgerRepository(session).spans_of_region(region_path, start, end), start, end, now)
+    return availability_sql.availability(session, _period(start, end, now), region_path=region_path)

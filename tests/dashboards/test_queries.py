@@ -1,7 +1,7 @@
 """Every panel's every query, run against real servers with Grafana's templating reproduced
 (tests/dashboards/grafana_templating.py), must return what the data says it should: the
-PostgreSQL panels what fleet_service.uptime computes from the same ledger, the InfluxQL panels
-what the telemetry written says. A query that fails or returns nothing fails its panel; so does
+PostgreSQL panels what the availability oracle (tests/fleet_service/uptime/oracle.py) computes
+from the same ledger, the InfluxQL panels what the telemetry written says. A query that fails or returns nothing fails its panel; so does
 a panel with no expectation here."""
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from sqlalchemy import select
 import dashboards
 from dashboards import connectivity_events, firmware, fleet_overview, quarterly_evaluation, station_detail
 from fleet_service.db import session_scope
-from fleet_service.uptime.availability import Availability, Span, summarize
+from fleet_service.uptime.availability import Availability, Span
 from fleet_service.uptime.models import Connectivity, ConnectivityInterval
 from fleet_service.uptime.repository import LedgerRepository
-from fleet_service.uptime.service import region_availability, station_availability
 from tests.dashboards import fleet_data
 from tests.dashboards.conftest import INFLUX_DATABASE, LedgerDatabase, TelemetryDatabase
 from tests.dashboards.grafana_templating import (TimeRange, Variable, expand_influxql, expand_sql, interval_ms,
                                                  unexpanded)
+from tests.fleet_service.uptime.oracle import summarize
 
 pytestmark = pytest.mark.postgres
 
@@ -138,10 +138,16 @@ def test_variables_follow_the_region(ledger_db: LedgerDatabase) -> None:
 
 # --- expectations from the ledger -----------------------------------------------------------
 
-def _station_figures(run: Run) -> dict[str, Availability]:
+def _oracle(run: Run, station_ids: list[int]) -> Availability:
+    """The oracle's figures for the ledger's intervals of these stations over the panel's range."""
     with session_scope(run.ledger.sessions) as session:
-        return {name: station_availability(session, sid, run.time_range.start, run.time_range.end)
-                for name, sid in run.ledger.registry.station_ids.items() if sid in run.station_ids}
+        rows = session.scalars(select(ConnectivityInterval).where(ConnectivityInterval.station_id.in_(station_ids))).all()
+    spans = [Span(r.receiver_id, Connectivity(r.state), r.start_at, r.end_at) for r in rows]
+    return summarize(spans, run.time_range.start, run.time_range.end, datetime.now(UTC))
+
+
+def _station_figures(run: Run) -> dict[str, Availability]:
+    return {name: _oracle(run, [sid]) for name, sid in run.ledger.registry.station_ids.items() if sid in run.station_ids}
 
 
 def _mttr(figures: Availability) -> float | None:
@@ -224,8 +230,7 @@ def _per_station(run: Run) -> None:
 
 @case(quarterly_evaluation.UID, "Toàn vùng đã chọn / Whole selection", QUARTER)
 def _summary(run: Run) -> None:
-    with session_scope(run.ledger.sessions) as session:
-        whole = region_availability(session, run.ledger.registry.region_paths["thai-nguyen"], QUARTER.start, QUARTER.end)
+    whole = _oracle(run, run.station_ids)  # every station: the region "All"
     [row] = run.rows
     assert float(row["Hoạt động / Availability"]) == pytest.approx(whole.online_fraction, abs=1e-12)
     assert row["Số lần mất / Outages"] == len(whole.outages) == 5

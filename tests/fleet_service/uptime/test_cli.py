@@ -182,3 +182,21 @@ def test_an_outage_still_going_on_is_said_so_when_the_end_is_left_out(served: Se
                  "--api", served.url, "--token", served.admin)
     assert result.exit_code == 0, result.output
     assert "(đang mất / ongoing)" in result.output
+
+
+def test_status_and_availability_agree_on_who_is_down_and_since_when(served: Served):
+    """``loa status``'s "down since" is the ongoing outage ``loa availability`` reports: both are
+    the service's answers from the same ledger."""
+    as_admin = ["--api", served.url, "--token", served.admin]
+    status = loa("status", "--all", *as_admin)
+    assert status.exit_code == 0, status.output
+    for rid in ("x-1", "y-1"):
+        [line] = [line for line in status.output.splitlines() if line.strip().startswith(rid)]
+        down = "MẤT KẾT NỐI / DOWN" in line
+        result = loa("availability", "receiver", rid, "--from", "2026-07-01T06:00:00", *as_admin)
+        assert result.exit_code == 0, result.output
+        ongoing = [o for o in result.output.splitlines() if "(đang mất / ongoing)" in o]
+        assert bool(ongoing) == down, (status.output, result.output)
+        if down:
+            since = line.split("từ / since ")[1].split(" (")[0]
+            assert f"{rid}: {since} →" in ongoing[0], (line, ongoing)
