@@ -90,15 +90,15 @@ class RegionScope:
         """On ``Region`` (as selected or joined by the caller)."""
         return self.path_clause(Region.path)
 
-    def region_ids(self) -> Select[tuple[int]]:
+    def region_ids(self) -> Select[int]:
         region = aliased(Region)
         return select(region.id).where(self.path_clause(region.path))
 
-    def station_ids(self) -> Select[tuple[int]]:
+    def station_ids(self) -> Select[int]:
         station = aliased(Station)
         return select(station.id).where(station.region_id.in_(self.region_ids()))
 
-    def receiver_ids(self) -> Select[tuple[str]]:
+    def receiver_ids(self) -> Select[str]:
         """Receivers now on a station of the scope (with the whole fleet: every receiver)."""
         receiver = aliased(Receiver)
         query = select(receiver.id)

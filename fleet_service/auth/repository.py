@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Row, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleet_service.auth.models import ApiToken, User
@@ -25,14 +25,15 @@ def list_users(session: Session, *, scope: ScopeLike = None) -> Sequence[User]:
     return session.scalars(select(User).where(RegionScope.of(scope).users()).order_by(User.username)).all()
 
 
-def token_with_owner(session: Session, token_hash: str) -> Row[tuple[ApiToken, User, str | None]] | None:
-    """The token, its user and the path of the user's region, in one query."""
-    return session.execute(
+def token_with_owner(session: Session, token_hash: str) -> tuple[ApiToken, User, str | None] | None:
+    """The token, its user and the path of the user's region (None without one), in one query."""
+    found = session.execute(
         select(ApiToken, User, Region.path)
         .join(User, ApiToken.user_id == User.id)
         .outerjoin(Region, User.region_id == Region.id)
         .where(ApiToken.token_hash == token_hash)
     ).first()
+    return None if found is None else found.tuple()
 
 
 def get_token(session: Session, token_id: int) -> ApiToken | None:

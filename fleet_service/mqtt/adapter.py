@@ -135,7 +135,8 @@ class _Connection:
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            self.adapter.ingest.handle(message.topic, message.payload, retained=message.retain)
+            # Typed bytes | bytearray, but paho decodes a PUBLISH with struct.unpack: bytes.
+            self.adapter.ingest.handle(message.topic, cast(bytes, message.payload), retained=message.retain)
         except Exception:  # ingest never raises for bad input; anything else is a bug, logged
             log.exception("ingest failed on a message on %r", message.topic)
 

@@ -80,7 +80,7 @@ def rewrite_subtree_paths(session: Session, old_prefix: str, new_prefix: str) ->
 
 # --- stations ----------------------------------------------------------------------------
 
-def _stations(scope: ScopeLike, under: ScopeLike = None) -> Select[tuple[Station]]:
+def _stations(scope: ScopeLike, under: ScopeLike = None) -> Select[Station]:
     return select(Station).where(RegionScope.of(scope).stations(), RegionScope.of(under).stations())
 
 
@@ -123,7 +123,7 @@ def open_assignment(session: Session, receiver_id: str) -> StationAssignment | N
 
 # --- receivers ---------------------------------------------------------------------------
 
-def _receivers(scope: ScopeLike, under: ScopeLike = None) -> Select[tuple[Receiver]]:
+def _receivers(scope: ScopeLike, under: ScopeLike = None) -> Select[Receiver]:
     # A receiver on no station belongs to no region: only the whole-fleet scope sees it.
     return select(Receiver).where(RegionScope.of(scope).receivers(), RegionScope.of(under).receivers())
 
