@@ -113,7 +113,8 @@ def update_region(session: Session, region_id: int, data: RegionUpdate, *, scope
     """Rename (or change level or code); its place in the tree stays."""
     region = get_region(session, region_id, scope=scope)
     # name and level cannot be cleared; code can.
-    changes = {k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None or k == "code"}
+    changes: dict[str, Any] = {k: v for k, v in data.model_dump(exclude_unset=True).items()
+                               if v is not None or k == "code"}
     if "code" in changes:
         _check_code_free(session, changes["code"], region.id)
     if "name" in changes:
@@ -207,7 +208,7 @@ def update_station(session: Session, station_id: int, data: StationUpdate, *, sc
     station = get_station(session, station_id, scope=scope)
     changes = data.model_dump(exclude_unset=True)
     # region and name cannot be cleared; the rest can.
-    changes = {k: v for k, v in changes.items() if v is not None or k not in ("region_id", "name")}
+    changes: dict[str, Any] = {k: v for k, v in changes.items() if v is not None or k not in ("region_id", "name")}
     if "region_id" in changes:
         changes["region_id"] = get_region(session, changes["region_id"], scope=scope).id
     if "region_id" in changes or "name" in changes:
