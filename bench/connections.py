@@ -574,7 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memtrace", action="store_true",
                         help="run the service under tracemalloc (bench.memtrace) and report what grew per "
                              "receiver: structures and allocation sites (slower; its RSS is not comparable)")
-    parser.add_argument("--memtrace-frames", type=int, default=25, help="tracemalloc frames (default 25)")
+    parser.add_argument("--memtrace-frames", type=int, default=25,
+                        help="tracemalloc frames (default 25; 0: no tracemalloc, the structures only, and the "
+                             "service's RSS as without --memtrace)")
     cfg = parser.parse_args(argv)
     modes = [m.strip() for m in cfg.modes.split(",") if m.strip()]
     if cfg.receivers < 1 or not 1 <= cfg.simulators <= cfg.receivers or any(m not in (RAW, SERVICE) for m in modes):

@@ -103,6 +103,53 @@ def _ours(obj: Any) -> bool:
     return module.startswith(("fleet_service", "paho", "influxdb_client")) and not isinstance(obj, type)
 
 
+def _parts(obj: Any) -> list[tuple[str, Any]]:
+    """What an entry of a per-receiver map is made of, one level down: a tuple's items, an
+    object's attributes, a pydantic model's field dict, set of fields set and values."""
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return [(f"[{i}]", item) for i, item in enumerate(obj)]
+    if isinstance(obj, dict):
+        return [(f"[{key!r}]", value) for key, value in obj.items()]
+    if hasattr(type(obj), "__pydantic_fields__"):
+        out: list[tuple[str, Any]] = [("(object)", obj)]
+        out += [("__dict__ (table)", vars(obj)), ("__pydantic_fields_set__", obj.__pydantic_fields_set__)]
+        out += [(f".{name}", value) for name, value in vars(obj).items()]
+        return out
+    return _attributes(obj)
+
+
+def _deep_all(items: list[Any], seen: set[int]) -> int:
+    return sum(deep_size(item, seen)[0] for item in items)
+
+
+def _inside(entries: list[tuple[Any, Any]], seen: set[int], depth: int = 0) -> list[dict[str, Any]]:
+    """Bytes of each part of the entries (keys, then the values' parts), each object once."""
+    rows: list[dict[str, Any]] = []
+    if depth == 0 and entries and entries[0][0] is not None:
+        rows.append({"part": "key", "bytes": _deep_all([k for k, _ in entries], seen)})
+    values = [v for _, v in entries]
+    first = values[0] if values else None
+    if first is None or isinstance(first, (int, float, str, bytes, bool)) or depth > 1:
+        rows.append({"part": "value", "bytes": _deep_all(values, seen)})
+        return rows
+    own = sum(sys.getsizeof(v) for v in values if id(v) not in seen)
+    seen.update(id(v) for v in values)
+    rows.append({"part": type(first).__qualname__, "bytes": own})
+    for name, _ in _parts(first):
+        if name == "(object)":
+            continue
+        parts = [dict(_parts(v)).get(name) for v in values]
+        if name == "__dict__ (table)":  # the table alone; its values are the fields below
+            rows.append({"part": name, "bytes": sum(sys.getsizeof(p) for p in parts if id(p) not in seen)})
+            seen.update(id(p) for p in parts)
+        elif hasattr(type(parts[0]), "__pydantic_fields__") and depth == 0:
+            for row in _inside([(None, p) for p in parts], seen, depth + 1):
+                rows.append({"part": f"{name} → {row['part']}", "bytes": row["bytes"]})
+        else:
+            rows.append({"part": name, "bytes": _deep_all(parts, seen)})
+    return rows
+
+
 def structures() -> dict[str, Any]:
     """Deep sizes of the containers with ≥ MIN_ENTRIES entries below the service's objects."""
     roots = _roots()
@@ -123,10 +170,14 @@ def structures() -> dict[str, Any]:
                 queue.append((where, value, depth + 1))
     out = []
     for where, value in found:
-        size, objects = deep_size(value, seen)
         sample = next(iter(value.values() if isinstance(value, dict) else value), None)
+        # What one entry is made of, measured over all entries before the container claims them.
+        entries = list(value.items()) if isinstance(value, dict) else [(None, v) for v in value]
+        inside = _inside(entries, set(seen)) if len(value) >= 10 * MIN_ENTRIES else []
+        size, objects = deep_size(value, seen)
         out.append({"path": where, "entries": len(value), "bytes": size, "objects": objects,
-                    "type": type(value).__name__, "item": type(sample).__qualname__ if sample is not None else None})
+                    "type": type(value).__name__, "item": type(sample).__qualname__ if sample is not None else None,
+                    "inside": inside})
     return {"structures": out, "tracemalloc": tracemalloc.get_traced_memory() if tracemalloc.is_tracing() else None}
 
 
@@ -135,10 +186,12 @@ def _dump(_signum: int, _frame: Any) -> None:
     label = (directory / "label").read_text().strip()
     started = time.monotonic()
     gc.collect()
-    if not tracemalloc.is_tracing():
-        tracemalloc.start(int(os.environ.get(ENV_FRAMES, "25")))
+    frames = int(os.environ.get(ENV_FRAMES, "25"))
+    if frames and not tracemalloc.is_tracing():
+        tracemalloc.start(frames)
     facts = structures()
-    tracemalloc.take_snapshot().dump(str(directory / f"{label}.snapshot"))
+    if frames:
+        tracemalloc.take_snapshot().dump(str(directory / f"{label}.snapshot"))
     facts["seconds"] = time.monotonic() - started
     (directory / f"{label}.json").write_text(json.dumps(facts))
     (directory / f"{label}.done").touch()
@@ -181,13 +234,19 @@ class Memtrace:
         service or of a library it calls)."""
         n = max(1, receivers)
         rss = (rss_kib[1] - rss_kib[0]) * 1024
-        lines = [f"Service memory, {receivers:,} receivers (bytes per receiver; `--memtrace`, tracemalloc on: "
-                 "the process is slower and larger than without it, the per-receiver figures are not):", ""]
-        traced = [f["tracemalloc"][0] if f.get("tracemalloc") else 0 for f in (before, after)]
-        lines.append(f"- RSS growth {rss / n:,.0f} B/receiver; Python allocations that grew (tracemalloc) "
-                     f"{(traced[1] - traced[0]) / n:,.0f} B/receiver; the rest ({(rss - traced[1] + traced[0]) / n:,.0f} "
-                     "B) is memory outside Python's allocator (SQLite's page cache, OpenSSL, the C library's "
-                     "heap) and pages pymalloc holds but does not use")
+        traced = [f["tracemalloc"][0] if f.get("tracemalloc") else None for f in (before, after)]
+        lines = [f"Service memory, {receivers:,} receivers (bytes per receiver; `--memtrace`"
+                 + (", tracemalloc on: the process is slower and larger than without it, the per-receiver "
+                    "figures of its structures are not):" if traced[1] is not None else ", structures only):"), ""]
+        if traced[0] is not None and traced[1] is not None:
+            lines.append(f"- RSS growth {rss / n:,.0f} B/receiver (tracemalloc's own traces included); Python "
+                         f"allocations that grew (tracemalloc) {(traced[1] - traced[0]) / n:,.0f} B/receiver")
+        else:
+            lines.append(f"- RSS growth {rss / n:,.0f} B/receiver; the structures below hold "
+                         f"{sum(s['bytes'] for s in after['structures']) / n:,.0f} B/receiver, the rest is "
+                         "what the table does not reach: transient objects (paho's messages, SQLAlchemy's "
+                         "sessions), memory outside Python's allocator (SQLite's page cache, the C library's "
+                         "heap) and pages pymalloc holds but does not use")
         lines += ["", "| structure (deep size: what it alone holds) | entries | item | after: B per receiver | "
                   "before: B per receiver |", "|---|---:|---|---:|---:|"]
         old = {s["path"]: s for s in before["structures"]}
@@ -198,6 +257,11 @@ class Memtrace:
                          f"{b['bytes'] / n if b else 0:,.0f} |")
         lines.append(f"| all of the above | | | **{sum(s['bytes'] for s in rows) / n:,.0f}** | "
                      f"{sum(s['bytes'] for s in before['structures']) / n:,.0f} |")
+        for s in rows:
+            if s.get("inside") and s["bytes"] >= 100 * n:
+                lines += ["", f"Inside `{s['path']}` ({s['item']}; bytes per receiver, each object counted once "
+                          "in this order):", "", "| part | B per receiver |", "|---|---:|"]
+                lines += [f"| {r['part']} | {r['bytes'] / n:,.0f} |" for r in s["inside"] if r["bytes"] >= n]
         a, b = self.directory / "after.snapshot", self.directory / "before.snapshot"
         if a.exists() and b.exists():
             lines += ["", f"Allocation sites that grew most (tracemalloc, top {TOP}, by the deepest frame in "
