@@ -57,6 +57,9 @@ RETAIN = {kind: kind in (MessageKind.STATE, MessageKind.PLAY) for kind in Messag
 # Enough for every topic of a national fleet (150,000 receivers x 5 kinds).
 _PARSED_MAX = 1_000_000
 _PARSED: dict[str, Topic] = {}
+# One ReceiverId per receiver for all its cached topics: the service keys its per-receiver maps
+# with it, so those share one object instead of one per topic kind (105 bytes each).
+_RECEIVER_IDS: dict[str, ReceiverId] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,7 @@ class Topic:
         parsed = cls._parse(topic)
         if len(_PARSED) >= _PARSED_MAX:
             _PARSED.clear()
+            _RECEIVER_IDS.clear()
         _PARSED[topic] = parsed
         return parsed
 
@@ -91,7 +95,10 @@ class Topic:
             kind = MessageKind(parts[1])
         except ValueError:
             raise ValueError(f"unknown message kind {parts[1]!r} in topic {topic!r}") from None
-        return cls(ReceiverId(parts[0]), kind)
+        receiver_id = _RECEIVER_IDS.get(parts[0])
+        if receiver_id is None:
+            receiver_id = _RECEIVER_IDS[parts[0]] = ReceiverId(parts[0])
+        return cls(receiver_id, kind)
 
 
 def receiver_topics(receiver_id: str) -> dict[MessageKind, str]:
