@@ -55,9 +55,18 @@ def region_tags(regions: Mapping[int, tuple[str | None, str]]) -> dict[int, str]
 def build_tags(regions: Mapping[int, tuple[str | None, str]],
                receivers: Iterable[tuple[str, int | None, int | None]]) -> dict[str, tuple[str, str]]:
     paths = region_tags(regions)
-    return {rid: (str(station) if station is not None else NONE_TAG,
-                  paths.get(region_id, NONE_TAG) if region_id is not None else NONE_TAG)
-            for rid, station, region_id in receivers}
+    # One tags tuple per station, shared by its receivers (about 110 bytes less per receiver
+    # than a tuple and a station string each).
+    shared: dict[tuple[int | None, int | None], tuple[str, str]] = {}
+    out: dict[str, tuple[str, str]] = {}
+    for rid, station, region_id in receivers:
+        tags = shared.get((station, region_id))
+        if tags is None:
+            tags = shared[(station, region_id)] = (
+                str(station) if station is not None else NONE_TAG,
+                paths.get(region_id, NONE_TAG) if region_id is not None else NONE_TAG)
+        out[rid] = tags
+    return out
 
 
 class TagCache:
