@@ -134,16 +134,18 @@ def _inside(entries: list[tuple[Any, Any]], seen: set[int], depth: int = 0) -> l
     if first is None or isinstance(first, (int, float, str, bytes, bool)) or depth > 1:
         rows.append({"part": "value", "bytes": _deep_all(values, seen)})
         return rows
-    own = sum(sys.getsizeof(v) for v in values if id(v) not in seen)
-    seen.update(id(v) for v in values)
+    fresh = {id(v): v for v in values if id(v) not in seen}
+    own = sum(sys.getsizeof(v) for v in fresh.values())
+    seen.update(fresh)
     rows.append({"part": type(first).__qualname__, "bytes": own})
     for name, _ in _parts(first):
         if name == "(object)":
             continue
         parts = [dict(_parts(v)).get(name) for v in values]
         if name == "__dict__ (table)":  # the table alone; its values are the fields below
-            rows.append({"part": name, "bytes": sum(sys.getsizeof(p) for p in parts if id(p) not in seen)})
-            seen.update(id(p) for p in parts)
+            tables = {id(p): p for p in parts if id(p) not in seen}
+            rows.append({"part": name, "bytes": sum(sys.getsizeof(p) for p in tables.values())})
+            seen.update(tables)
         elif hasattr(type(parts[0]), "__pydantic_fields__") and depth == 0:
             for row in _inside([(None, p) for p in parts], seen, depth + 1):
                 rows.append({"part": f"{name} → {row['part']}", "bytes": row["bytes"]})
@@ -163,7 +165,8 @@ def structures() -> dict[str, Any]:
     for name, module in sorted(sys.modules.items()):
         if name.startswith("fleet_service") and module is not None:
             for attr, value in vars(module).items():
-                if isinstance(value, (dict, set, list, deque)) and len(value) >= MIN_ENTRIES:
+                if not attr.startswith("__") and isinstance(value, (dict, set, list, deque)) \
+                        and len(value) >= MIN_ENTRIES:
                     found.append((f"{name}.{attr}", value))
     while queue:
         path, obj, depth = queue.popleft()
