@@ -224,6 +224,37 @@ def pymalloc_stats() -> dict[str, int]:
     return found
 
 
+def c_heap_stats() -> dict[str, int]:
+    """Outside Python's allocator: what SQLite holds (sqlite3_memory_used: page caches,
+    statements, all connections) and the C library's heap (glibc mallinfo2: in use, free)."""
+    import ctypes
+    import ctypes.util
+
+    out: dict[str, int] = {}
+    try:
+        import _sqlite3
+
+        library = ctypes.CDLL(_sqlite3.__file__)
+        used = library.sqlite3_memory_used
+        used.restype = ctypes.c_int64
+        out["sqlite"] = int(used())
+    except (ImportError, OSError, AttributeError):
+        pass
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+        out.update({"malloc_used": info.uordblks + info.hblkhd, "malloc_free": info.fordblks})
+    except (OSError, AttributeError):
+        pass
+    return out
+
+
 def _dump(_signum: int, _frame: Any) -> None:
     directory = Path(os.environ[ENV_DIR])
     label = (directory / "label").read_text().strip()
@@ -234,6 +265,7 @@ def _dump(_signum: int, _frame: Any) -> None:
         tracemalloc.start(frames)
     facts = structures()
     facts["pymalloc"] = pymalloc_stats()
+    facts["c_heap"] = c_heap_stats()
     if frames:
         tracemalloc.take_snapshot().dump(str(directory / f"{label}.snapshot"))
     facts["seconds"] = time.monotonic() - started
@@ -300,6 +332,13 @@ class Memtrace:
                          f"({(rss - pm[1]['total'] + pm[0]['total']) / n:,.0f} B/receiver) is larger blocks from the "
                          "C allocator: big objects (dict tables, sets of more than ~20 entries), SQLite's page "
                          "cache, buffers")
+        ch = [f.get("c_heap", {}) for f in (before, after)]
+        if "malloc_used" in ch[0] and "malloc_used" in ch[1]:
+            grew = {k: (ch[1].get(k, 0) - ch[0].get(k, 0)) / n for k in ("sqlite", "malloc_used", "malloc_free")}
+            lines.append(f"- the C library's heap (glibc mallinfo2: blocks over 512 B and C libraries; pymalloc maps its arenas itself): in use grew "
+                         f"{grew['malloc_used']:,.0f} B/receiver, free but kept {grew['malloc_free']:,.0f}; of what is "
+                         f"in use, SQLite's own (sqlite3_memory_used: page caches, statements) "
+                         f"{grew['sqlite']:,.0f} B/receiver" if "sqlite" in ch[1] else "")
         lines += ["", "| structure (deep size: what it alone holds) | entries | item | after: B per receiver | "
                   "before: B per receiver |", "|---|---:|---|---:|---:|"]
         old = {s["path"]: s for s in before["structures"]}
