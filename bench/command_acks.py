@@ -300,7 +300,7 @@ async def _service(params: dict[str, Any], events: Any, go: Any) -> dict[str, An
     from fleet_service.commands.schemas import CommandCreate, Target
     from fleet_service.config import Settings
     from fleet_service.db import session_scope
-    from fleet_service.mqtt.lifecycle import run_mqtt_side
+    from fleet_service.worker.composition import run_mqtt_side
     from fleet_service.protocol.messages import CommandOp
     from fleet_service.runtime import Runtime
     from fleet_service.telemetry.service import run_telemetry

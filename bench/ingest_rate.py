@@ -357,7 +357,7 @@ def _timed_ingest_class() -> type:
 
 
 async def _service(params: dict[str, Any], events: Any, done: Any) -> dict[str, Any]:
-    """The service's MQTT side as fleet_service/mqtt/lifecycle.py builds it for Mosquitto, minus
+    """The service's MQTT side as fleet_service/worker/composition.py builds it for Mosquitto, minus
     the dynamic-security accounts (they create logins; ingest does not use them)."""
     from datetime import timedelta
 
@@ -365,6 +365,7 @@ async def _service(params: dict[str, Any], events: Any, done: Any) -> dict[str, 
 
     from fleet_service.config import Settings
     from fleet_service.db import session_scope
+    from fleet_service.ingest.events import EventBus
     from fleet_service.mqtt.adapter import MqttAdapter
     from fleet_service.runtime import Runtime
     from fleet_service.uptime.models import ConnectivityInterval
@@ -373,7 +374,7 @@ async def _service(params: dict[str, Any], events: Any, done: Any) -> dict[str, 
                         database_url=params["database_url"], mqtt_password="bench-anonymous-broker")
     runtime = Runtime.from_settings(settings)
     ingest = _timed_ingest_class()(
-        runtime.sessions,
+        runtime.sessions, EventBus(),
         inactivity_timeout=timedelta(seconds=settings.inactivity_timeout_s),
         grace=timedelta(seconds=settings.startup_grace_s),
         max_payload_bytes=settings.max_payload_bytes,
@@ -527,6 +528,7 @@ async def _microbench(params: dict[str, Any]) -> dict[str, Any]:
 
     from fleet_service.db import make_engine, make_sessionmaker, session_scope, utcnow
     from fleet_service.ingest.repository import IngestRepository
+    from fleet_service.ingest.events import EventBus
     from fleet_service.ingest.service import LEDGER_BATCH_MAX, IngestService
     from fleet_service.protocol import decode
     from fleet_service.uptime.models import Connectivity, TransitionCause
@@ -545,7 +547,7 @@ async def _microbench(params: dict[str, Any]) -> dict[str, Any]:
             decode(topic, payload, max_bytes=4096)
         decode_s = time.perf_counter() - t0
 
-        ingest = IngestService(sessions, inactivity_timeout=timedelta(seconds=200), grace=timedelta(seconds=30),
+        ingest = IngestService(sessions, EventBus(), inactivity_timeout=timedelta(seconds=200), grace=timedelta(seconds=30),
                                max_payload_bytes=4096)
         await ingest.start()
         t0 = time.perf_counter()

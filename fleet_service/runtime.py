@@ -4,7 +4,7 @@ Built by the app's lifespan (or by a CLI command), never a module global."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,26 +12,31 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_service.broker_port import BrokerAccounts, RegistryOnlyAccounts
 from fleet_service.config import Settings
 from fleet_service.db import make_engine, make_sessionmaker
-from fleet_service.outbox.dispatcher import OutboxDispatcher
+
+if TYPE_CHECKING:  # built by the worker's composition (fleet_service/worker/composition.py)
+    from fleet_service.commands.delivery import CommandDelivery
+    from fleet_service.ingest.service import IngestService
+    from fleet_service.mqtt.adapter import MqttAdapter
+    from fleet_service.outbox.dispatcher import OutboxDispatcher
+    from fleet_service.schedules.sync import ScheduleSync
+    from fleet_service.telemetry.service import TelemetryService
 
 
 @dataclass
 class Runtime:
+    """The parts below ``broker_accounts`` are set while this process is the leading worker
+    (fleet_service/worker/composition.py) and None otherwise: an API process answers from the
+    database, never from them."""
+
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     broker_accounts: BrokerAccounts = field(default_factory=RegistryOnlyAccounts)
-    # Set by the lifespan when the service runs its MQTT side (ingest.service.IngestService).
-    ingest: Any = None
-    # Set by the lifespan: the service's MQTT connection (mqtt.adapter.MqttAdapter).
-    mqtt: Any = None
-    # Set by the lifespan: command delivery (commands.delivery.CommandDelivery). None when the
-    # API runs without its MQTT side: commands are then recorded and wait for a service that
-    # delivers them.
-    commands: Any = None
-    # Set by the lifespan: telemetry into InfluxDB (telemetry.service.TelemetryService).
-    telemetry: Any = None
-    # Set by the lifespan when this process applies the outbox (the MQTT side runs here).
+    ingest: IngestService | None = None
+    mqtt: MqttAdapter | None = None
+    commands: CommandDelivery | None = None
+    schedules: ScheduleSync | None = None
+    telemetry: TelemetryService | None = None
     outbox: OutboxDispatcher | None = None
 
     @classmethod

@@ -112,6 +112,7 @@ EXPECTED_S = {
     "tests/simulators/test_firmware_receivers.py": 5.0,
     "tests/simulators/test_cli.py": 3.0,
     "tests/simulators/": 1.0,
+    "tests/fleet_service/worker/test_roles.py": 60.0,
     "tests/fleet_service/telemetry/test_writer.py": 10.0,
     "tests/fleet_service/mqtt/test_adapter.py": 10.0,
     "tests/fleet_service/ingest/test_hostile_payloads.py": 8.0,

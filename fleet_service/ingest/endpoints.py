@@ -16,67 +16,50 @@ router = APIRouter(tags=["live"])
 
 
 @router.get("/live/receivers", response_model=LiveFleetOut)
-def live_receivers(session: SessionDep, runtime: RuntimeDep, principal: CurrentPrincipal,
+def live_receivers(session: SessionDep, principal: CurrentPrincipal,
                    state: Annotated[str | None, Query(pattern="^(online|offline|never_seen)$")] = None) -> LiveFleetOut:
     """Every receiver the caller may see, with its connectivity now and its latest telemetry.
-    ``state=offline`` answers "which ones are down"."""
-    ingest = runtime.ingest
+    ``state=offline`` answers "which ones are down". Read from the live state the leading
+    worker writes (at most about 2 s behind), so every API process answers the same."""
     rows = receivers_with_open_interval(session, principal.region_path)
     out: list[LiveReceiverOut] = []
     counts = {"online": 0, "offline": 0, "never_seen": 0}
-    for receiver_id, station_id, station_name, _path, interval in rows:
-        tracked = ingest.tracker.is_online(receiver_id) if ingest else None
-        if tracked is not None:
-            now_state = "online" if tracked else "offline"
+    for receiver_id, station_id, station_name, _path, interval, live in rows:
+        if live is not None:
+            now_state = "online" if live.online else "offline"
         else:
             now_state = interval.state if interval is not None else "never_seen"
         counts[now_state] += 1
         if state is not None and now_state != state:
             continue
-        live = ingest.telemetry.get(receiver_id) if ingest else None
-        report = live.report if live else None
-        play = ingest.playing.get(receiver_id) if ingest else None
-        playing = None
-        if play is not None:
-            status, reported_at = play
-            playing = PlayingOut(stream=status.stream.value, priority=status.priority.value if status.priority else None,
-                                 source=status.source.value, ref=status.ref, url=status.url, volume=status.volume,
-                                 why=status.why.value, schedule_version=status.schedule_version,
-                                 reported_at=reported_at)
         out.append(LiveReceiverOut(
             receiver_id=receiver_id, station_id=station_id, station_name=station_name, state=now_state,
             since=interval.start_at if interval is not None and interval.state == now_state else None,
-            last_heard=ingest.tracker.last_heard(receiver_id) if ingest else None,
-            signal_dbm=report.signal_dbm if report else None,
-            temperature_c=report.temperature_c if report else None,
-            supply_v=report.supply_v if report else None,
-            amplifier=report.amplifier.value if report else None,
-            stream=report.stream.value if report else None,
-            firmware=report.firmware if report else None,
-            clock_skew_s=round(live.clock_skew_s, 1) if live else None,
-            playing=playing,
+            last_heard=live.heard_at if live else None,
+            signal_dbm=live.signal_dbm if live else None,
+            temperature_c=live.temperature_c if live else None,
+            supply_v=live.supply_v if live else None,
+            amplifier=live.amplifier if live else None,
+            stream=live.stream if live else None,
+            firmware=live.firmware if live else None,
+            clock_skew_s=live.clock_skew_s if live else None,
+            playing=PlayingOut.model_validate(live.playing) if live is not None and live.playing else None,
         ))
     return LiveFleetOut(receivers=out, **counts)
 
 
 @router.get("/ingest/status", response_model=IngestStatusOut,
             dependencies=[Depends(require_roles(Role.TECHNICIAN))])
-def ingest_status(runtime: RuntimeDep) -> IngestStatusOut:
-    ingest = runtime.ingest
-    mqtt = runtime.mqtt
-    if ingest is None:
+def ingest_status(runtime: RuntimeDep, session: SessionDep) -> IngestStatusOut:
+    """The MQTT side's figures: of this process when it is the leading worker, otherwise as the
+    leading worker last reported them (``reported_at``, every second)."""
+    from fleet_service.worker.status import ingest_status_here, read_report
+
+    here = ingest_status_here(runtime)
+    if here is not None:
+        return here
+    report = read_report(session)
+    if report is None or report.ingest is None:
         return IngestStatusOut(mqtt_connected=False, mqtt_connections=0, tracked_receivers=0, stale_messages=0,
                                unobserved_outages=0, ledger_backlog=0, counters={})
-    outbox = runtime.outbox
-    return IngestStatusOut(
-        mqtt_connected=bool(mqtt and mqtt.connected.is_set()),
-        mqtt_connections=mqtt.connections if mqtt else 0,
-        mqtt_client_id=mqtt.client_id if mqtt else None,
-        outbox_applied=outbox.counters.applied if outbox else 0,
-        outbox_failures=outbox.counters.failures if outbox else 0,
-        tracked_receivers=len(ingest.tracker),
-        stale_messages=ingest.tracker.stale_messages,
-        unobserved_outages=ingest.tracker.unobserved_outages,
-        ledger_backlog=ingest.ledger_backlog,
-        counters=ingest.counters.as_dict(),
-    )
+    return report.ingest.model_copy(update={"reported_at": report.at})

@@ -4,8 +4,9 @@ the live state it keeps for other processes and for its own restart."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -52,35 +53,49 @@ class IngestRepository:
         statement = insert(ReceiverLiveState)
         statement = statement.on_conflict_do_update(
             index_elements=[ReceiverLiveState.receiver_id],
-            set_={"online": statement.excluded.online, "session": statement.excluded.session,
-                  "heard_at": statement.excluded.heard_at, "updated_at": statement.excluded.updated_at},
+            set_={name: getattr(statement.excluded, name) for name in LIVE_STATE_COLUMNS},
         )
-        self.session.execute(statement, [row.__dict__ for row in rows])
+        self.session.execute(statement, [asdict(row) for row in rows])
 
 
-@dataclass
+@dataclass(slots=True)
 class LiveStateRow:
     receiver_id: str
     online: bool
     session: int | None
     heard_at: datetime | None
     updated_at: datetime
+    telemetry_at: datetime | None = None
+    signal_dbm: int | None = None
+    temperature_c: float | None = None
+    supply_v: float | None = None
+    amplifier: str | None = None
+    stream: str | None = None
+    firmware: str | None = None
+    clock_skew_s: float | None = None
+    schedule_version: int | None = None
+    playing: dict[str, Any] | None = None
+
+
+LIVE_STATE_COLUMNS = tuple(name for name in LiveStateRow.__dataclass_fields__ if name != "receiver_id")
 
 
 def receivers_with_open_interval(session: Session, region_path: str | None):  # type: ignore[no-untyped-def]
-    """Every active receiver in a subtree (all if None) with its station, region path and the
-    ledger's open interval (None if it was never seen)."""
+    """Every active receiver in a subtree (all if None) with its station, region path, the
+    ledger's open interval (None if it was never seen) and its live state (None before the
+    leading worker first wrote it)."""
     from sqlalchemy import and_
 
     from fleet_service.registry.models import Region, Station
 
     query = (
-        select(Receiver.id, Station.id, Station.name, Region.path, ConnectivityInterval)
+        select(Receiver.id, Station.id, Station.name, Region.path, ConnectivityInterval, ReceiverLiveState)
         .select_from(Receiver)
         .outerjoin(Station, Station.id == Receiver.station_id)
         .outerjoin(Region, Region.id == Station.region_id)
         .outerjoin(ConnectivityInterval, and_(ConnectivityInterval.receiver_id == Receiver.id,
                                               ConnectivityInterval.end_at.is_(None)))
+        .outerjoin(ReceiverLiveState, ReceiverLiveState.receiver_id == Receiver.id)
         .where(Receiver.status == ReceiverStatus.ACTIVE.value)
         .order_by(Receiver.id)
     )

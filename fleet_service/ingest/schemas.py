@@ -60,3 +60,6 @@ class IngestStatusOut(BaseModel):
     unobserved_outages: int
     ledger_backlog: int
     counters: dict[str, object]
+    # When the leading worker reported these figures, for a process that does not run the MQTT
+    # side itself; None: this process's own, as of now.
+    reported_at: datetime | None = None

@@ -1,5 +1,6 @@
-"""Ingest: every message from the receivers, decoded once, turned into live state and ledger
-transitions. A bad message is logged, counted and dropped; nothing here may stop the loop."""
+"""Ingest: every message from the receivers, decoded once, turned into live state, ledger
+transitions and domain events (ingest.events) for whoever subscribes. A bad message is logged,
+counted and dropped; nothing here may stop the loop."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,11 +17,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.db import session_scope, utcnow
+from fleet_service.ingest.events import (
+    CommandAcknowledged,
+    EventBus,
+    PlayStatusReported,
+    ReceiverEventReported,
+    ReceiverOffline,
+    ReceiverOnline,
+    ReceiverRemoved,
+    TelemetryReported,
+)
 from fleet_service.ingest.repository import IngestRepository, LiveStateRow
 from fleet_service.protocol import DecodeError, decode
 from fleet_service.protocol.codec import ReceiverMessage
-from fleet_service.protocol.messages import Ack, Event, PlayStatus, State, StateMessage, Telemetry
-from fleet_service.uptime.models import Connectivity
+from fleet_service.protocol.messages import Ack, PlayStatus, State, StateMessage, Telemetry
+from fleet_service.uptime.models import Connectivity, TransitionCause
 from fleet_service.uptime.service import record_transitions
 from fleet_service.uptime.tracker import ConnectivityTracker, Transition
 
@@ -35,14 +47,13 @@ LEDGER_BATCH_MAX = 500
 # The writer waits this long after the first transition so that a burst (a reconnect storm)
 # goes to the database in a few large transactions rather than many small ones.
 LEDGER_COALESCE_S = 0.05
-# The live state (each receiver's connectivity and when it was last heard) is written this
-# often, in one batch of the receivers that changed: the lag of what other processes read, and
-# what a crash can lose of "last heard" (a clean stop writes it all).
+# The live state (each receiver's connectivity, when it was last heard, its latest telemetry and
+# what it plays) is written this often, in one batch of the receivers that changed: what every
+# API process reads lags the messages by at most this plus the write itself (docs/architecture.md
+# promises 2 s), and it is what a crash can lose of "last heard" (a clean stop writes it all).
 LIVE_STATE_FLUSH_S = 1.0
 # How long an unknown receiver id is remembered as unknown before the registry is asked again.
 UNKNOWN_RECHECK_S = 30.0
-# Recent events kept in memory for the API (the durable home of events comes with alerts).
-RECENT_EVENTS_MAX = 1000
 # At most one log line per drop reason per this many seconds: a broken receiver sending
 # garbage every second must not flood the log.
 DROP_LOG_INTERVAL_S = 10.0
@@ -53,10 +64,34 @@ INTERNAL = "internal"                  # handling the message failed unexpectedl
 
 @dataclass(slots=True)
 class LiveTelemetry:
-    report: Telemetry
+    """What the live state keeps of a receiver's latest report: a few numbers, not the report
+    (this is held for every receiver of the fleet)."""
+
+    session: int
+    seq: int
     received_at: datetime
+    signal_dbm: int | None
+    temperature_c: float | None
+    supply_v: float | None
+    amplifier: str
+    stream: str
+    firmware: str
+    schedule_version: int | None
     # Receiver clock minus service clock, seconds (positive: the receiver runs ahead).
     clock_skew_s: float
+
+    @classmethod
+    def of(cls, report: Telemetry, at: datetime) -> LiveTelemetry:
+        return cls(report.session, report.seq, at, report.signal_dbm, report.temperature_c, report.supply_v,
+                   report.amplifier.value, report.stream.value, report.firmware, report.schedule_version,
+                   report.sent_at - at.timestamp())
+
+
+def playing_of(status: PlayStatus, at: datetime) -> dict[str, Any]:
+    """A play status as the live state stores it (the fields of ingest.schemas.PlayingOut)."""
+    return {"stream": status.stream.value, "priority": status.priority.value if status.priority else None,
+            "source": status.source.value, "ref": status.ref, "url": status.url, "volume": status.volume,
+            "why": status.why.value, "schedule_version": status.schedule_version, "reported_at": at.isoformat()}
 
 
 @dataclass
@@ -84,24 +119,18 @@ class IngestCounters:
 
 
 class IngestService:
-    def __init__(self, sessions: sessionmaker[Session], *, inactivity_timeout: timedelta, grace: timedelta,
-                 max_payload_bytes: int) -> None:
+    def __init__(self, sessions: sessionmaker[Session], events: EventBus, *, inactivity_timeout: timedelta,
+                 grace: timedelta, max_payload_bytes: int) -> None:
         self._sessions = sessions
+        self.events = events
         self.max_payload_bytes = max_payload_bytes
         self.tracker = ConnectivityTracker(inactivity_timeout, grace)
         self.counters = IngestCounters()
         self.telemetry: dict[str, LiveTelemetry] = {}
-        self.recent_events: deque[tuple[str, datetime, Event]] = deque(maxlen=RECENT_EVENTS_MAX)
-        # What each receiver last said it plays (the retained .../play), and when that came.
-        self.playing: dict[str, tuple[PlayStatus, datetime]] = {}
-        # Set by the MQTT side when commands are delivered (commands.delivery.CommandDelivery):
-        # told of every birth and acknowledgement.
-        self.commands: Any = None
-        # Set by the MQTT side (schedules.sync.ScheduleSync): told of every birth.
-        self.schedules: Any = None
-        # Set by the app when telemetry is written to InfluxDB (telemetry.service.TelemetryService):
-        # handed every telemetry report and event; it only queues them.
-        self.telemetry_writer: Any = None
+        # What each receiver last said it plays (the retained .../play), as playing_of() keeps it.
+        self.playing: dict[str, dict[str, Any]] = {}
+        # The firmware a receiver's birth named, for a receiver not yet heard in telemetry.
+        self._birth_firmware: dict[str, str] = {}
         self._station_of: dict[str, int | None] = {}
         self._unknown_until: dict[str, float] = {}
         self._awaiting_lookup: dict[str, list[tuple[ReceiverMessage, bool, datetime]]] = {}
@@ -209,33 +238,30 @@ class IngestService:
             self._enqueue(self.tracker.on_state(receiver_id, message, at, retained=retained))
             if message.state is State.ONLINE and self.tracker.is_online(receiver_id) \
                     and self.tracker.session_of(receiver_id) == message.session:
-                if self.commands is not None:
-                    self.commands.on_birth(receiver_id)
-                if self.schedules is not None:
-                    self.schedules.on_birth(receiver_id)
+                if message.firmware is not None:
+                    self._birth_firmware[receiver_id] = message.firmware
+                self.events.publish(ReceiverOnline(receiver_id, message.session, message.firmware, at))
         elif isinstance(message, PlayStatus):
             # Retained: also what a receiver reported before it went offline; not activity then.
             if not retained:
                 self._enqueue(self.tracker.on_activity(receiver_id, message.session, at))
-            self.playing[receiver_id] = (message, at)
+            self.playing[receiver_id] = playing_of(message, at)
+            self.events.publish(PlayStatusReported(receiver_id, message, at, retained))
         elif isinstance(message, Ack):
             self._enqueue(self.tracker.on_activity(receiver_id, message.session, at))
-            if self.commands is not None:
-                self.commands.on_ack(receiver_id, message, at)
+            self.events.publish(CommandAcknowledged(receiver_id, message, at))
+        elif isinstance(message, Telemetry):
+            self._enqueue(self.tracker.on_activity(receiver_id, message.session, at))
+            previous = self.telemetry.get(receiver_id)
+            if previous is not None and previous.session == message.session and message.seq > previous.seq + 1:
+                # Reports that never arrived: lost on the 4G link or dropped by a broker whose
+                # queue for the service overflowed. Counted so that it shows.
+                self.counters.telemetry_missed += message.seq - previous.seq - 1
+            self.telemetry[receiver_id] = LiveTelemetry.of(message, at)
+            self.events.publish(TelemetryReported(receiver_id, message, at))
         else:
             self._enqueue(self.tracker.on_activity(receiver_id, message.session, at))
-            if isinstance(message, Telemetry):
-                previous = self.telemetry.get(receiver_id)
-                if previous is not None and previous.report.session == message.session \
-                        and message.seq > previous.report.seq + 1:
-                    # Reports that never arrived: lost on the 4G link or dropped by a broker
-                    # whose queue for the service overflowed. Counted so that it shows.
-                    self.counters.telemetry_missed += message.seq - previous.report.seq - 1
-                self.telemetry[receiver_id] = LiveTelemetry(message, at, message.sent_at - at.timestamp())
-            else:
-                self.recent_events.append((receiver_id, at, message))
-            if self.telemetry_writer is not None:
-                self.telemetry_writer.submit(receiver_id, message, at)
+            self.events.publish(ReceiverEventReported(receiver_id, message, at))
 
     @property
     def ledger_backlog(self) -> int:
@@ -250,10 +276,28 @@ class IngestService:
         self.tracker.begin_grace(utcnow())
 
     def receiver_revoked(self, receiver_id: str) -> None:
+        now = utcnow()
         self._station_of.pop(receiver_id, None)
-        if self.commands is not None:
-            self.commands.receiver_removed(receiver_id)
-        self._enqueue(self.tracker.on_revoked(receiver_id, utcnow()))
+        self.events.publish(ReceiverRemoved(receiver_id, now))
+        self._enqueue(self.tracker.on_revoked(receiver_id, now))
+
+    def registry_changed(self, receiver_ids: list[str]) -> None:
+        """Receivers moved to another station (or registered): their next ledger intervals
+        carry the new station. Asked of the registry in the background."""
+        for receiver_id in receiver_ids:
+            if receiver_id in self._station_of:
+                self._spawn(self._refresh_station(receiver_id))
+
+    async def _refresh_station(self, receiver_id: str) -> None:
+        try:
+            found = await asyncio.to_thread(self._lookup, receiver_id)
+        except Exception:  # the database is down: the old station stays until the next change
+            log.exception("registry lookup failed for %s", receiver_id)
+            return
+        if found is None:
+            self._station_of.pop(receiver_id, None)
+        else:
+            self._station_of[receiver_id] = found[0]
 
     def forget_unknown(self, receiver_id: str) -> None:
         """A receiver was (re)provisioned: ask the registry about it at its next message."""
@@ -290,7 +334,7 @@ class IngestService:
         for message, retained, at in waiting:
             self._apply_one(receiver_id, message, retained, at)
 
-    def _spawn(self, coroutine) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -304,6 +348,9 @@ class IngestService:
             return
         for transition in transitions:
             self._live_dirty.add(transition.receiver_id)
+            if transition.state is Connectivity.OFFLINE:
+                self.events.publish(ReceiverOffline(transition.receiver_id, TransitionCause(transition.cause),
+                                                    transition.at))
             if len(self._backlog) >= LEDGER_BACKLOG_MAX:
                 self.counters.ledger_dropped += 1
                 log.error("ledger backlog full (%d): dropped %s", LEDGER_BACKLOG_MAX, transition)
@@ -373,15 +420,29 @@ class IngestService:
             return
         changed, self._live_dirty = self._live_dirty, set()
         now = utcnow()
-        rows = [LiveStateRow(rid, bool(self.tracker.is_online(rid)), self.tracker.session_of(rid),
-                             self.tracker.heard_at(rid), now)
-                for rid in changed if self.tracker.is_online(rid) is not None]
+        rows = [self._live_row(rid, now) for rid in changed if self.tracker.is_online(rid) is not None]
         try:
             await asyncio.to_thread(self._write_live_rows, rows)
         except Exception as exc:  # the database is down: these receivers wait for the next turn
             self._live_dirty |= changed
             log.warning("live state not written (%s); %d receivers wait", exc.__class__.__name__,
                         len(self._live_dirty))
+
+    def _live_row(self, rid: str, now: datetime) -> LiveStateRow:
+        row = LiveStateRow(rid, bool(self.tracker.is_online(rid)), self.tracker.session_of(rid),
+                           self.tracker.heard_at(rid), now, firmware=self._birth_firmware.get(rid))
+        report = self.telemetry.get(rid)
+        if report is not None:
+            row.telemetry_at = report.received_at
+            row.signal_dbm, row.temperature_c, row.supply_v = report.signal_dbm, report.temperature_c, report.supply_v
+            row.amplifier, row.stream, row.firmware = report.amplifier, report.stream, report.firmware
+            row.clock_skew_s, row.schedule_version = round(report.clock_skew_s, 1), report.schedule_version
+        playing = self.playing.get(rid)
+        if playing is not None:
+            row.playing = playing
+            if playing["schedule_version"] is not None and (report is None or report.schedule_version is None):
+                row.schedule_version = playing["schedule_version"]
+        return row
 
     def _write_live_rows(self, rows: list[LiveStateRow]) -> None:
         with session_scope(self._sessions) as session:

@@ -32,6 +32,11 @@ class OutboxKind(StrEnum):
     # A command was recorded (by any API process, or a schedule change): the leading worker
     # delivers it.
     COMMAND_CREATED = "command_created"
+    # Receivers changed place: a region renamed or moved, a station moved or renamed, a
+    # receiver registered or put on another station. Subject: "region:<id>", "station:<id>" or
+    # "receiver:<id>". The leading worker re-tags their telemetry, records their next ledger
+    # intervals under their new station, and brings their schedules up to date.
+    REGISTRY_CHANGED = "registry_changed"
 
 
 def record(session: Session, kind: OutboxKind, subject: str, payload: dict[str, Any] | None = None) -> OutboxEntry:
@@ -53,6 +58,19 @@ def receiver_login_set(session: Session, receiver_id: str, password: str) -> Out
 
 def receiver_login_removed(session: Session, receiver_id: str) -> OutboxEntry:
     return record(session, OutboxKind.RECEIVER_LOGIN_REMOVED, receiver_id)
+
+
+# session.info key: the registry subjects already recorded in this unit of work.
+_REGISTRY_SUBJECTS = "loa.outbox.registry"
+
+
+def registry_changed(session: Session, subject: str) -> None:
+    """Once per subject and unit of work (an import of a thousand receivers onto one station
+    records one entry per receiver, not per field)."""
+    seen: set[str] = session.info.setdefault(_REGISTRY_SUBJECTS, set())
+    if subject not in seen:
+        seen.add(subject)
+        record(session, OutboxKind.REGISTRY_CHANGED, subject)
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,12 @@ from fleet_service.registry.schemas import (
 
 
 def _registry_changes(request: Request, runtime: RuntimeDep) -> Iterator[None]:
-    """After a change (set up before the request's session, so this runs after its commit),
-    telemetry is tagged with the receivers' new stations and regions at once, not at the next
-    periodic refresh."""
+    """After a change (set up before the request's session, so this runs after its commit): in
+    the leading worker's own process, the outbox applies its side effects (telemetry tags,
+    schedules) at once; elsewhere the leader finds them within about a second."""
     yield
-    if request.method != "GET" and runtime.telemetry is not None:
-        runtime.telemetry.tags.invalidate()
+    if request.method != "GET" and runtime.outbox is not None:
+        runtime.outbox.wake()
 
 
 router = APIRouter(dependencies=[Depends(_registry_changes)])

@@ -122,6 +122,7 @@ def update_region(session: Session, region_id: int, data: RegionUpdate, *, scope
     for field, value in changes.items():
         setattr(region, field, value)
     session.flush()
+    outbox.registry_changed(session, f"region:{region.id}")
     return region
 
 
@@ -146,6 +147,7 @@ def _move(session: Session, region: Region, parent: Region | None) -> None:
     session.flush()
     if new_prefix != old_prefix:
         repo.rewrite_subtree_paths(session, old_prefix, new_prefix)
+        outbox.registry_changed(session, f"region:{region.id}")
 
 
 def delete_region(session: Session, region_id: int, *, scope: ScopeLike = None) -> None:
@@ -217,6 +219,8 @@ def update_station(session: Session, station_id: int, data: StationUpdate, *, sc
     for field, value in changes.items():
         setattr(station, field, value)
     session.flush()
+    if "region_id" in changes or "name" in changes:
+        outbox.registry_changed(session, f"station:{station.id}")
     return station
 
 
@@ -322,6 +326,7 @@ def _assign(session: Session, receiver: Receiver, station_id: int | None, now: d
     if station_id is not None:
         session.add(StationAssignment(station_id=station_id, receiver_id=receiver.id, start_at=now, note=note))
     session.flush()
+    outbox.registry_changed(session, f"receiver:{receiver.id}")
 
 
 def update_receiver(session: Session, receiver_id: str, data: ReceiverUpdate, *, scope: ScopeLike = None) -> Receiver:
@@ -488,3 +493,26 @@ def _import_region(session: Session, node: RegionImport, parent: Region | None, 
     session.flush()
     for child in node.children:
         _import_region(session, child, region, summary)
+
+
+# --- what a registry change touches ---------------------------------------------------------
+
+def active_receivers_of(session: Session, subject: str) -> list[str]:
+    """The active receivers a registry change recorded for ``subject`` ("region:<id>",
+    "station:<id>" or "receiver:<id>", see outbox.OutboxKind.REGISTRY_CHANGED) touches now."""
+    from sqlalchemy import select
+
+    kind, _, key = subject.partition(":")
+    query = select(Receiver.id).where(Receiver.status == ReceiverStatus.ACTIVE.value)
+    if kind == "receiver":
+        query = query.where(Receiver.id == key)
+    elif kind == "station":
+        query = query.where(Receiver.station_id == int(key))
+    elif kind == "region":
+        region = session.get(Region, int(key))
+        if region is None:
+            return []
+        query = query.where(RegionScope(region.path).receivers())
+    else:
+        raise ValueError(f"unknown registry subject {subject!r}")
+    return list(session.scalars(query.order_by(Receiver.id)))

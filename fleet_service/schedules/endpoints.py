@@ -13,6 +13,7 @@ from fleet_service.registry import service as registry
 from fleet_service.runtime import Runtime
 from fleet_service.schedules import repository, service
 from fleet_service.schedules.schemas import ReceiverScheduleOut, ScheduleCreate, ScheduleOut, SlotsReplace
+from fleet_service.uptime.models import ReceiverLiveState
 
 router = APIRouter(tags=["schedules"])
 
@@ -58,19 +59,13 @@ def delete_schedule(schedule_id: RowId, session: SessionDep, runtime: RuntimeDep
 
 
 @router.get("/receivers/{receiver_id}/schedule", response_model=ReceiverScheduleOut)
-def receiver_schedule(receiver_id: str, session: SessionDep, runtime: RuntimeDep, principal: CurrentPrincipal) -> ReceiverScheduleOut:
+def receiver_schedule(receiver_id: str, session: SessionDep, principal: CurrentPrincipal) -> ReceiverScheduleOut:
     """The schedule a receiver should hold, and whether it reports holding it."""
     registry.get_receiver(session, receiver_id, scope=principal.scope)
     expected = service.expected_of(session, receiver_id)
-    held = None
-    ingest = runtime.ingest
-    if ingest is not None:
-        playing = ingest.playing.get(receiver_id)
-        live = ingest.telemetry.get(receiver_id)
-        if playing is not None and playing[0].schedule_version is not None:
-            held = playing[0].schedule_version
-        if live is not None and live.report.schedule_version is not None:
-            held = live.report.schedule_version
+    # What the receiver last reported holding, from the live state the leading worker writes.
+    live = session.get(ReceiverLiveState, receiver_id)
+    held = live.schedule_version if live is not None else None
     return ReceiverScheduleOut(
         receiver_id=receiver_id, expected_version=expected.version if expected else None, held_version=held,
         in_step=expected is not None and held == expected.version,

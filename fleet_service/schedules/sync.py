@@ -49,6 +49,13 @@ class ScheduleSync:
         self._due.add(receiver_id)
         self._ready.set()
 
+    def check(self, receiver_ids: list[str]) -> None:
+        """Receivers whose schedule may have changed under them (the registry changed): checked
+        with the next batch, like births."""
+        if receiver_ids:
+            self._due.update(receiver_ids)
+            self._ready.set()
+
     async def _run(self) -> None:
         delay = 1.0
         while True:

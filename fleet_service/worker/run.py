@@ -1,5 +1,6 @@
-"""The worker role, composed: wait for the leader lease; while holding it, run telemetry and the
-MQTT side (broker, ingest, outbox, delivery, schedules); step down if the lease is lost."""
+"""The worker role: wait for the leader lease; while holding it, run what the composition
+(fleet_service/worker/composition.py) builds: telemetry, the broker, ingest, the outbox,
+delivery, schedules and the status report; step down if the lease is lost."""
 
 from __future__ import annotations
 
@@ -36,8 +37,7 @@ async def worker_role(runtime: Runtime) -> AsyncIterator[LeaderLease]:
 
 
 async def _lead_when_possible(runtime: Runtime, lease: LeaderLease, decided: asyncio.Event) -> None:
-    from fleet_service.mqtt.lifecycle import run_mqtt_side
-    from fleet_service.telemetry.service import run_telemetry
+    from fleet_service.worker.composition import run_worker_side
 
     standing_by = False
     try:
@@ -45,8 +45,7 @@ async def _lead_when_possible(runtime: Runtime, lease: LeaderLease, decided: asy
             if await lease.acquire():
                 log.info("worker %s leads: MQTT ingest, delivery and workflows run here", lease.holder)
                 standing_by = False
-                # Telemetry starts first and stops last, so that ingest's last messages are written.
-                async with run_telemetry(runtime), run_mqtt_side(runtime, client_id=lease.holder):
+                async with run_worker_side(runtime, client_id=lease.holder):
                     decided.set()
                     await lease.hold()
                 continue

@@ -11,7 +11,7 @@ import pytest
 from broker.embedded import EmbeddedBroker, LoginRules
 from fleet_service.config import Settings
 from fleet_service.db import session_scope
-from fleet_service.mqtt.lifecycle import _verifier
+from fleet_service.worker.composition import _verifier
 from fleet_service.registry import service as registry
 from fleet_service.runtime import Runtime
 from tests.support.fleet import SmallFleet, provision_fleet

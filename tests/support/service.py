@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from fleet_service.config import Settings
 from fleet_service.db import session_scope
-from fleet_service.mqtt.lifecycle import run_mqtt_side
+from fleet_service.worker.composition import run_mqtt_side
 from fleet_service.runtime import Runtime
 from fleet_service.uptime.models import ConnectivityInterval
 from tests.support.ports import free_port
@@ -47,3 +47,11 @@ def mosquitto_settings(database_url: str, broker: Any, **overrides: Any) -> Sett
                             mqtt_username=broker.service_username, mqtt_password=broker.service_password,
                             mosquitto_admin_username=broker.admin_username,
                             mosquitto_admin_password=broker.admin_password, **overrides)
+
+
+def outbox_drained(runtime: Runtime) -> bool:
+    """Every side effect recorded so far (broker logins, registry changes) is applied."""
+    from fleet_service.outbox.repository import pending_count
+
+    with session_scope(runtime.sessions) as session:
+        return pending_count(session) == 0

@@ -4,6 +4,7 @@ expiry, duplicates, outcomes with reasons, and the audit log."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fleet_service.auth.models import Role
 from fleet_service.commands import delivery as delivery_module
@@ -14,7 +15,7 @@ from fleet_service.commands.service import Created, Issuer, create_command
 from fleet_service.db import session_scope, utcnow
 from fleet_service.protocol import Ack, CommandOp, Priority
 from tests.fleet_service.commands.conftest import Fleet
-from tests.support.waiting import wait_until
+from tests.support.waiting import eventually, wait_until
 
 STREAM = "http://127.0.0.1:9/live.mp3"
 
@@ -207,9 +208,13 @@ async def test_what_a_receiver_plays_and_why_shows_in_the_live_view(fleet, recei
                                   password=fleet.passwords["x-2"]) as client:
             await client.publish("loa/v1/rx/x-2/play", status.model_dump_json(by_alias=True, exclude_none=True),
                                  qos=1, retain=True)
-        await wait_until(lambda: "x-2" in fleet.runtime.ingest.playing, timeout=10)
-    body = (await fleet.api.get("/api/v1/live/receivers", headers=fleet.operator_x)).json()
-    playing = {r["receiver_id"]: r["playing"] for r in body["receivers"]}
+
+    async def live_playing() -> dict[str, Any]:
+        body = (await fleet.api.get("/api/v1/live/receivers", headers=fleet.operator_x)).json()
+        return {r["receiver_id"]: r["playing"] for r in body["receivers"]}
+
+    # Read from the live state the worker writes: it shows within about a second.
+    playing = await eventually(live_playing, lambda p: p.get("x-2") is not None, what="x-2's play status")
     assert playing["x-1"] is None
     assert playing["x-2"]["priority"] == "emergency" and playing["x-2"]["why"] == "command"
     assert playing["x-2"]["ref"] == "abc123" and playing["x-2"]["schedule_version"] == 7

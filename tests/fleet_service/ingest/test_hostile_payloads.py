@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.db import make_engine, make_sessionmaker, utcnow
+from fleet_service.ingest.events import EventBus
 from fleet_service.ingest.service import UNKNOWN_RECEIVER, IngestService
 from fleet_service.migrations import upgrade
 from fleet_service.protocol.codec import DropReason
@@ -145,7 +146,7 @@ def fleet_sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[session
 
 
 async def run(sessions: sessionmaker[Session], messages: list[tuple[str, str, bytes, bool]]) -> None:
-    ingest = IngestService(sessions, inactivity_timeout=TIMEOUT, grace=timedelta(0), max_payload_bytes=MAX_PAYLOAD)
+    ingest = IngestService(sessions, EventBus(), inactivity_timeout=TIMEOUT, grace=timedelta(0), max_payload_bytes=MAX_PAYLOAD)
     await ingest.start()
     try:
         assert live_view(ingest, REGISTERED + UNKNOWN) == ledger_view(sessions)  # restored from the ledger

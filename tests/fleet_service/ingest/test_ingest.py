@@ -46,7 +46,7 @@ async def test_birth_telemetry_and_goodbye_reach_state_and_ledger(service):
         await rx.publish("loa/v1/rx/rx-0/state", state(1), qos=1, retain=True)
         await rx.publish("loa/v1/rx/rx-0/telemetry", telemetry(1, rssi=-81), qos=0)
         await wait_until(lambda: "rx-0" in ingest.telemetry, what="telemetry")
-        assert ingest.telemetry["rx-0"].report.signal_dbm == -81
+        assert ingest.telemetry["rx-0"].signal_dbm == -81
         await rx.publish("loa/v1/rx/rx-0/state", state(1, State.OFFLINE, StateReason.SHUTDOWN), qos=1, retain=True)
         await wait_until(lambda: ingest.tracker.is_online("rx-0") is False, what="offline")
     await ingest.flush()

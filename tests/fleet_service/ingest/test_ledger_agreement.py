@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.db import session_scope, utcnow
+from fleet_service.ingest.events import EventBus, ReceiverEventReported, TelemetryReported
 from fleet_service.ingest.service import IngestService
 from fleet_service.protocol.messages import Event, Telemetry
 from fleet_service.uptime.models import ConnectivityInterval
@@ -52,7 +53,7 @@ def every_message_counted(ingest: IngestService) -> bool:
 @pytest.fixture
 async def ingest(session_factory: sessionmaker[Session]) -> AsyncIterator[IngestService]:
     provision_fleet(session_factory, receivers=1)
-    service = IngestService(session_factory, inactivity_timeout=TIMEOUT, grace=timedelta(0), max_payload_bytes=4096)
+    service = IngestService(session_factory, EventBus(), inactivity_timeout=TIMEOUT, grace=timedelta(0), max_payload_bytes=4096)
     await service.start()
     try:
         yield service
@@ -93,11 +94,13 @@ class FailingWriter:
         raise RuntimeError("telemetry writer is broken")
 
 
-async def test_a_failure_after_the_trackers_decision_is_a_counted_drop_and_the_ledger_agrees(
+async def test_a_failing_subscriber_is_counted_and_the_ledger_still_agrees(
         ingest: IngestService, session_factory: sessionmaker[Session]) -> None:
-    """Whatever fails after the tracker decided, the transition it decided is queued, and the
-    message is counted as dropped (``internal``) instead of escaping to the MQTT loop."""
-    ingest.telemetry_writer = writer = FailingWriter()
+    """A subscriber to ingest's events that fails (a bug downstream of ingest) neither escapes
+    to the MQTT loop nor keeps the tracker's decision from the ledger: it is counted."""
+    writer = FailingWriter()
+    ingest.events.subscribe(TelemetryReported, lambda e: writer.submit(e.receiver_id, e.report, e.at))
+    ingest.events.subscribe(ReceiverEventReported, lambda e: writer.submit(e.receiver_id, e.event, e.at))
     t0 = utcnow()
     ingest.handle("loa/v1/rx/rx-0/state", state(4), at=t0)
     ingest.sweep(t0 + TIMEOUT + timedelta(seconds=1))
@@ -106,5 +109,6 @@ async def test_a_failure_after_the_trackers_decision_is_a_counted_drop_and_the_l
                   at=t0 + TIMEOUT + timedelta(seconds=3))  # a newer session, its birth lost
     await ingest.flush()
     assert writer.handed == 2
-    assert ingest.counters.dropped == {"internal": 2} and every_message_counted(ingest)
+    assert ingest.events.failures == {"TelemetryReported": 1, "ReceiverEventReported": 1}
+    assert not ingest.counters.dropped and every_message_counted(ingest)
     assert live_view(ingest, ["rx-0"]) == ledger_view(session_factory) == {"rx-0": ("online", 5)}

@@ -13,7 +13,7 @@ from fleet_service.registry import service as registry
 from tests.fleet_service.ingest.test_ingest import state, telemetry
 from tests.support.fleet import provision_fleet
 from tests.support.mosquitto_production import production_mosquitto
-from tests.support.service import ledger, mosquitto_settings, running_service
+from tests.support.service import ledger, mosquitto_settings, outbox_drained, running_service
 from tests.support.waiting import wait_until
 
 
@@ -74,8 +74,7 @@ async def test_a_power_loss_inside_the_services_outage_starts_no_earlier_than_th
         settings = mosquitto_settings(sqlite_url, broker, startup_grace_s=2, inactivity_timeout_s=600)
         async with running_service(settings) as runtime:
             fleet = provision_fleet(runtime.sessions, receivers=1)  # its login reaches Mosquitto by the outbox
-            await wait_until(lambda: runtime.outbox is not None and runtime.outbox.counters.applied >= 1,
-                             what="the login on Mosquitto")
+            await wait_until(lambda: outbox_drained(runtime), what="the login on Mosquitto")
             async with rx_client(broker, "rx-0", fleet.credentials["rx-0"]) as rx:
                 await rx.publish("loa/v1/rx/rx-0/state", state(1), qos=1, retain=True)
                 ingest = runtime.ingest

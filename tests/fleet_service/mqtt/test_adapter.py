@@ -8,7 +8,7 @@ import asyncio
 import paho.mqtt.publish as publish
 
 from fleet_service.runtime import Runtime
-from fleet_service.mqtt.lifecycle import run_mqtt_side
+from fleet_service.worker.composition import run_mqtt_side
 from tests.fleet_service.ingest.test_ingest import state, telemetry
 from tests.support.fleet import provision_fleet
 from tests.support.mosquitto import mosquitto

@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from fleet_service.auth.models import Role
 from fleet_service.broker_port import RegistryOnlyAccounts
-from fleet_service.mqtt.lifecycle import broker_login_handlers
+from fleet_service.worker.composition import broker_login_handlers
 from fleet_service.outbox.dispatcher import OutboxDispatcher
 from fleet_service.registry import service
 from fleet_service.registry.models import ReceiverCredential, StationAssignment

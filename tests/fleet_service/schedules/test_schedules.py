@@ -113,7 +113,7 @@ async def test_a_receiver_registered_or_moved_later_gets_its_schedule_at_its_nex
     with session_scope(fleet.runtime.sessions) as s:
         registry.register_receiver(s, ReceiverCreate(id="x-3", hardware_id="hw-x-3", station_id=fleet.ids["sx"]))
         password = registry.provision(s, "x-3").mqtt_password
-    schedules = fleet.runtime.ingest.schedules
+    schedules = fleet.runtime.schedules
     x3 = ScriptedReceiver("x-3", password, fleet.runtime.settings.mqtt_port)
 
     async with x3.online():  # its first birth: the station's schedule

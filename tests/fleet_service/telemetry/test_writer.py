@@ -110,7 +110,7 @@ async def publish(settings, fleet: SmallFleet, reports: dict[str, list[dict[str,
 def heard(runtime, receiver_id: str, body: dict[str, Any]) -> bool:  # type: ignore[no-untyped-def]
     """The service's live view holds this report as the receiver's latest."""
     live = runtime.ingest.telemetry.get(receiver_id)
-    return live is not None and (live.report.session, live.report.seq) == (body["session"], body["seq"])
+    return live is not None and (live.session, live.seq) == (body["session"], body["seq"])
 
 
 def make_settings(sqlite_url: str, vm: VictoriaMetrics | None, buffer_dir: Path, **overrides: Any):  # type: ignore[no-untyped-def]

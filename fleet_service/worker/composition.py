@@ -1,14 +1,18 @@
-"""Start and stop the service's MQTT side: the embedded broker (by default), ingest, and the
-MQTT connection feeding it."""
+"""The composition root of the worker role: builds the broker adapter (embedded by default),
+ingest, command delivery, schedule sync, telemetry and the outbox dispatcher, and wires them
+together. The one place where domain code meets: subscribers to ingest's domain events
+(ingest.events) and the outbox's side effects are registered here, and nowhere else; the
+domains do not call each other by name."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,13 +20,23 @@ from broker.embedded import EmbeddedBroker, LoginLimiter, LoginRules, TlsListene
 from fleet_service.broker_port import BrokerAccounts, RegistryOnlyAccounts
 from fleet_service.commands.delivery import CommandDelivery
 from fleet_service.commands.service import Created
-from fleet_service.schedules.sync import ScheduleSync
 from fleet_service.db import session_scope
+from fleet_service.ingest.events import (
+    CommandAcknowledged,
+    EventBus,
+    ReceiverEventReported,
+    ReceiverOnline,
+    ReceiverRemoved,
+    TelemetryReported,
+)
 from fleet_service.ingest.service import IngestService
 from fleet_service.mqtt.adapter import MqttAdapter
 from fleet_service.outbox.dispatcher import Handler, OutboxDispatcher
 from fleet_service.outbox.service import OutboxKind
 from fleet_service.runtime import Runtime
+from fleet_service.schedules.sync import ScheduleSync
+from fleet_service.telemetry.service import TelemetryService, run_telemetry
+from fleet_service.worker.status import run_status_reporter
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +58,22 @@ class FleetAccounts:
         self._loop.call_soon_threadsafe(self._ingest.receiver_revoked, receiver_id)
 
 
+# --- subscribers to ingest's domain events --------------------------------------------------
+
+def subscribe(events: EventBus, *, commands: CommandDelivery, schedules: ScheduleSync,
+              telemetry: TelemetryService | None) -> None:
+    """Who hears what of the receivers. Alerts and firmware updates subscribe here too."""
+    events.subscribe(ReceiverOnline, lambda e: commands.on_birth(e.receiver_id))
+    events.subscribe(CommandAcknowledged, lambda e: commands.on_ack(e.receiver_id, e.ack, e.at))
+    events.subscribe(ReceiverRemoved, lambda e: commands.receiver_removed(e.receiver_id))
+    events.subscribe(ReceiverOnline, lambda e: schedules.on_birth(e.receiver_id))
+    if telemetry is not None:  # queued only: the writer works in its own thread
+        events.subscribe(TelemetryReported, lambda e: telemetry.submit(e.receiver_id, e.report, e.at))
+        events.subscribe(ReceiverEventReported, lambda e: telemetry.submit(e.receiver_id, e.event, e.at))
+
+
+# --- the outbox's side effects --------------------------------------------------------------
+
 def broker_login_handlers(accounts: BrokerAccounts) -> dict[OutboxKind, Handler]:
     """The outbox's side effects on the broker's logins."""
     return {
@@ -52,6 +82,28 @@ def broker_login_handlers(accounts: BrokerAccounts) -> dict[OutboxKind, Handler]
         OutboxKind.RECEIVER_LOGIN_REMOVED: lambda receiver_id, _payload: accounts.remove_receiver(receiver_id),
     }
 
+
+def registry_change_handler(sessions: sessionmaker[Session], loop: asyncio.AbstractEventLoop, *,
+                            ingest: IngestService, schedules: ScheduleSync,
+                            telemetry: TelemetryService | None) -> Handler:
+    """A region, station or receiver changed place (outbox.OutboxKind.REGISTRY_CHANGED):
+    telemetry is tagged anew at once, ingest records the receivers' next intervals under their
+    new station, and their schedules are brought up to date (a moved region may fall under
+    other schedules). Runs in a worker thread; the event loop's objects are told through it."""
+    from fleet_service.registry.service import active_receivers_of
+
+    def apply(subject: str, _payload: Mapping[str, Any]) -> None:
+        with session_scope(sessions) as session:
+            receiver_ids = active_receivers_of(session, subject)
+        if telemetry is not None:
+            telemetry.tags.invalidate()
+        loop.call_soon_threadsafe(ingest.registry_changed, receiver_ids)
+        loop.call_soon_threadsafe(schedules.check, receiver_ids)
+
+    return apply
+
+
+# --- the broker -----------------------------------------------------------------------------
 
 def _verifier(sessions: sessionmaker[Session]):  # type: ignore[no-untyped-def]
     from fleet_service.registry.service import verify_receiver_password
@@ -113,6 +165,8 @@ def _tune_gc() -> None:
 @asynccontextmanager
 async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
                         client_id: str | None = None) -> AsyncIterator[None]:
+    """The broker adapter, ingest, delivery, schedules and the outbox, for as long as the block
+    runs. Telemetry, when ``runtime.telemetry`` is running, is handed what ingest hears."""
     settings = runtime.settings
     _tune_gc()
     embedded: EmbeddedBroker | None = None
@@ -126,35 +180,40 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
     else:
         broker_accounts = RegistryOnlyAccounts()
 
+    loop = asyncio.get_running_loop()
+    events = EventBus()
     ingest = IngestService(
-        runtime.sessions,
+        runtime.sessions, events,
         inactivity_timeout=timedelta(seconds=settings.inactivity_timeout_s),
         grace=timedelta(seconds=settings.startup_grace_s),
         max_payload_bytes=settings.max_payload_bytes,
     )
-    ingest.telemetry_writer = runtime.telemetry  # set by the app's lifespan; None without it
-    await ingest.start()
-    runtime.ingest = ingest
-    runtime.broker_accounts = FleetAccounts(broker_accounts, ingest, asyncio.get_running_loop())
     adapter = MqttAdapter(settings, ingest, client_id)
-    runtime.mqtt = adapter
     commands = CommandDelivery(runtime.sessions, publish=adapter.publish, is_online=ingest.tracker.is_online)
-    await commands.start()
-    ingest.commands = commands
-    runtime.commands = commands
-    outbox = OutboxDispatcher(runtime.sessions, {
-        **broker_login_handlers(runtime.broker_accounts),
-        OutboxKind.COMMAND_CREATED: lambda command_id, _payload: commands.deliver_recorded(command_id),
-    })
-    await outbox.start()
-    runtime.outbox = outbox
+    outbox: OutboxDispatcher | None = None
+
     def hand_over(made: Created) -> None:  # the schedule commands go out the commands' one way
         commands.prepare(made)
-        outbox.wake()
+        if outbox is not None:
+            outbox.wake()
 
     schedules = ScheduleSync(runtime.sessions, submit=hand_over)
+    subscribe(events, commands=commands, schedules=schedules, telemetry=runtime.telemetry)
+    accounts = FleetAccounts(broker_accounts, ingest, loop)
+    outbox = OutboxDispatcher(runtime.sessions, {
+        **broker_login_handlers(accounts),
+        OutboxKind.COMMAND_CREATED: lambda command_id, _payload: commands.deliver_recorded(command_id),
+        OutboxKind.REGISTRY_CHANGED: registry_change_handler(runtime.sessions, loop, ingest=ingest,
+                                                             schedules=schedules, telemetry=runtime.telemetry),
+    })
+
+    await ingest.start()
+    await commands.start()
+    await outbox.start()
     await schedules.start()
-    ingest.schedules = schedules
+    runtime.ingest, runtime.mqtt, runtime.commands, runtime.outbox = ingest, adapter, commands, outbox
+    runtime.schedules = schedules
+    runtime.broker_accounts = accounts
     task = asyncio.create_task(adapter.run(), name="mqtt-adapter")
     try:
         try:
@@ -177,3 +236,12 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
             await asyncio.to_thread(close)
         if embedded is not None:
             await embedded.stop()
+
+
+@asynccontextmanager
+async def run_worker_side(runtime: Runtime, *, client_id: str) -> AsyncIterator[None]:
+    """Everything the leading worker runs. Telemetry starts first and stops last, so that
+    ingest's last messages are written; the status report follows the rest."""
+    async with run_telemetry(runtime), run_mqtt_side(runtime, client_id=client_id), \
+            run_status_reporter(runtime, client_id):
+        yield
