@@ -52,6 +52,7 @@ LEDGER_COALESCE_S = 0.05
 # API process reads lags the messages by at most this plus the write itself (docs/architecture.md
 # promises 2 s), and it is what a crash can lose of "last heard" (a clean stop writes it all).
 LIVE_STATE_FLUSH_S = 1.0
+LIVE_STATE_CHUNK = 1000
 # How long an unknown receiver id is remembered as unknown before the registry is asked again.
 UNKNOWN_RECHECK_S = 30.0
 # At most one log line per drop reason per this many seconds: a broken receiver sending
@@ -87,11 +88,31 @@ class LiveTelemetry:
                    report.sent_at - at.timestamp())
 
 
-def playing_of(status: PlayStatus, at: datetime) -> dict[str, Any]:
-    """A play status as the live state stores it (the fields of ingest.schemas.PlayingOut)."""
-    return {"stream": status.stream.value, "priority": status.priority.value if status.priority else None,
-            "source": status.source.value, "ref": status.ref, "url": status.url, "volume": status.volume,
-            "why": status.why.value, "schedule_version": status.schedule_version, "reported_at": at.isoformat()}
+@dataclass(slots=True)
+class LivePlay:
+    """What the live state keeps of a receiver's play status: its values (enum values are
+    shared strings), not the report."""
+
+    stream: str
+    priority: str | None
+    source: str
+    ref: str | None
+    url: str | None
+    volume: int
+    why: str
+    schedule_version: int | None
+    reported_at: datetime
+
+    @classmethod
+    def of(cls, status: PlayStatus, at: datetime) -> LivePlay:
+        return cls(status.stream.value, status.priority.value if status.priority else None, status.source.value,
+                   status.ref, status.url, status.volume, status.why.value, status.schedule_version, at)
+
+    def as_json(self) -> dict[str, Any]:
+        """As the live state's ``playing`` column holds it (the fields of ingest.schemas.PlayingOut)."""
+        return {"stream": self.stream, "priority": self.priority, "source": self.source, "ref": self.ref,
+                "url": self.url, "volume": self.volume, "why": self.why, "schedule_version": self.schedule_version,
+                "reported_at": self.reported_at.isoformat()}
 
 
 @dataclass
@@ -127,8 +148,8 @@ class IngestService:
         self.tracker = ConnectivityTracker(inactivity_timeout, grace)
         self.counters = IngestCounters()
         self.telemetry: dict[str, LiveTelemetry] = {}
-        # What each receiver last said it plays (the retained .../play), as playing_of() keeps it.
-        self.playing: dict[str, dict[str, Any]] = {}
+        # What each receiver last said it plays (the retained .../play).
+        self.playing: dict[str, LivePlay] = {}
         # The firmware a receiver's birth named, for a receiver not yet heard in telemetry.
         self._birth_firmware: dict[str, str] = {}
         self._station_of: dict[str, int | None] = {}
@@ -245,7 +266,7 @@ class IngestService:
             # Retained: also what a receiver reported before it went offline; not activity then.
             if not retained:
                 self._enqueue(self.tracker.on_activity(receiver_id, message.session, at))
-            self.playing[receiver_id] = playing_of(message, at)
+            self.playing[receiver_id] = LivePlay.of(message, at)
             self.events.publish(PlayStatusReported(receiver_id, message, at, retained))
         elif isinstance(message, Ack):
             self._enqueue(self.tracker.on_activity(receiver_id, message.session, at))
@@ -420,13 +441,18 @@ class IngestService:
             return
         changed, self._live_dirty = self._live_dirty, set()
         now = utcnow()
-        rows = [self._live_row(rid, now) for rid in changed if self.tracker.is_online(rid) is not None]
-        try:
-            await asyncio.to_thread(self._write_live_rows, rows)
-        except Exception as exc:  # the database is down: these receivers wait for the next turn
-            self._live_dirty |= changed
-            log.warning("live state not written (%s); %d receivers wait", exc.__class__.__name__,
-                        len(self._live_dirty))
+        known = [rid for rid in changed if self.tracker.is_online(rid) is not None]
+        # In chunks, each its own transaction: a whole fleet coming back at once is not one
+        # statement of 10,000 parameter sets, whose memory the allocator would keep afterwards.
+        for start in range(0, len(known), LIVE_STATE_CHUNK):
+            rows = [self._live_row(rid, now) for rid in known[start:start + LIVE_STATE_CHUNK]]
+            try:
+                await asyncio.to_thread(self._write_live_rows, rows)
+            except Exception as exc:  # the database is down: these receivers wait for the next turn
+                self._live_dirty.update(known[start:])
+                log.warning("live state not written (%s); %d receivers wait", exc.__class__.__name__,
+                            len(self._live_dirty))
+                return
 
     def _live_row(self, rid: str, now: datetime) -> LiveStateRow:
         row = LiveStateRow(rid, bool(self.tracker.is_online(rid)), self.tracker.session_of(rid),
@@ -439,9 +465,9 @@ class IngestService:
             row.clock_skew_s, row.schedule_version = round(report.clock_skew_s, 1), report.schedule_version
         playing = self.playing.get(rid)
         if playing is not None:
-            row.playing = playing
-            if playing["schedule_version"] is not None and (report is None or report.schedule_version is None):
-                row.schedule_version = playing["schedule_version"]
+            row.playing = playing.as_json()
+            if playing.schedule_version is not None and (report is None or report.schedule_version is None):
+                row.schedule_version = playing.schedule_version
         return row
 
     def _write_live_rows(self, rows: list[LiveStateRow]) -> None:
