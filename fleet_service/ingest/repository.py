@@ -23,11 +23,16 @@ class IngestRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def active_receivers(self) -> dict[str, int | None]:
-        rows = self.session.execute(
-            select(Receiver.id, Receiver.station_id).where(Receiver.status == ReceiverStatus.ACTIVE.value)
-        )
-        return {rid: station for rid, station in rows}
+    def active_receivers(self, among: Sequence[str] | None = None) -> dict[str, int | None]:
+        """Each active receiver's station: all of them, or those ``among`` the given ids."""
+        query = select(Receiver.id, Receiver.station_id).where(Receiver.status == ReceiverStatus.ACTIVE.value)
+        if among is None:
+            return {rid: station for rid, station in self.session.execute(query)}
+        found: dict[str, int | None] = {}
+        for start in range(0, len(among), 1000):  # bounded IN lists
+            chunk = among[start:start + 1000]
+            found.update({rid: station for rid, station in self.session.execute(query.where(Receiver.id.in_(chunk)))})
+        return found
 
     def active_receiver(self, receiver_id: str) -> tuple[int | None] | None:
         row = self.session.execute(

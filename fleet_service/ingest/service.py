@@ -302,23 +302,32 @@ class IngestService:
         self.events.publish(ReceiverRemoved(receiver_id, now))
         self._enqueue(self.tracker.on_revoked(receiver_id, now))
 
+    def station_of(self, receiver_id: str) -> int | None:
+        """The station the ledger records the receiver's next intervals under."""
+        return self._station_of.get(receiver_id)
+
     def registry_changed(self, receiver_ids: list[str]) -> None:
         """Receivers moved to another station (or registered): their next ledger intervals
-        carry the new station. Asked of the registry in the background."""
-        for receiver_id in receiver_ids:
-            if receiver_id in self._station_of:
-                self._spawn(self._refresh_station(receiver_id))
+        carry the new station. Asked of the registry in the background, in one lookup."""
+        known = [rid for rid in receiver_ids if rid in self._station_of]
+        if known:
+            self._spawn(self._refresh_stations(known))
 
-    async def _refresh_station(self, receiver_id: str) -> None:
+    async def _refresh_stations(self, receiver_ids: list[str]) -> None:
         try:
-            found = await asyncio.to_thread(self._lookup, receiver_id)
-        except Exception:  # the database is down: the old station stays until the next change
-            log.exception("registry lookup failed for %s", receiver_id)
+            found = await asyncio.to_thread(self._stations_of, receiver_ids)
+        except Exception:  # the database is down: the old stations stay until the next change
+            log.exception("registry lookup failed for %d receivers", len(receiver_ids))
             return
-        if found is None:
-            self._station_of.pop(receiver_id, None)
-        else:
-            self._station_of[receiver_id] = found[0]
+        for rid in receiver_ids:
+            if rid in found:
+                self._station_of[rid] = found[rid]
+            else:
+                self._station_of.pop(rid, None)
+
+    def _stations_of(self, receiver_ids: list[str]) -> dict[str, int | None]:
+        with session_scope(self._sessions) as session:
+            return IngestRepository(session).active_receivers(receiver_ids)
 
     def forget_unknown(self, receiver_id: str) -> None:
         """A receiver was (re)provisioned: ask the registry about it at its next message."""

@@ -130,3 +130,29 @@ async def test_silent_receiver_on_a_live_connection_times_out_and_resumes(sqlite
         assert [(r.state, r.start_cause) for r in rows] == [("online", "birth"), ("offline", "silent"),
                                                             ("online", "resumed")]
         assert rows[1].start_at == last_heard  # the outage began when it was last heard
+
+
+async def test_a_receiver_moved_to_another_station_is_recorded_there_from_its_next_interval(service):
+    """The move is made as the CLI makes it (the registry's services, no API): its outbox entry
+    reaches the worker, whose ledger then records the receiver under its new station."""
+    from fleet_service.db import session_scope
+    from fleet_service.registry import service as registry
+    from fleet_service.registry.schemas import ReceiverUpdate
+    from tests.support.service import outbox_drained
+
+    runtime, fleet = service
+    ingest = runtime.ingest
+    old_station = fleet.station_of("rx-0")
+    new_station = next(s for s in fleet.station_ids if s != old_station)
+    async with receiver(runtime, fleet, "rx-0") as rx:
+        await rx.publish("loa/v1/rx/rx-0/state", state(1), qos=1, retain=True)
+        await wait_until(lambda: ingest.tracker.is_online("rx-0"), what="online")
+        with session_scope(runtime.sessions) as session:
+            registry.update_receiver(session, "rx-0", ReceiverUpdate(station_id=new_station))
+        await wait_until(lambda: outbox_drained(runtime), what="the registry change applied")
+        await wait_until(lambda: ingest.station_of("rx-0") == new_station, what="ingest told of the move")
+        await rx.publish("loa/v1/rx/rx-0/state", state(1, State.OFFLINE, StateReason.SHUTDOWN), qos=1, retain=True)
+        await wait_until(lambda: ingest.tracker.is_online("rx-0") is False, what="offline")
+    await ingest.flush()
+    assert [(r.state, r.station_id) for r in ledger(runtime, "rx-0")] == [("online", old_station),
+                                                                          ("offline", new_station)]

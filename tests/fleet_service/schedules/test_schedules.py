@@ -9,6 +9,7 @@ from fleet_service.registry import service as registry
 from fleet_service.registry.schemas import ReceiverCreate, ReceiverUpdate
 from fleet_service.schedules import sync
 from tests.fleet_service.commands.conftest import Fleet, ScriptedReceiver
+from tests.support.service import outbox_drained
 from tests.support.waiting import wait_until
 
 URL = "http://127.0.0.1:9/live.mp3"
@@ -54,6 +55,7 @@ async def test_region_and_station_schedules_combine_and_a_change_sends_a_new_ver
     assert x1["expected_version"] > v1["expected_version"]
     assert y1["expected_version"] == v1["expected_version"]  # unchanged for the other commune
     # The first version, never delivered to x-1 (offline), is superseded by the second.
+    await wait_until(lambda: outbox_drained(fleet.runtime), timeout=10, what="both handed to delivery")
     await fleet.runtime.commands.flush()
     first = (await fleet.api.get(f"/api/v1/commands/{v1['command_id']}/targets", headers=fleet.admin)).json()
     assert {t["receiver_id"]: t["status"] for t in first}["x-1"] == "superseded"
@@ -154,3 +156,24 @@ async def test_a_slot_with_dates_reaches_the_receiver_with_them(fleet, receiver)
     assert [(str(s.valid_from), str(s.valid_to)) for s in command.slots] == [("2027-02-05", "2027-02-09")]
     # On the wire the receiver reads plain YYYY-MM-DD.
     assert b'"f":"2027-02-05"' in x1.received[0] and b'"t":"2027-02-09"' in x1.received[0]
+
+
+async def test_a_region_moved_under_another_brings_its_online_receivers_their_new_schedule_at_once(
+        fleet, receiver, monkeypatch):
+    """No birth needed: the move's outbox entry makes the leading worker bring the schedules of
+    the receivers under the region up to date, whichever process (here the CLI's way, the
+    registry's services) made the move."""
+    monkeypatch.setattr(sync, "SYNC_INTERVAL_S", 0.2)
+    created = await create(fleet, fleet.admin, name="Tiếp sóng Quân Chu", region=fleet.ids["y"], slots=[MORNING])
+    assert created.status_code == 201, created.text
+    x1 = receiver("x-1")
+    async with x1.online():
+        await wait_until(lambda: fleet.runtime.ingest.tracker.is_online("x-1"), timeout=10)
+        await wait_until(lambda: fleet.runtime.schedules is not None and fleet.runtime.schedules.checked >= 1,
+                         timeout=10, what="its birth checked")
+        before = len(x1.received)
+        with session_scope(fleet.runtime.sessions) as s:
+            registry.move_region(s, fleet.ids["x"], fleet.ids["y"])
+        await wait_until(lambda: len(x1.received) > before, timeout=10, what="the new schedule, without a birth")
+    command = decode_command(x1.received[-1])
+    assert isinstance(command, ScheduleCommand) and [s.start for s in command.slots] == ["05:30"]
