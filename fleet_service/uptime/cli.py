@@ -14,7 +14,7 @@ import httpx
 import typer
 
 from fleet_service import cli_support
-from fleet_service.cli_support import ApiUrl, Token
+from fleet_service.cli_support import ApiUrl, Token, parse_time
 from fleet_service.errors import LoaError
 from fleet_service.timefmt import duration_text, local_text, period
 
@@ -26,13 +26,9 @@ ToOpt = Annotated[datetime | None, typer.Option("--to", help="Đến / to. Mặc
 OUTAGES_SHOWN = 10
 
 
-def _dt(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
 def _print(title: str, a: dict[str, Any]) -> None:
     typer.echo(title)
-    typer.echo(f"  Kỳ / period:            {local_text(_dt(a['start']))} → {local_text(_dt(a['end']))} (giờ Việt Nam)")
+    typer.echo(f"  Kỳ / period:            {local_text(parse_time(a['start']))} → {local_text(parse_time(a['end']))} (giờ Việt Nam)")
     typer.echo(f"  Số thiết bị / receivers: {a['receivers']}")
     if a["online_percent"] is None:
         typer.echo("  Chưa có dữ liệu trong kỳ này / no ledger data in this period")
@@ -46,10 +42,10 @@ def _print(title: str, a: dict[str, Any]) -> None:
     if outages:
         longest = outages[0]
         typer.echo(f"  Lâu nhất / longest: {duration_text(a['longest_outage_s'])} "
-                   f"({longest['receiver_id']}, từ {local_text(_dt(longest['start']))})")
+                   f"({longest['receiver_id']}, từ {local_text(parse_time(longest['start']))})")
     for outage in outages[:OUTAGES_SHOWN]:
         note = " (đang mất / ongoing)" if outage["ongoing"] else ""
-        typer.echo(f"    - {outage['receiver_id']}: {local_text(_dt(outage['start']))} → {local_text(_dt(outage['end']))}"
+        typer.echo(f"    - {outage['receiver_id']}: {local_text(parse_time(outage['start']))} → {local_text(parse_time(outage['end']))}"
                    f"  {duration_text(outage['duration_s'])}{note}")
 
 
