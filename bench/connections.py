@@ -506,11 +506,13 @@ def findings(results: list[RunResult], cfg: argparse.Namespace) -> list[str]:
             f"during the run {f.get('slowest_status_s', 0):.2f} s ({f.get('poll_failures')} unanswered); "
             f"log: {f.get('log_warnings')} warnings, {f.get('log_errors')} errors")
         if s.births_sent:
-            # Per session a receiver publishes a birth, then one event; telemetry is counted.
-            published = 2 * s.births_sent + s.telemetry_sent
+            # Per session a receiver publishes a birth, then one event and its retained play status
+            # (simulators/receiver.py); telemetry is counted.
+            published = 3 * s.births_sent + s.telemetry_sent
             accepted = c.get("accepted") or 0
             out.append(f"- messages the receivers published ≈ {published:,} ({s.births_sent:,} births, as many "
-                       f"events, {s.telemetry_sent:,} telemetry reports); the service accepted {accepted:,} "
+                       f"events and as many play statuses, {s.telemetry_sent:,} telemetry reports); the service "
+                       f"accepted {accepted:,} "
                        f"(≈ {published - accepted:,} missing) and recorded {c.get('transitions'):,} transitions")
     r = by_mode.get(RAW)
     if r is not None and s is not None and r.t_broker_all and s.t_broker_all:
