@@ -4,7 +4,7 @@ the live state it keeps for other processes and for its own restart."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -60,7 +60,9 @@ class IngestRepository:
             index_elements=[ReceiverLiveState.receiver_id],
             set_={name: getattr(statement.excluded, name) for name in LIVE_STATE_COLUMNS},
         )
-        self.session.execute(statement, [asdict(row) for row in rows])
+        # A shallow dict per row: dataclasses.asdict deep-copies the play status (measured: a
+        # third of the write's time in a connect storm).
+        self.session.execute(statement, [{name: getattr(row, name) for name in LIVE_STATE_FIELDS} for row in rows])
 
 
 @dataclass(slots=True)
@@ -82,7 +84,8 @@ class LiveStateRow:
     playing: dict[str, Any] | None = None
 
 
-LIVE_STATE_COLUMNS = tuple(name for name in LiveStateRow.__dataclass_fields__ if name != "receiver_id")
+LIVE_STATE_FIELDS = tuple(LiveStateRow.__dataclass_fields__)
+LIVE_STATE_COLUMNS = tuple(name for name in LIVE_STATE_FIELDS if name != "receiver_id")
 
 
 def receivers_with_open_interval(session: Session, region_path: str | None):  # type: ignore[no-untyped-def]
