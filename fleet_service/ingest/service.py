@@ -49,8 +49,8 @@ LEDGER_BATCH_MAX = 500
 LEDGER_COALESCE_S = 0.05
 # The live state (each receiver's connectivity, when it was last heard, its latest telemetry and
 # what it plays) is written this often, in one batch of the receivers that changed: what every
-# API process reads lags the messages by at most this plus the write itself (docs/architecture.md
-# promises 2 s), and it is what a crash can lose of "last heard" (a clean stop writes it all).
+# API process reads lags the messages by this plus the write itself (docs/architecture.md gives
+# the lag measured), and it is what a crash can lose of "last heard" (a clean stop writes it all).
 LIVE_STATE_FLUSH_S = 1.0
 LIVE_STATE_CHUNK = 1000
 # How long an unknown receiver id is remembered as unknown before the registry is asked again.
