@@ -7,7 +7,7 @@
 # Prints a JSON object: "ok" (the check's result with the whole heap), "module" (bytes the module
 # keeps once imported), "need" (the free heap the check needs on top of the module and the
 # message: the least that filler blocks may leave free, found by bisection to 64 bytes,
-# for the check to succeed; a check that runs out of memory is refused), "allocated" (bytes
+# for the check to succeed; null in a heap over 1 MiB; a check that runs out of memory is refused), "allocated" (bytes
 # allocated by one check, the collector off; null if the heap is too small for that) and "kept"
 # (bytes still reachable after it).
 
@@ -16,6 +16,7 @@ import json
 import sys
 
 FILLER = 1024
+BISECT_UP_TO = 1 << 20
 
 
 def main(module, path):
@@ -57,7 +58,9 @@ def main(module, path):
 
     gc.collect()
     low, high = 0, gc.mem_free()  # too little, enough
-    while high - low > 64:
+    if high > BISECT_UP_TO:
+        high = None  # not looked for in a big heap (slow, and it says nothing more)
+    while high is not None and high - low > 64:
         middle = (low + high) // 2
         if fits(middle):
             high = middle
