@@ -125,6 +125,8 @@ def _register_subcommands() -> None:
     app.add_typer(dashboards_app, name="dashboards", help="Bảng điều khiển Grafana / Grafana dashboards")
     from fleet_service.audit.cli import audit_app
     app.add_typer(audit_app, name="audit", help="Nhật ký thao tác / the audit log: who did what, when, from where")
+    from fleet_service.firmware.cli import firmware_app
+    app.add_typer(firmware_app, name="firmware", help="Bản phát hành firmware / firmware releases: build, sign, upload")
     app.command("status")(status)
 
 

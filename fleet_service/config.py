@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import secrets
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Secrets that ship in examples and must never reach production.
 _KNOWN_DEFAULT_SECRETS = {"", "changeme", "change-me", "secret", "loa", "password", "admin", "loa-admin"}
@@ -96,6 +96,34 @@ class Settings(BaseSettings):
             raise ValueError("LOA_INFLUX_TOKEN must be set to a real token in production")
         return self
     # --- end of telemetry settings ---
+
+    # --- firmware releases (docs/firmware-updates.md) ---
+    # The public keys a release's signature must verify against: one, or two while the signing
+    # key is being replaced. Comma-separated; each the key's 32 bytes in base64 (as
+    # `loa firmware keygen` prints them) or the path of its .pub file.
+    firmware_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("firmware_keys", mode="before")
+    @classmethod
+    def _split_firmware_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("firmware_keys")
+    @classmethod
+    def _firmware_keys_readable(cls, value: list[str]) -> list[str]:
+        if len(value) > 2:
+            raise ValueError("LOA_FIRMWARE_KEYS takes one key, or two while the signing key is being replaced")
+        from fleet_service.firmware.keys import KeyProblem, load_public
+
+        for entry in value:
+            try:
+                load_public(entry)
+            except KeyProblem as exc:
+                raise ValueError(f"LOA_FIRMWARE_KEYS: {exc.message_en}") from None
+        return value
+    # --- end of firmware settings ---
 
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Settings:

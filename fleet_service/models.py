@@ -4,6 +4,7 @@ from fleet_service.audit.models import AuditEntry
 from fleet_service.auth.models import ApiToken, User
 from fleet_service.commands.models import Command, CommandTarget
 from fleet_service.db import Base
+from fleet_service.firmware.models import FirmwareRelease, FirmwareReleaseFile
 from fleet_service.outbox.models import OutboxEntry
 from fleet_service.schedules.models import ReceiverSchedule, Schedule, ScheduleSlotRow
 from fleet_service.registry.models import Receiver, ReceiverCredential, Region, Station, StationAssignment
@@ -17,6 +18,8 @@ __all__ = [
     "Command",
     "CommandTarget",
     "ConnectivityInterval",
+    "FirmwareRelease",
+    "FirmwareReleaseFile",
     "OutboxEntry",
     "Receiver",
     "ReceiverCredential",

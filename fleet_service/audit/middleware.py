@@ -15,6 +15,9 @@ from fleet_service.audit.service import MUTATING_METHODS
 # resolved, or the username tried at sign-in.
 PRINCIPAL_STATE = "principal"
 ATTEMPTED_USER_STATE = "attempted_username"
+# What the action was about, when its path does not say (an upload): the endpoint's own text,
+# recorded in place of the path parameters.
+TARGET_STATE = "audit_target"
 
 
 class AuditMiddleware:
@@ -58,5 +61,5 @@ async def _record(scope: Scope, status: int, *, failed: bool = False) -> None:
     entry = service.api_entry(
         method=scope["method"], path=scope.get("path", ""), route_name=route_name,
         path_params=scope.get("path_params") or {}, actor=actor, status=status,
-        client=client[0] if client else None, failed=failed)
+        client=client[0] if client else None, failed=failed, target=state.get(TARGET_STATE))
     await run_in_threadpool(service.record, runtime.sessions, entry)

@@ -63,9 +63,12 @@ def record(sessions: sessionmaker[Session], entry: AuditEntry) -> None:
 # --- the API -----------------------------------------------------------------------------
 
 def api_entry(*, method: str, path: str, route_name: str | None, path_params: Mapping[str, object],
-              actor: str | None, status: int, client: str | None, failed: bool = False) -> AuditEntry:
-    """``route_name`` None: no route took the request (an unknown path or method)."""
-    target = ", ".join(f"{k}={v}" for k, v in path_params.items()) if route_name else None
+              actor: str | None, status: int, client: str | None, failed: bool = False,
+              target: str | None = None) -> AuditEntry:
+    """``route_name`` None: no route took the request (an unknown path or method). ``target``:
+    what the endpoint named as the action's target, in place of its path parameters."""
+    if target is None:
+        target = ", ".join(f"{k}={v}" for k, v in path_params.items()) if route_name else None
     return AuditEntry(
         at=utcnow(), source=Source.API.value, actor=_cut(actor, _ACTOR_MAX),
         action=_cut(route_name or f"{method} {path}", _ACTION_MAX), target=_cut(target or None, _TEXT_MAX),

@@ -37,6 +37,9 @@ class OutboxKind(StrEnum):
     # "receiver:<id>". The leading worker re-tags their telemetry, records their next ledger
     # intervals under their new station, and brings their schedules up to date.
     REGISTRY_CHANGED = "registry_changed"
+    # A firmware release was withdrawn. Subject: "release:<id>". Rollouts (not written yet)
+    # will stop offering it; until then the leading worker has nothing to do.
+    FIRMWARE_RELEASE_WITHDRAWN = "firmware_release_withdrawn"
 
 
 def record(session: Session, kind: OutboxKind, subject: str, payload: dict[str, Any] | None = None) -> OutboxEntry:

@@ -205,6 +205,8 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
         OutboxKind.COMMAND_CREATED: lambda command_id, _payload: commands.deliver_recorded(command_id),
         OutboxKind.REGISTRY_CHANGED: registry_change_handler(runtime.sessions, loop, ingest=ingest,
                                                              schedules=schedules, telemetry=runtime.telemetry),
+        # Nothing reacts to a withdrawn release yet: rollouts, when written, will stop offering it.
+        OutboxKind.FIRMWARE_RELEASE_WITHDRAWN: lambda _subject, _payload: None,
     })
 
     await ingest.start()
