@@ -8,7 +8,8 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -49,9 +50,10 @@ LEDGER_BATCH_MAX = 500
 LEDGER_COALESCE_S = 0.05
 # The live state (each receiver's connectivity, when it was last heard, its latest telemetry and
 # what it plays) is written this often, in one batch of the receivers that changed: what every
-# API process reads lags the messages by this plus the write itself (docs/architecture.md gives
-# the lag measured), and it is what a crash can lose of "last heard" (a clean stop writes it all).
-LIVE_STATE_FLUSH_S = 1.0
+# API process reads lags the messages by up to this plus the write itself (docs/architecture.md
+# gives the lag measured), and it is what a crash can lose of "last heard" (a clean stop writes
+# it all).
+LIVE_STATE_FLUSH_S = 0.5
 LIVE_STATE_CHUNK = 1000
 # How long an unknown receiver id is remembered as unknown before the registry is asked again.
 UNKNOWN_RECHECK_S = 30.0
@@ -162,6 +164,11 @@ class IngestService:
         self._idle.set()
         self._last_drop_log: dict[str, float] = {}
         self._live_dirty: set[str] = set()
+        # The ledger's and the live state's writes, one after the other in one thread of their
+        # own: on SQLite two writers wait for each other's lock in the driver's sleeps (up to
+        # 100 ms each), which made a connect storm's live state seconds late; in one thread they
+        # take turns with no wait between them.
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writes")
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -189,6 +196,7 @@ class IngestService:
             await asyncio.wait_for(self.write_live_state(), timeout=10)
         except TimeoutError:
             log.error("stopping without the live state of %d receivers written", len(self._live_dirty))
+        self._writes.shutdown(wait=False)
 
     async def flush(self) -> None:
         """Wait until every transition so far is in the database."""
@@ -403,11 +411,11 @@ class IngestService:
                 settled = [0]
                 try:
                     try:
-                        await asyncio.to_thread(self._write, batch)
+                        await self._in_writes(self._write, batch)
                     except IntegrityError:
                         # Not an outage: some transition itself is refused (its receiver row is
                         # gone). Write the batch one by one and drop only what is refused.
-                        await asyncio.to_thread(self._write_one_by_one, batch, settled)
+                        await self._in_writes(self._write_one_by_one, batch, settled)
                 except Exception as exc:
                     for _ in range(settled[0]):
                         self._backlog.popleft()
@@ -437,9 +445,17 @@ class IngestService:
                 log.error("ledger refused %s: %s", transition, exc.orig)
             settled[0] += 1
 
+    async def _in_writes(self, write: Callable[..., None], *args: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._writes, write, *args)
+
     async def _live_state_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(LIVE_STATE_FLUSH_S)
+            # Every LIVE_STATE_FLUSH_S from the last start, not after the last end: a long write
+            # in a storm does not add its own length to the next receivers' wait.
+            due = max(due + LIVE_STATE_FLUSH_S, loop.time())
+            await asyncio.sleep(due - loop.time())
             await self.write_live_state()
 
     async def write_live_state(self) -> None:
@@ -456,7 +472,7 @@ class IngestService:
         for start in range(0, len(known), LIVE_STATE_CHUNK):
             rows = [self._live_row(rid, now) for rid in known[start:start + LIVE_STATE_CHUNK]]
             try:
-                await asyncio.to_thread(self._write_live_rows, rows)
+                await self._in_writes(self._write_live_rows, rows)
             except Exception as exc:  # the database is down: these receivers wait for the next turn
                 self._live_dirty.update(known[start:])
                 log.warning("live state not written (%s); %d receivers wait", exc.__class__.__name__,
