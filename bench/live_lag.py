@@ -32,7 +32,9 @@ import argparse
 import json
 import multiprocessing as mp
 import shutil
+import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -49,6 +51,7 @@ from bench.harness import (
     SysObserver,
     add_fleet_options,
     add_run_options,
+    attach_py_spy,
     command_line,
     expect,
     join_all,
@@ -64,6 +67,7 @@ from bench.harness import (
     start_broker,
     start_service,
     wait_idle,
+    wait_py_spy,
     write_broker_files,
 )
 
@@ -202,6 +206,7 @@ def run(cfg: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         fleet = SimulatedFleet(FleetParams(broker.port, cred_files, cfg.keepalive, cfg.telemetry_interval,
                                            cfg.attach_delay, cfg.timeout + 300), cfg.simulators)
         pollers: dict[str, FirstSeen] = {}
+        spy: subprocess.Popen[bytes] | None = None
         sampler: CpuSampler | None = None
         try:
             service = start_service(workdir, registry, broker.port, auth.service_password,
@@ -220,6 +225,9 @@ def run(cfg: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             for poller in pollers.values():
                 poller.start()
             wait_idle(cfg.settle, "the receivers power on")
+            if cfg.py_spy:
+                spy = attach_py_spy(service.pid, str(Path(cfg.py_spy).resolve()), rate=100,
+                                    duration_s=cfg.timeout, idle=True)
             print(f"{n} receivers in {cfg.simulators} simulator processes power on (attach delay "
                   f"0–{cfg.attach_delay:g} s)", flush=True)
             fleet.go()
@@ -260,6 +268,9 @@ def run(cfg: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 poller.stop()
             if sampler is not None:
                 sampler.stop()
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled on SIGINT
+                wait_py_spy(spy)
             fleet.close()
             join_all([raw])
             if service is not None:
@@ -329,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also poll GET /api/v1/live/receivers?state=online, at most every this many s "
                              "(default 0: not; at 10,000 one answer takes about a second and loads the service)")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many s (default 300)")
+    parser.add_argument("--py-spy", metavar="FILE", dest="py_spy",
+                        help="sample the service with py-spy (on PATH or $PY_SPY) through the storm, waiting threads "
+                             "included, collapsed stacks to FILE")
     add_run_options(parser, settle=30.0)
     cfg = parser.parse_args(argv)
     if cfg.receivers < 1 or not 1 <= cfg.simulators <= cfg.receivers or cfg.poll <= 0:
