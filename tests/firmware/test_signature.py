@@ -106,12 +106,15 @@ def tampered(rng: random.Random, key: bytes, signature: bytes, message: bytes, k
     return flip(key, bit), signature, message, f"key bit {bit} flipped"
 
 
-def with_tampered(rng: random.Random, valid: list[tuple[bytes, bytes, bytes, str]]) -> Iterator[Case]:
-    """Each valid case, and a tampered copy of it that ``cryptography`` refuses too."""
+def with_tampered(rng: random.Random, valid: list[tuple[bytes, bytes, bytes, str]], every: int = 1) -> Iterator[Case]:
+    """Each valid case, and for every ``every``-th a tampered copy that ``cryptography`` refuses
+    too (the message, the signature and the key in turn)."""
     for i, (key, signature, message, what) in enumerate(valid):
         assert cryptography_accepts(key, signature, message), what
         yield True, key, signature, message, what
-        bad_key, bad_signature, bad_message, change = tampered(rng, key, signature, message, i % 3)
+        if i % every:
+            continue
+        bad_key, bad_signature, bad_message, change = tampered(rng, key, signature, message, i // every % 3)
         assert not cryptography_accepts(bad_key, bad_signature, bad_message), f"{what}, {change}"
         yield False, bad_key, bad_signature, bad_message, f"{what}, {change}"
 
@@ -131,7 +134,9 @@ def rfc8032_vectors() -> list[tuple[bytes, bytes, bytes, str]]:
 def test_the_published_vectors_verify_and_tampered_copies_do_not(tmp_path: Path, compiled: str) -> None:
     vectors = rfc8032_vectors()
     assert len(vectors) == 1024
-    run_batches(list(with_tampered(random.Random(SEED), vectors)), tmp_path, compiled)
+    # The vectors' own messages and keys, a tampered copy of every fourth: the many tampered
+    # cases are the next test's.
+    run_batches(list(with_tampered(random.Random(SEED), vectors, every=4)), tmp_path, compiled)
 
 
 def test_signatures_made_by_cryptography_verify_and_tampered_ones_do_not(tmp_path: Path, compiled: str) -> None:
