@@ -28,6 +28,7 @@ What one run does:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -192,15 +193,11 @@ def time_cpython(cases: dict[str, dict[int, tuple[bytes, bytes, bytes]]], rounds
         for size, (key, message, signature) in by_size.items():
             if name == "ed25519":
                 public = Ed25519PublicKey.from_public_bytes(key)
-
-                def check(public=public, message=message, signature=signature) -> None:
-                    public.verify(signature, message)
+                check = functools.partial(public.verify, signature, message)
             else:
                 point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), key)
                 der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
-
-                def check(point=point, message=message, der=der) -> None:
-                    point.verify(der, message, ec.ECDSA(hashes.SHA256()))
+                check = functools.partial(point.verify, der, message, ec.ECDSA(hashes.SHA256()))
             times = []
             for _ in range(rounds):
                 start = time.perf_counter()
@@ -212,13 +209,13 @@ def time_cpython(cases: dict[str, dict[int, tuple[bytes, bytes, bytes]]], rounds
     return out
 
 
-def heap(cases: dict[str, dict[int, tuple[bytes, bytes, bytes]]], work: Path) -> dict[str, dict[str, object]]:
+def heap(cases: dict[str, dict[int, tuple[bytes, bytes, bytes]]], work: Path) -> dict[str, dict[str, int]]:
     """verify_heap.py on the 4 KB check of each algorithm: under the budget, and in a big heap
     for the bytes allocated (the collector off)."""
     interpreter = micropython()
     assert interpreter is not None
     modules = {"ed25519": "loa.signature", "p256": "mp_p256"}
-    out: dict[str, dict[str, object]] = {}
+    out: dict[str, dict[str, int]] = {}
     for name, (key, message, signature) in ((n, c[MANIFEST]) for n, c in cases.items()):
         path = work / f"check-{name}.bin"
         path.write_bytes(bytes([len(key)]) + key + signature + message)
@@ -284,8 +281,8 @@ def main(argv: list[str] | None = None) -> None:
                  "|---|---:|---:|---:|---:|"]
     for name, label in (("ed25519", "Ed25519"), ("p256", "ECDSA P-256")):
         h = heaps[name]
-        heap_rows.append(f"| {label} | **{int(h['need']) / 1024:.1f} KiB** | {int(h['module']) / 1024:.1f} KiB | "
-                         f"{int(h['allocated']) / 1024:.0f} KiB | {h['kept']} B |")  # type: ignore[call-overload]
+        heap_rows.append(f"| {label} | **{h['need'] / 1024:.1f} KiB** | {h['module'] / 1024:.1f} KiB | "
+                         f"{h['allocated'] / 1024:.0f} KiB | {h['kept']} B |")
 
     def ratio(table: dict[str, list[float]], size: int) -> float:
         return table[f"ed25519 {size}"][0] / table[f"p256 {size}"][0]

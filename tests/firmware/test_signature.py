@@ -18,6 +18,7 @@ import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cryptography_vectors
 import pytest
@@ -276,7 +277,7 @@ def test_sha512_keeps_every_value_a_small_int_of_a_32_bit_port(firmware_sha512: 
     largest = 0
     code = {f.__code__ for f in vars(firmware_sha512).values() if isinstance(f, types.FunctionType)}
 
-    def tracer(frame: types.FrameType, event: str, arg: object) -> object:
+    def tracer(frame: types.FrameType, event: str, arg: Any) -> Any:
         nonlocal largest
         if frame.f_code not in code:
             return None
