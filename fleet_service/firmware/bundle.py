@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 from collections.abc import Mapping, Sequence
@@ -79,15 +80,45 @@ def _sha256(data: bytes) -> str:
 
 # --- building ---------------------------------------------------------------------------------
 
-def build(source: Path, out: Path, *, version: str, hardware: str, min_version: str,
+# How the firmware states its own version (firmware/loa/__init__.py), which it reports in its
+# births and telemetry ("fw": "loa-fw-<VERSION>").
+_SOURCE_VERSION = re.compile(r'^VERSION = "([^"]*)"$', re.MULTILINE)
+
+
+def source_version(source: Path) -> str | None:
+    """The version the firmware in ``source`` says it is (``VERSION`` in loa/__init__.py)."""
+    try:
+        found = _SOURCE_VERSION.search((source / PACKAGE / "__init__.py").read_text(encoding="utf-8"))
+    except OSError:
+        return None
+    return found.group(1) if found else None
+
+
+def build(source: Path, out: Path, *, hardware: str, min_version: str, version: str | None = None,
           force: bool = False) -> Manifest:
     """Compile ``source/loa`` (the repository's firmware/) into the bundle directory ``out``,
     with its manifest; unsigned. Made beside ``out`` and renamed into place, so that a failed
-    build leaves nothing. The same sources and compiler give the same bytes."""
-    _check_options(version=version, hardware=hardware, min_version=min_version)
+    build leaves nothing. The same sources and compiler give the same bytes.
+
+    The release's version is the one the firmware reports (``VERSION`` in loa/__init__.py): a
+    ``version`` that differs is refused, or a receiver that installed the release would say it
+    runs another one."""
     package = source / PACKAGE
     if not package.is_dir():
         raise BundleRefused("no_sources", f"không có thư mục {package}", f"there is no directory {package}")
+    stated = source_version(source)
+    if version is None:
+        if stated is None:
+            raise BundleRefused("no_version", f"{package}/__init__.py không ghi VERSION: cần --version",
+                                f"{package}/__init__.py states no VERSION: give --version")
+        version = stated
+    elif stated is not None and stated != version:
+        raise BundleRefused("version_differs",
+                            f"firmware tự báo phiên bản {stated} (VERSION trong {package}/__init__.py), không phải "
+                            f"{version}: sửa VERSION trước khi đóng gói",
+                            f"the firmware reports version {stated} (VERSION in {package}/__init__.py), not {version}: "
+                            f"change VERSION before building")
+    _check_options(version=version, hardware=hardware, min_version=min_version)
     if out.exists() and not force:
         raise BundleRefused("exists", f"{out} đã có; dùng --force để ghi đè", f"{out} exists; use --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,10 +30,11 @@ def _refused(exc: LoaError | keys.KeyProblem) -> typer.Exit:
 
 @firmware_app.command("build")
 def build(
-    version: Annotated[str, typer.Option(help="Phiên bản / version, MAJOR.MINOR.PATCH")],
     hardware: Annotated[str, typer.Option(help="Dòng phần cứng / hardware family, e.g. esp32-a7670")],
     min_version: Annotated[str, typer.Option(help="Phiên bản thấp nhất được cài đè / oldest version it may "
                                                   "be installed over")],
+    version: Annotated[str | None, typer.Option(help="Phiên bản / version, MAJOR.MINOR.PATCH; must be the "
+                                                     "firmware's own VERSION (loa/__init__.py), its default")] = None,
     out: Annotated[Path | None, typer.Option(help="Thư mục gói / bundle directory "
                                                   "(default: firmware-HARDWARE-VERSION)")] = None,
     source: Annotated[Path, typer.Option(help="Mã nguồn firmware / the firmware's sources")] = FIRMWARE_SOURCE,
@@ -41,7 +42,7 @@ def build(
 ) -> None:
     """Đóng gói firmware / build a release bundle: the modules of firmware/loa compiled with
     mpy-cross and a manifest.json naming each by length and SHA-256. Unsigned: sign it next."""
-    target = out or Path(f"firmware-{hardware}-{version}")
+    target = out or Path(f"firmware-{hardware}-{version or bundle.source_version(source)}")
     try:
         manifest = bundle.build(source, target, version=version, hardware=hardware, min_version=min_version,
                                 force=force)

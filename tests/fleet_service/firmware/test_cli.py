@@ -137,13 +137,15 @@ def test_build_sign_upload_list_show_withdraw(served, built_bundle: Path, tmp_pa
     assert "Lỗi phát lại sau khi mất mạng" in output
 
 
-def test_build_refuses_without_the_compiler_or_with_bad_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    code, output = run("firmware", "build", "--version", "1.4", "--hardware", HARDWARE, "--min-version", "1.0.0",
-                       "--out", str(tmp_path / "b"))
+def test_build_refuses_without_the_compiler_or_with_bad_options(source: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    build = ("firmware", "build", "--source", str(source), "--hardware", HARDWARE, "--out", str(tmp_path / "b"))
+    code, output = run(*build, "--min-version", "1.0.0", "--version", "2.0.0")
+    assert code == 1 and "VERSION" in output and "1.4.0" in output and not (tmp_path / "b").exists()
+    code, output = run(*build, "--min-version", "1.5")
     assert code == 1 and "MAJOR.MINOR.PATCH" in output and not (tmp_path / "b").exists()
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr("sys.executable", str(tmp_path / "python"))
-    code, output = run("firmware", "build", "--version", "1.4.0", "--hardware", HARDWARE, "--min-version", "1.0.0",
-                       "--out", str(tmp_path / "b"))
+    code, output = run(*build, "--min-version", "1.0.0")
     assert code == 1 and "mpy-cross" in output and not (tmp_path / "b").exists()
     assert os.listdir(tmp_path) == []
