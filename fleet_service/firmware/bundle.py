@@ -372,9 +372,12 @@ def unpack(data: bytes) -> dict[str, bytes]:
                 name = member.name.removeprefix("./")
                 if member.isdir():
                     continue
-                if not member.isreg():
+                if not member.isreg() or member.issparse():
                     raise BundleRefused("not_a_bundle", f"'{name[:200]}' không phải tệp thường (liên kết?)",
                                         f"'{name[:200]}' is not a regular file (a link?)")
+                if member.size > len(data):  # what a header claims, before anything is read
+                    raise BundleRefused("not_a_bundle", f"'{name[:200]}' ghi độ dài lớn hơn cả gói",
+                                        f"'{name[:200]}' claims to be longer than the whole bundle")
                 if name not in (MANIFEST_NAME, SIGNATURE_NAME):
                     try:
                         check_path(name)

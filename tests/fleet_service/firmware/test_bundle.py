@@ -92,7 +92,7 @@ def test_sign_refuses_a_bundle_whose_files_differ_from_its_manifest(bundle_copy,
 
 def _tar(members: list[tuple[str, bytes]], *, link: str | None = None) -> bytes:
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, body in members:
             info = tarfile.TarInfo(name)
             info.size = len(body)
@@ -101,6 +101,16 @@ def _tar(members: list[tuple[str, bytes]], *, link: str | None = None) -> bytes:
             info = tarfile.TarInfo(link)
             info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
             tar.addfile(info)
+    return out.getvalue()
+
+
+def _huge_claim() -> bytes:
+    """A header that says its file has 10 GiB (a sparse file would make it so, once read)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("loa/app.mpy")
+        info.size = 10 * 1024**3
+        tar.addfile(info)
     return out.getvalue()
 
 
@@ -113,7 +123,8 @@ def _tar(members: list[tuple[str, bytes]], *, link: str | None = None) -> bytes:
     (_tar([("loa\\..\\x.mpy", b"x")]), "path_not_allowed"),
     (_tar([("manifest.json", b"{}")], link="loa/app.mpy"), "not_a_bundle"),
     (_tar([("manifest.json", b"{}"), ("manifest.json", b"{}")]), "not_a_bundle"),
-], ids=["empty", "garbage", "dotdot", "absolute", "dotdot-inside", "backslash", "symlink", "twice"])
+    (_huge_claim(), "not_a_bundle"),
+], ids=["empty", "garbage", "dotdot", "absolute", "dotdot-inside", "backslash", "symlink", "twice", "huge-claim"])
 def test_unpack_refuses_what_is_not_a_plain_bundle(body: bytes, code: str) -> None:
     with pytest.raises(BundleRefused) as refused:
         bundle.unpack(body)
