@@ -1,6 +1,6 @@
 """Bytes on the wire: what one receiver's MQTT connection costs in 4G data per day and month.
 
-The real firmware runs on MicroPython (unix port, 128 KiB heap, simulated board) against
+The real firmware runs on MicroPython (unix port, 160 KiB heap, simulated board) against
 Mosquitto in its production configuration with its TLS listener (a throwaway CA and server
 certificate made with openssl at run time), through a counting TCP relay
 (tests/support/tcp_relay.py). The relay counts TCP payload bytes both ways.
@@ -126,7 +126,7 @@ def main() -> None:
                         help=f"MQTT keepalive, s (the firmware's default, {defaults['keepalive']})")
     parser.add_argument("--interval", type=float, default=float(defaults["telemetry_interval"]),  # type: ignore[arg-type]
                         help=f"telemetry interval, s (the firmware's default, {defaults['telemetry_interval']})")
-    parser.add_argument("--heapsize", default="128k", help="MicroPython heap (default 128k, the firmware's budget)")
+    parser.add_argument("--heapsize", default="160k", help="MicroPython heap (default 160k, the firmware's budget)")
     args = parser.parse_args()
     r = measure(args.minutes, args.keepalive, args.interval, args.heapsize)
     c, s, e = r["connect"], r["steady"], r["stop"]

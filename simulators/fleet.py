@@ -33,6 +33,18 @@ from simulators.ground_truth import GroundTruth
 from simulators.receiver import Context, ReceiverConfig, ReceiverStatus, VirtualReceiver
 from simulators.scenario import Fault, FaultKind, Scenario
 
+# A board fault's reading, and the reading once it is over (simulators.scenario.FaultKind).
+FAULTY_READINGS: Mapping[FaultKind, dict[str, Any]] = {
+    FaultKind.LOW_SUPPLY: {"supply_v": 10.5},
+    FaultKind.OVERHEAT: {"temperature_c": 90.0},
+    FaultKind.AMP_FAULT: {"amp_fault": True},
+}
+NORMAL_READINGS: Mapping[FaultKind, dict[str, Any]] = {
+    FaultKind.LOW_SUPPLY: {"supply_v": 12.2},
+    FaultKind.OVERHEAT: {"temperature_c": 45.0},
+    FaultKind.AMP_FAULT: {"amp_fault": False},
+}
+
 log = logging.getLogger("loa.simulator")
 
 # Fleets up to this size fetch their streams for real by default (an HTTP connection per
@@ -271,6 +283,27 @@ class Fleet:
         expiry and runs no schedule)."""
         self._rx(rid).clock_sync = enabled
 
+    def set_readings(self, rid: str, *, supply_v: float | None = None, temperature_c: float | None = None,
+                     amp_fault: bool | None = None) -> None:
+        """The receiver's board reads this from now on (None: as it was), across power loss:
+        the 12 V input in volts, the chip's die in degrees C, and whether the amplifier draws
+        no current when the receiver switches it on to play. The receiver reports them in its
+        telemetry and raises the board events (low_supply, overheat, amp_fault, amp_recovered)
+        as the firmware does."""
+        self._rx(rid).set_readings(supply_v=supply_v, temperature_c=temperature_c, amp_fault=amp_fault)
+
+    async def board_fault(self, rid: str, kind: FaultKind, seconds: float, *, wait: bool = False) -> None:
+        """A board fault (``FaultKind.LOW_SUPPLY``, ``OVERHEAT``, ``AMP_FAULT``): the reading
+        goes bad now and back to normal after ``seconds``."""
+        if kind not in FAULTY_READINGS:
+            raise ValueError(f"{kind.value} is not a board fault")
+        log.info("%s: %s for %gs", rid, kind.value, seconds)
+        self.set_readings(rid, **FAULTY_READINGS[kind])
+        if wait:
+            await self._readings_later(rid, kind, seconds)
+        else:
+            self._spawn(self._readings_later(rid, kind, seconds))
+
     async def inject(self, fault: Fault, *, wait: bool = False) -> None:
         """Apply one fault of a scenario."""
         if fault.kind is FaultKind.LINK_CUT:
@@ -281,6 +314,8 @@ class Fleet:
             await self.flap_link(fault.receiver, fault.length, wait=wait)
         elif fault.kind is FaultKind.CLEAN_REBOOT:
             await self.clean_reboot(fault.receiver, fault.length, wait=wait)
+        elif fault.kind in FAULTY_READINGS:
+            await self.board_fault(fault.receiver, fault.kind, fault.length, wait=wait)
         else:  # pragma: no cover - exhaustive
             raise ValueError(f"unknown fault kind {fault.kind!r}")
 
@@ -371,6 +406,11 @@ class Fleet:
             if left <= 0:
                 return
             await asyncio.sleep(min(self._rng.uniform(*gap), left))
+
+    async def _readings_later(self, rid: str, kind: FaultKind, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        log.info("%s: %s over", rid, kind.value)
+        self.set_readings(rid, **NORMAL_READINGS[kind])
 
     async def _boot_later(self, rid: str, token: object, off_seconds: float, cause: ResetCause) -> None:
         await asyncio.sleep(off_seconds)

@@ -99,6 +99,17 @@ REBOOT_OFF_S = 0.5
 INTERRUPTED = AckReason.INTERRUPTED.value
 # Largest clock skew telemetry can carry (int32 milliseconds).
 _SKEW_MS_MAX = 2**31 - 1
+# Board readings set by fault injection (Fleet.set_readings) raise the board events with the
+# firmware's thresholds and hysteresis (firmware/loa/app.py, checked equal by the tests): once
+# per crossing, armed again only past the second threshold. The 12 V input, in volts:
+LOW_SUPPLY_V = 11.0
+SUPPLY_OK_V = 11.5
+# The chip's die, in degrees C:
+OVERHEAT_C = 85.0
+COOL_C = 80.0
+# The amplifier must read the same this long for amp_fault / amp_recovered (the firmware's
+# 8 checks 250 ms apart: the current sense settles after the relay closes).
+AMP_SETTLE_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +201,30 @@ class Context:
             await client.aclose()
 
 
+class Readings:
+    """A receiver's board readings as fault injection set them (None: the usual random
+    values), and the board events raised on them and not yet cleared. Made on the first
+    injection only: most receivers of a large fleet never need one."""
+
+    __slots__ = ("supply_v", "temperature_c", "amp_fault", "alarms", "amp_seen", "amp_timer")
+
+    def __init__(self) -> None:
+        self.supply_v: float | None = None
+        self.temperature_c: float | None = None
+        self.amp_fault = False          # the amplifier draws no current when switched on
+        self.alarms: set[EventKind] = set()
+        self.amp_seen = AmpState.OFF    # the amplifier's state the settle timer runs for
+        self.amp_timer: asyncio.TimerHandle | None = None
+
+    def reset(self) -> None:
+        """Power goes: what was raised is forgotten with the RAM."""
+        self.alarms.clear()
+        self.amp_seen = AmpState.OFF
+        if self.amp_timer is not None:
+            self.amp_timer.cancel()
+            self.amp_timer = None
+
+
 def _json(message: BaseModel) -> bytes:
     return message.model_dump_json(by_alias=True, exclude_none=True).encode()
 
@@ -259,7 +294,7 @@ class VirtualReceiver:
         "clock_sync", "_offset", "_synced_at", "_skew_ms",
         # player, schedule runner, events
         "_play", "_player", "_why", "_stream_bytes", "_slot_seen", "_slot_timer", "_events", "_epoch",
-        "_reboot_task", "acks_sent", "_interval",
+        "_reboot_task", "acks_sent", "_interval", "_readings",
     )
 
     def __init__(self, receiver_id: str, password: str, ctx: Context, *, session: int = 0, clock_skew: float = 0.0,
@@ -319,6 +354,7 @@ class VirtualReceiver:
         self._reboot_task: asyncio.Task[None] | None = None
         self.acks_sent = 0
         self._interval = ctx.config.telemetry_interval  # of this session (settings apply per connection)
+        self._readings: Readings | None = None
 
     # -- topics -----------------------------------------------------------------------------
 
@@ -344,6 +380,7 @@ class VirtualReceiver:
         self._synced_at = self._skew_ms = None
         self._player, self._why, self._stream_bytes, self._slot_seen = StreamState.IDLE, PlayReason.BOOT, 0, None
         self._events = None
+        self._check_board()  # what the readings say is raised again, queued for the first birth
         if self._outcomes:
             for cid, (status, _) in self._outcomes.items():
                 if status is AckStatus.ACCEPTED:  # cut short by the power loss: never carried out
@@ -411,6 +448,8 @@ class VirtualReceiver:
         if self._slot_timer is not None:
             self._slot_timer.cancel()
             self._slot_timer = None
+        if self._readings is not None:
+            self._readings.reset()
 
     # -- link -------------------------------------------------------------------------------
 
@@ -651,6 +690,9 @@ class VirtualReceiver:
         self._csq = min(31, max(5, self._csq + rng.choice((-1, 0, 0, 1))))
         if rng.random() < 0.02:
             self._underruns += 1
+        readings = self._readings
+        supply = readings.supply_v if readings is not None else None
+        temperature = readings.temperature_c if readings is not None else None
         report = Telemetry(
             session=self.session,
             seq=self._seq,
@@ -658,9 +700,9 @@ class VirtualReceiver:
             uptime_s=int(loop.time() - self._boot_at),
             signal_dbm=csq_to_dbm(self._csq),
             signal_csq=self._csq,
-            temperature_c=round(rng.uniform(32.0, 52.0), 1),
-            supply_v=round(rng.uniform(11.8, 12.4), 2),
-            amplifier=AmpState.ON if self._player is StreamState.PLAYING else AmpState.OFF,
+            temperature_c=round(rng.uniform(32.0, 52.0), 1) if temperature is None else temperature,
+            supply_v=round(rng.uniform(11.8, 12.4), 2) if supply is None else supply,
+            amplifier=self._amp_state(),
             stream=self._player,
             bitrate_kbps=self._play.kbps if self._play is not None and self._play.playing else None,
             underruns=self._underruns,
@@ -769,6 +811,69 @@ class VirtualReceiver:
                 pass
             if not events:
                 self._events = None
+
+    # -- board readings ---------------------------------------------------------------------
+
+    def set_readings(self, *, supply_v: float | None = None, temperature_c: float | None = None,
+                     amp_fault: bool | None = None) -> None:
+        """Set the board's readings from now on (None: leave as it is), across power loss as
+        the hardware's condition is: the supply voltage, the die temperature, whether the
+        amplifier draws no current when switched on. The board events follow."""
+        readings = self._readings
+        if readings is None:
+            readings = self._readings = Readings()
+        if supply_v is not None:
+            readings.supply_v = supply_v
+        if temperature_c is not None:
+            readings.temperature_c = temperature_c
+        if amp_fault is not None:
+            readings.amp_fault = amp_fault
+        if self.powered:
+            self._check_board()
+
+    def _amp_state(self) -> AmpState:
+        """``off`` unless playing (the relay follows the player), ``fault`` if it then draws
+        no current."""
+        if self._player is not StreamState.PLAYING:
+            return AmpState.OFF
+        readings = self._readings
+        return AmpState.FAULT if readings is not None and readings.amp_fault else AmpState.ON
+
+    def _alarm(self, kind: EventKind, bad: bool, good: bool) -> bool:
+        """Raise ``kind`` once when ``bad``; True when ``good`` clears it."""
+        alarms = self._readings.alarms  # type: ignore[union-attr]
+        if bad and kind not in alarms:
+            alarms.add(kind)
+            self._event(kind, None)
+        elif good and kind in alarms:
+            alarms.discard(kind)
+            return True
+        return False
+
+    def _check_board(self) -> None:
+        """The readings against their thresholds (when they or the amplifier's relay change)."""
+        readings = self._readings
+        if readings is None or not self.powered:
+            return
+        if readings.supply_v is not None:
+            self._alarm(EventKind.LOW_SUPPLY, readings.supply_v < LOW_SUPPLY_V, readings.supply_v > SUPPLY_OK_V)
+        if readings.temperature_c is not None:
+            self._alarm(EventKind.OVERHEAT, readings.temperature_c > OVERHEAT_C, readings.temperature_c < COOL_C)
+        amp = self._amp_state()
+        if amp is not readings.amp_seen:
+            readings.amp_seen = amp
+            if readings.amp_timer is not None:
+                readings.amp_timer.cancel()
+            readings.amp_timer = asyncio.get_running_loop().call_later(AMP_SETTLE_S, self._amp_settled, amp)
+
+    def _amp_settled(self, amp: AmpState) -> None:
+        """The amplifier has read ``amp`` for AMP_SETTLE_S."""
+        readings = self._readings
+        if readings is None or readings.amp_seen is not amp:
+            return
+        readings.amp_timer = None
+        if self._alarm(EventKind.AMP_FAULT, amp is AmpState.FAULT, amp is AmpState.ON):
+            self._event(EventKind.AMP_RECOVERED, None)
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -933,6 +1038,7 @@ class VirtualReceiver:
         play.kbps = kbps
         play.started = asyncio.get_running_loop().time()
         self._player = StreamState.PLAYING
+        self._check_board()  # the amplifier's relay closes
         self._ctx.truth.play_started(self.receiver_id, play.source.value, play.ref, play.priority.value, time.time())
         self._event(EventKind.PLAY_STARTED, play.label)
         if play.command_id is not None:
@@ -976,6 +1082,7 @@ class VirtualReceiver:
             self._final(play.command_id, AckStatus.FAILED, why.value)
         self._player = StreamState.ERROR if why is PlayReason.STREAM_ERROR else StreamState.IDLE
         self._why = why
+        self._check_board()  # the amplifier's relay opens
         if publish:
             self._publish_play()
 

@@ -19,6 +19,11 @@ class FaultKind(StrEnum):
     POWER_LOSS = "power_loss"      # power off for `length` seconds, then boot (power_on)
     FLAP = "flap"                  # short cuts at random intervals during `length` seconds
     CLEAN_REBOOT = "clean_reboot"  # shutdown + DISCONNECT, off `length` seconds, boot (soft)
+    # Board faults: a reading past its threshold for `length` seconds, then normal again (the
+    # board events low_supply, overheat, amp_fault / amp_recovered; the link is untouched).
+    LOW_SUPPLY = "low_supply"      # the 12 V input sags to 10.5 V (a flat battery)
+    OVERHEAT = "overheat"          # the chip's die at 90 C
+    AMP_FAULT = "amp_fault"        # the amplifier draws no current when switched on
 
 
 # Default length ranges in seconds, per kind: what a 4G receiver in a commune actually sees.
@@ -27,6 +32,9 @@ DEFAULT_LENGTHS: Mapping[FaultKind, tuple[float, float]] = {
     FaultKind.POWER_LOSS: (10.0, 300.0),
     FaultKind.FLAP: (30.0, 180.0),
     FaultKind.CLEAN_REBOOT: (2.0, 20.0),
+    FaultKind.LOW_SUPPLY: (60.0, 600.0),
+    FaultKind.OVERHEAT: (60.0, 600.0),
+    FaultKind.AMP_FAULT: (30.0, 600.0),
 }
 
 

@@ -66,6 +66,19 @@ SYNC_EVERY_MS = 6 * 3600 * 1000
 SYNC_RETRY_MS = 60 * 1000
 # A correction larger than this is reported as a clock_sync event.
 CLOCK_EVENT_MS = 1000
+# Board readings checked every control tick, with hysteresis so that a reading hovering at a
+# threshold raises one event, not one per check. The 12 V input: a lead-acid battery is
+# nearly flat at 11 V and the amplifier clips on peaks below it; armed again at 11.5 V (the
+# charge or the mains is back).
+LOW_SUPPLY_V = 11.0
+SUPPLY_OK_V = 11.5
+# The chip's die, a few degrees above the enclosure: 85 C is the top of the ESP32's rated
+# range; armed again 5 degrees below.
+OVERHEAT_C = 85.0
+COOL_C = 80.0
+# The amplifier's state must read the same this many ticks in a row (2 s) for amp_fault and
+# amp_recovered: the current sense settles after the relay closes.
+AMP_CHECKS = 8
 
 
 def _loss_cause(exc):
@@ -153,6 +166,9 @@ class Receiver:
         self.slot_key = None       # (slot id, local day) of the slot occurrence dealt with
         self.slot_failed = None    # the occurrence whose stream failed (reported once)
         self.slot_retry = 0        # Unix s before which a failed slot is not tried again
+        self.alarms = []           # board events raised and not yet cleared
+        self.amp_seen = None       # the amplifier's last state, and how many ticks in a row
+        self.amp_ticks = 0
 
     # -- payloads -----------------------------------------------------------------------------
 
@@ -316,9 +332,13 @@ class Receiver:
             return
         self.ended = None
         self.log("app: playback of", self.src, self.ref, why)
-        if self.src == "sched" and why == "stream_error":
-            self.slot_key = None  # the slot's stream is tried again while the slot lasts
-            self.slot_retry = self.clock.unix_time() + SLOT_RETRY_S
+        if why == "stream_error":
+            self.raise_event("stream_error", "%s:%s" % (self.src, self.ref))
+            if self.src == "sched":
+                # Tried again while the slot lasts; a retry that fails is the same failure.
+                self.slot_failed = self.slot_key
+                self.slot_key = None
+                self.slot_retry = self.clock.unix_time() + SLOT_RETRY_S
         self._stopped(why)
 
     def _stopped(self, why):
@@ -399,6 +419,7 @@ class Receiver:
             if failure is None:
                 self._final(cid, "done")
             else:
+                self.raise_event("stream_error", "cmd:" + cid)
                 self._final(cid, "failed", failure)
         elif op == "stop":
             if self.src == "none":
@@ -472,7 +493,35 @@ class Receiver:
             self.slot_retry = self.clock.unix_time() + SLOT_RETRY_S
             if self.slot_failed != key:
                 self.slot_failed = key
-                self.raise_event("stream_error", failure + ":" + slot_id)
+                self.raise_event("stream_error", "sched:" + slot_id)
+
+    # -- board readings -----------------------------------------------------------------------
+
+    def _alarm(self, kind, bad, good):
+        """Raise ``kind`` once when ``bad``; True when ``good`` clears it."""
+        alarms = self.alarms
+        if bad and kind not in alarms:
+            alarms.append(kind)
+            self.raise_event(kind)
+        elif good and kind in alarms:
+            alarms.remove(kind)
+            return True
+        return False
+
+    def _check_board(self):
+        board = self.board
+        vin = board.supply_voltage()
+        if vin is not None:
+            self._alarm("low_supply", vin < LOW_SUPPLY_V, vin > SUPPLY_OK_V)
+        temp = board.temperature()
+        if temp is not None:
+            self._alarm("overheat", temp > OVERHEAT_C, temp < COOL_C)
+        amp = board.amp_state()
+        self.amp_ticks = self.amp_ticks + 1 if amp == self.amp_seen else 1
+        self.amp_seen = amp
+        steady = self.amp_ticks >= AMP_CHECKS
+        if self._alarm("amp_fault", steady and amp == "fault", steady and amp == "on"):
+            self.raise_event("amp_recovered")
 
     # -- the control and clock tasks ----------------------------------------------------------
 
@@ -498,6 +547,7 @@ class Receiver:
                 if self.schedule.shed:
                     self.schedule.load()  # the URLs let go for a large command (on_message)
                 await self._run_schedule()
+                self._check_board()
             except Exception as exc:  # a bug must not end commands and the schedule for good
                 self.log("app: control error:", repr(exc))
             await asyncio.sleep_ms(TICK_MS)

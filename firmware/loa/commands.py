@@ -35,8 +35,10 @@ SETTINGS = {"telemetry_interval": (10, 3600), "keepalive": (30, 1200), "ntp": No
 _STRIPPED = (" \t\n\r\x0b\x0c\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
              "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 # CPython's str.isspace(), which the protocol's stream URL check uses (MicroPython's knows
-# only ASCII).
-_SPACES = _STRIPPED + "\x1c\x1d\x1e\x1f"
+# only ASCII). A tuple of one-character strings, made at import: iterating a string makes
+# them (qstrs, for good) on the first command instead, when a fragmented heap may have no
+# room for a new qstr pool.
+_SPACES = tuple(_STRIPPED + "\x1c\x1d\x1e\x1f")
 _DIGITS = "0123456789"
 _ABSENT = object()
 
@@ -114,7 +116,7 @@ def _stream_url(value):
         return False
     if not (value.startswith("http://") or value.startswith("https://")):
         return False
-    for c in _SPACES:  # searching the URL for each allocates nothing; iterating it would
+    for c in _SPACES:  # searching the URL for each allocates nothing
         if c in value:
             return False
     # A lone surrogate (an escaped "\ud800") is no text to the definition: it is held as UTF-8

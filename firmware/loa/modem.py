@@ -15,6 +15,8 @@ from time import ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
 
+from loa.schedule import days_from_civil
+
 # Lines longer than this are cut (a UART answer is never this long; garbage can be).
 MAX_LINE = const(256)
 # Information lines kept per command (AT+COPS=? and similar list commands are not used).
@@ -45,6 +47,11 @@ REGISTER_POLL_MS = 2000
 # From CONNECT to an IP address over PPP (LCP, authentication, IPCP), normally 1-3 s.
 PPP_UP_MS = 30000
 POLL_MS = 250
+# The escape from data mode: "+++" counts only with this much silence on the line before and
+# after it (S12, 1 s by default on SIMCom modules; a little more for the UART's own delays).
+GUARD_MS = 1200
+# A +CCLK year before this is the modem's default clock (70/01/01, 80/01/06), not the network's.
+CCLK_MIN_YEAR = 2024
 
 
 class ModemError(Exception):
@@ -82,6 +89,22 @@ def csq_to_dbm(csq):
     if csq is None or not 0 <= csq <= 31:
         return None
     return -113 + 2 * csq
+
+
+def cclk_time(value):
+    """Unix seconds (UTC) of an AT+CCLK? value ``"yy/MM/dd,hh:mm:ss+zz"`` (+zz or -zz: the
+    local offset in quarter hours), or None if it is not a network time."""
+    try:
+        date, _, clock = value.strip().strip('"').partition(",")
+        y, mo, d = [int(x) for x in date.split("/")]
+        h, mi, s = [int(x) for x in clock[:8].split(":")]
+        tz = int(clock[8:]) if len(clock) > 8 else 0
+    except ValueError:
+        return None
+    y += 2000 if y < 70 else 1900  # the modems' defaults are 1970 and 1980
+    if y < CCLK_MIN_YEAR or not (0 < mo < 13 and 0 < d < 32 and h < 24 and mi < 60 and s < 60):
+        return None
+    return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s - tz * 900
 
 
 def _ints(text):
@@ -222,6 +245,43 @@ class Modem:
         await self.command('AT+CGDCONT=1,"IP","' + apn + '"')
         return await self.signal()
 
+    async def network_time(self):
+        """AT+CCLK?: the network's time as Unix seconds, or None (no network time, ERROR)."""
+        try:
+            value = await self.query("AT+CCLK?", b"+CCLK:")
+        except AtError:
+            return None
+        return cclk_time(value) if value else None
+
+    async def escape(self, guard_ms=GUARD_MS):
+        """Back to command mode after a data call: silence, "+++" without CR, silence, OK; then
+        ATH. No OK (the network ended the call and the modem is in command mode already, where
+        "+++" only prefixes the next line): AT must answer, even ERROR. Raises AtTimeout, with
+        the modem counted hung, if it does not."""
+        async with self._lock:
+            await asyncio.sleep_ms(guard_ms)
+            self.port.write(b"+++")
+            await asyncio.sleep_ms(guard_ms)
+            deadline = ticks_add(ticks_ms(), self.timeout_ms)
+            ok = False
+            try:
+                while not ok:
+                    ok = await self._readline(deadline) == b"OK"
+            except asyncio.TimeoutError:
+                pass
+        if not ok:
+            try:
+                await self.command("AT")
+            except AtError:
+                pass
+            except AtTimeout:
+                self.silent = HUNG_TIMEOUTS  # the recovery ladder takes over
+                raise
+        try:
+            await self.command("ATH")
+        except AtError:  # NO CARRIER or ERROR: no call left to hang up
+            pass
+
     async def dial(self, timeout_ms=30000):
         """Start the data call; the port then carries PPP."""
         await self.command("ATD*99#", timeout_ms, final=b"CONNECT")
@@ -305,6 +365,7 @@ class PppLink:
         self.modem = None
         self.recovery = None
         self._dialled = False
+        self.net_time = None  # (Unix s by AT+CCLK?, board uptime ms then)
 
     def _report(self, kind, detail):
         if self.on_event is not None:
@@ -320,13 +381,17 @@ class PppLink:
         modem = self.modem
         recovery = self.recovery
         assert recovery is not None
-        if self._dialled:
-            # The PPP session dropped: the modem is back in command mode after NO CARRIER.
-            self.log("link: ppp dropped, dialling again")
-            board.ppp_stop()
-            self._dialled = False
         try:
+            if self._dialled:
+                # The PPP session dropped: the modem may still be in data mode.
+                self.log("link: ppp dropped, back to command mode")
+                board.ppp_stop()
+                self._dialled = False
+                await modem.escape(GUARD_MS)
             await modem.attach(self.cfg["apn"], self.cfg["sim_pin"], REGISTER_TIMEOUT_MS, REGISTER_POLL_MS)
+            t = await modem.network_time()
+            if t is not None:
+                self.net_time = (t, board.uptime_ms())
             await modem.dial()
         except NotRegistered as exc:
             recovery.not_registered()
@@ -364,6 +429,13 @@ class PppLink:
 
     def is_up(self):
         return self._dialled and self.board.ppp_connected()
+
+    def network_time(self):
+        """The modem's network time read at the last link-up, advanced by the uptime since."""
+        t = self.net_time
+        if t is None:
+            return None
+        return t[0] + (self.board.uptime_ms() - t[1]) // 1000
 
     def signal_csq(self):
         # Read when the link comes up: while PPP runs, the serial line carries PPP, not AT.

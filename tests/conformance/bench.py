@@ -16,7 +16,7 @@ import pytest
 
 from fleet_service.protocol import Ack, AckStatus, Event, EventKind, PlayStatus, State, StateMessage, Telemetry
 from fleet_service.protocol.messages import StateReason
-from tests.conformance.driver import CanCutLink, CountsCommands, ReceiverDriver, ReceiverSpec, Unsupported
+from tests.conformance.driver import CanCutLink, CountsCommands, ReceiverDriver, ReceiverSpec, SetsReadings, Unsupported
 from tests.conformance.wire import Observer, Seen, sessions_in_order
 
 # -- timing -----------------------------------------------------------------------------------
@@ -94,6 +94,15 @@ class Bench:
             await self.driver.cut_link(seconds)
         except Unsupported as exc:
             pytest.skip(f"the {self.impl} implementation cannot cut its link: {exc}")
+
+    async def set_readings(self, **readings: Any) -> None:
+        """What the board's sensors read from now on (SetsReadings)."""
+        if not isinstance(self.driver, SetsReadings):
+            pytest.skip(f"the {self.impl} driver cannot set the board's readings (no set_readings())")
+        try:
+            await self.driver.set_readings(**readings)
+        except Unsupported as exc:
+            pytest.skip(f"the {self.impl} implementation cannot set its board's readings: {exc}")
 
     def require_command_count(self) -> None:
         if not isinstance(self.driver, CountsCommands):

@@ -12,12 +12,14 @@ firmware can be a subprocess:
     reboot     ask the process for a planned restart (goodbye, DISCONNECT, boot again)
     stop       end it for good and release everything
 
-Everything the suite checks is observed at the broker; the driver only acts. Two optional
+Everything the suite checks is observed at the broker; the driver only acts. Optional
 capabilities widen what can be checked; the tests that need them are skipped, with the reason,
 for a driver without them:
 
     cut_link(seconds)    the network path goes silent (no FIN, no RST) for ``seconds``
     commands_received()  how many messages the receiver got on its ``cmd`` topic so far
+    set_readings(...)    what the board's sensors read from now on (supply voltage, die
+                         temperature, an amplifier that draws no current), for the board events
 
 A method of either capability may also raise :class:`Unsupported` when the implementation
 turns out not to support it at run time.
@@ -111,6 +113,15 @@ class CountsCommands(Protocol):
         """Messages the receiver has received on its ``cmd`` topic since :meth:`start`."""
 
 
+@runtime_checkable
+class SetsReadings(Protocol):
+    async def set_readings(self, *, supply_v: float | None = None, temperature_c: float | None = None,
+                           amp_fault: bool | None = None) -> None:
+        """From now on the board reads ``supply_v`` volts on its 12 V input, ``temperature_c``
+        on the chip's die, and (``amp_fault``) no current from the amplifier when it is
+        switched on; None leaves a reading as it is."""
+
+
 class SimulatorDriver:
     """The virtual receiver of ``simulators/`` (a one-receiver :class:`~simulators.fleet.Fleet`).
     Its session counter, remembered commands, schedule, volume and settings live in the
@@ -177,6 +188,10 @@ class SimulatorDriver:
 
     def commands_received(self) -> int:
         return self._running().status(self._rid).commands_received
+
+    async def set_readings(self, *, supply_v: float | None = None, temperature_c: float | None = None,
+                           amp_fault: bool | None = None) -> None:
+        self._running().set_readings(self._rid, supply_v=supply_v, temperature_c=temperature_c, amp_fault=amp_fault)
 
 
 # Implementations the suite knows by name; anything else is given as "module:Factory".

@@ -5,7 +5,7 @@ is the receiver's flash).
 
     start      the flash laid out in ``spec.state_dir`` (the modules compiled to .mpy, as on a
                receiver) with a config.json from ``spec``, then ``micropython main.py`` in it,
-               with a 128 KiB heap
+               with a 160 KiB heap
     power_off  SIGKILL (no goodbye, no DISCONNECT); state.json stays as the firmware wrote it
     power_on   the same process again on the same directory
     reboot     "stop" on stdin (goodbye, DISCONNECT, exit), then the process again
@@ -21,6 +21,7 @@ gives the two optional capabilities:
     commands_received  the firmware prints ``app: cmd N`` (its Receiver.commands counter) for
                        every message on its cmd topic; the count is summed over the processes
                        since start (a power cycle starts the firmware's counter again at 0)
+    set_readings       the simulated board's sim.json, and "sim" on stdin to read it again
 
 The clock: the firmware syncs by SNTP to ``spec.ntp_server``; ``spec.clock_offset`` sets the
 simulated board's RTC that far off with libfaketime (Debian package faketime), for the process
@@ -34,6 +35,7 @@ directory, for a failed test's diagnosis.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -187,3 +189,17 @@ class FirmwareDriver:
     def commands_received(self) -> int:
         device = self._running()
         return self._commands_before + self._commands_now(device)
+
+    async def set_readings(self, *, supply_v: float | None = None, temperature_c: float | None = None,
+                           amp_fault: bool | None = None) -> None:
+        device = self._running()
+        path = device.root / "sim.json"
+        values = json.loads(path.read_text()) if path.exists() else {}
+        for key, value in (("vin", supply_v), ("temp", temperature_c), ("amp_fault", amp_fault)):
+            if value is not None:
+                values[key] = value
+        path.write_text(json.dumps(values))  # read at every start
+        process = device.process
+        if self._alive() and process is not None and process.stdin is not None:
+            process.stdin.write("sim\n")
+            process.stdin.flush()

@@ -24,7 +24,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from simulators.firmware import compile_slot, compiled_package
+from simulators.firmware import HEAP_BUDGET, compile_slot, compiled_package
 from tests.support.mosquitto_production import ProductionBroker, production_mosquitto
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
@@ -51,7 +51,9 @@ def compiled_firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(FIRMWARE, root)
     compile_app(root)
     return root
-HEAPSIZE = "128k"  # the memory budget the firmware must live in
+
+
+HEAPSIZE = HEAP_BUDGET  # the memory budget the firmware must live in (160 KiB)
 BLOCK = 32  # bytes in a GC block of the unix port (x86_64): 4 words of 8 bytes
 
 

@@ -11,7 +11,7 @@ from tests.firmware.conftest import FIRMWARE, run_micropython
 from tests.firmware.test_modem import HEALTHY, MP_SUPPORT
 
 PROGRAM = """
-import asyncio
+import asyncio, time
 from loa import link, modem
 from loa.hal.sim import SimBoard
 from scripted_port import ScriptedPort
@@ -20,12 +20,15 @@ modem.AT_TIMEOUT_MS = 100
 modem.REGISTER_TIMEOUT_MS = 300
 modem.REGISTER_POLL_MS = 20
 modem.CFUN_TIMEOUT_MS = 100
+modem.GUARD_MS = 50
 script = {healthy}
 after_power = {{}}   # what the modem answers after a power cycle
 after_cfun = {{}}    # ... and after a radio reset
 {changes}
 class Port(ScriptedPort):
+    times = []   # ticks_ms of each write
     def write(self, data):
+        self.times.append(time.ticks_ms())
         super().write(data)
         if data == b"AT+CFUN=1\\r" and script.get("AT+CFUN=1"):
             script.update(after_cfun)
@@ -95,7 +98,7 @@ def test_ppp_comes_up_through_the_modem_and_reports_its_signal(tmp_path: Path) -
 """)
     assert lines[:3] == ["before False 20", "up True 17", "up True 17"]
     assert lines[3] == ("sent ['AT', 'ATE0', 'AT+CPIN?', 'AT+CEREG?', 'AT+CGDCONT=1,\"IP\",\"v-internet\"', "
-                        "'AT+CSQ', 'ATD*99#']")
+                        "'AT+CSQ', 'AT+CCLK?', 'ATD*99#']")
     assert lines[4] == "after down False"
 
 

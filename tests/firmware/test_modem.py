@@ -3,6 +3,7 @@ run by the real micropython interpreter."""
 
 from __future__ import annotations
 
+import calendar
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,12 @@ HEALTHY = """{
     "AT+CREG?": ["+CREG: 0,1", "OK"],
     'AT+CGDCONT=1,"IP","v-internet"': ["OK"],
     "AT+CSQ": ["+CSQ: 17,99", "OK"],
+    "AT+CCLK?": ['+CCLK: "24/05/06,13:45:10+28"', "OK"],
     "ATD*99#": ["CONNECT 150000000"],
+    "+++": ["OK"], "ATH": ["OK"],
 }"""
+# 2024-05-06 13:45:10 at UTC+7 (+28 quarter hours) is 06:45:10 UTC.
+CCLK_UNIX = calendar.timegm((2024, 5, 6, 6, 45, 10))
 
 
 def run_modem(tmp_path: Path, body: str, script_changes: str = "") -> str:
@@ -144,23 +149,69 @@ def test_registration_searching_then_registered_denied_and_never(tmp_path: Path)
     assert "gave up not registered: searching" in out
 
 
+def test_network_time_from_cclk(tmp_path: Path) -> None:
+    # One answer per query: UTC+7, UTC-3:30, no offset, the defaults of a modem without network
+    # time (years 1970 and 1980 as two-digit years), out-of-range fields, garbage, ERROR.
+    out = run_modem(tmp_path, """
+    for _ in range(8):
+        print("t", await m.network_time())
+""", """script["AT+CCLK?"] = [['+CCLK: "24/05/06,13:45:10+28"', "OK"], ['+CCLK: "24/05/06,03:15:10-14"', "OK"],
+    ['+CCLK: "24/05/06,06:45:10"', "OK"], ['+CCLK: "70/01/01,00:00:05+00"', "OK"],
+    ['+CCLK: "80/01/06,00:01:00+28"', "OK"], ['+CCLK: "24/13/06,06:45:10+00"', "OK"],
+    ['+CCLK: "garbage"', "OK"], ["ERROR"]]""")
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("t ")] == (
+        [str(CCLK_UNIX)] * 3 + ["None"] * 5)
+
+
 # -- the link's view of the modem: PPP drops and a hung modem's recovery ladder ----------------
 # (run through loa.modem.PppLink on the simulated board; the runner is in test_link.py)
 
 HUNG = 'for cmd in list(script) + ["AT+CFUN=0", "AT+CFUN=1"]:\n    script[cmd] = None'
 
 
-def test_a_dropped_ppp_session_is_dialled_again(tmp_path: Path) -> None:
+def test_a_dropped_ppp_session_escapes_to_command_mode_then_dials_again(tmp_path: Path) -> None:
     from tests.firmware.test_link import run_link
 
     lines = run_link(tmp_path, """
     await attempt()
-    board.ppp_carrier = False   # the network ended the data call
+    print("time", lnk.network_time() - {CCLK_UNIX})
+    await asyncio.sleep_ms(1100)
+    print("later", lnk.network_time() - {CCLK_UNIX})
+    board.ppp_carrier = False   # PPP died; the modem may still be in data mode
     print("is up", board.link_is_up())
+    n = len(port.sent)
     await attempt()
+    i = port.sent.index("+++")
+    print("after drop", port.sent[n:n + 3])
+    print("guards", time.ticks_diff(port.times[i], port.times[i - 1]) >= 50,
+          time.ticks_diff(port.times[i + 1], port.times[i]) >= 50)
+    # In command mode already (NO CARRIER came): "+++" gets no OK, AT answers.
+    script["+++"] = None
+    board.ppp_carrier = False
+    n = len(port.sent)
+    await attempt()
+    print("no OK", port.sent[n:n + 4])
     print("dials", port.sent.count("ATD*99#"))
+""".replace("{CCLK_UNIX}", str(CCLK_UNIX)))
+    assert lines == [
+        "up True 17", "time 0", "later 1", "is up False", "up True 17",
+        "after drop ['+++', 'ATH', 'AT']", "guards True True",
+        "up True 17", "no OK ['+++', 'AT', 'ATH', 'AT']", "dials 3", "done"]
+
+
+def test_a_modem_silent_after_the_escape_goes_to_the_recovery_ladder(tmp_path: Path) -> None:
+    from tests.firmware.test_link import run_link
+
+    lines = run_link(tmp_path, """
+    await attempt()
+    for cmd in list(script) + ["AT+CFUN=0", "AT+CFUN=1"]:
+        script[cmd] = None
+    board.ppp_carrier = False
+    await attempt()
+    print("sent", port.sent[-4:])
 """)
-    assert lines[:4] == ["up True 17", "is up False", "up True 17", "dials 2"]
+    assert lines == ["up True 17", "event modem_reset radio:at_timeout", "down ppp: modem silent: AT: no answer",
+                     "sent ['ATD*99#', '+++', 'AT', 'AT+CFUN=0']", "done"]
 
 
 def test_a_hung_modem_climbs_the_recovery_ladder_in_order(tmp_path: Path) -> None:

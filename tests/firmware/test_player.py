@@ -1,10 +1,11 @@
-"""The stream player (firmware/loa/player.py) on the real micropython interpreter with a 128 KiB
+"""The stream player (firmware/loa/player.py) on the real micropython interpreter with a 160 KiB
 heap and the simulated board (whose decoder consumes audio at the stream's bitrate in real
 time), against a real HTTP server sending real MP3 paced at its bitrate
 (tests/support/stream_server.py)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -13,7 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.firmware.conftest import FIRMWARE, MICROPYTHON, micropython_env, run_micropython, wait_for
+from tests.firmware.conftest import FIRMWARE, HEAPSIZE, MICROPYTHON, micropython_env, run_micropython, wait_for
 from tests.support.ports import free_port
 from tests.support.stream_server import StreamServer
 
@@ -156,7 +157,7 @@ def test_a_live_stream_closed_by_the_server_ends(tmp_path: Path) -> None:
     print("ends", ends, player.state, board.amp_state())
 asyncio.run(main())
 """
-        process = subprocess.Popen([MICROPYTHON, "-X", "heapsize=128k", "-c", script], cwd=tmp_path,
+        process = subprocess.Popen([MICROPYTHON, "-X", f"heapsize={HEAPSIZE}", "-c", script], cwd=tmp_path,
                                    env=micropython_env(str(FIRMWARE)), stdout=subprocess.PIPE, text=True)
         lines: list[str] = []
         def read() -> None:
@@ -199,3 +200,60 @@ def test_memory_stays_bounded_over_a_long_stream(tmp_path: Path) -> None:
     # The ring is allocated with the player: streaming itself only churns small objects.
     assert int(out["min"]) > 64 * 1024, out
     assert abs(int(out["drift"])) < 2048, out
+
+
+def test_stream_errors_are_raised_once_per_failure_with_the_simulators_detail(tmp_path: Path) -> None:
+    # The application (loa/app.py) over the player, without a broker: its event queue is
+    # what would be published. Commanded plays and slots, failing to open and breaking
+    # mid-play (the server closes halfway); a slot's retries that fail are the same failure.
+    (tmp_path / "config.json").write_text(json.dumps({"id": "rx-s", "password": "p", "host": "127.0.0.1"}))
+    with StreamServer(64) as server:
+        dead = f"http://127.0.0.1:{free_port()}/gone.mp3"
+        cut = server.url("/short.mp3?seconds=2&cut=1")
+        script = f"""
+import asyncio, json
+from loa import app, commands, config
+from loa.hal.sim import SimBoard
+from loa.state import State
+app.SLOT_RETRY_S = 0
+cfg = config.load()
+rx = app.Receiver(SimBoard(cfg), cfg, State(), log=lambda *a: None)
+def cmd(**fields):
+    fields.update(v=1, ts=0, exp=2000000000)
+    return commands.decode(json.dumps(fields).encode())
+def slot(sid, url):
+    return [{{"id": sid, "s": "00:00:00", "e": "23:59:59", "d": 127, "u": url}}]
+async def until_ended():
+    for _ in range(100):
+        if rx.ended:
+            break
+        await asyncio.sleep_ms(50)
+    rx._check_end()
+async def main():
+    await rx._command(cmd(id="c1", op="play", url={dead!r}))
+    await rx._command(cmd(id="c2", op="play", url={cut!r}))
+    await until_ended()
+    now = rx.clock.unix_ms()
+    rx.clock.correct(now, rx.board.uptime_ms(), now, "ntp")
+    await rx._command(cmd(id="s1", op="schedule", ver=1, tz=0, slots=slot("m1", {dead!r})))
+    for _ in range(3):
+        await rx._run_schedule()   # fails, then tried again at once (SLOT_RETRY_S 0)
+    await rx._command(cmd(id="s2", op="schedule", ver=2, tz=0, slots=slot("m2", {cut!r})))
+    await rx._run_schedule()
+    await until_ended()
+    rx.schedule.urls[0] = {dead!r}   # the retries after the break fail to open
+    for _ in range(2):
+        await rx._run_schedule()
+    for event in rx.events:
+        print(event[1], event[2])
+asyncio.run(main())
+"""
+        # Compiling app.py from source takes more heap than the receiver has (it runs .mpy).
+        result = run_micropython(script, tmp_path, timeout=60, heapsize="512k")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "stream_error cmd:c1",
+        "play_started cmd:c2", "stream_error cmd:c2", "play_stopped stream_error:c2",
+        "stream_error sched:m1",
+        "play_started sched:m2", "stream_error sched:m2", "play_stopped stream_error:m2",
+    ]

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import json
 import re
 import time
+from pathlib import Path
 
 from fleet_service.protocol import Event, EventKind, ResetCause, State, StateMessage, Telemetry
 from fleet_service.protocol.messages import StateReason
+from simulators import receiver
 from simulators.fleet import Fleet
+from simulators.scenario import Fault, FaultKind
 from tests.simulators.helpers import FAST, Seen, credentials
+from tests.support.waiting import wait_until
 
 
 def _state(m: Seen, state: State, session: int | None = None) -> bool:
@@ -317,3 +323,49 @@ async def test_wrong_password_is_a_clear_error_retried_with_backoff(make_broker,
         assert not observer.messages("rx-001")
     finally:
         await fleet.stop()
+
+
+async def test_board_faults_of_a_scenario_raise_the_board_events(make_broker, make_observer) -> None:
+    creds = credentials(1)
+    rid = "rx-000"
+    broker = make_broker(creds)
+    observer = make_observer(broker)
+    fleet = Fleet(broker.host, broker.port, creds, fetch_streams=False, **FAST)
+    await fleet.start()
+    try:
+        await fleet.wait_up(timeout=10)
+        await fleet.inject(Fault(rid, FaultKind.LOW_SUPPLY, 0.0, 0.5), wait=True)
+        await fleet.inject(Fault(rid, FaultKind.LOW_SUPPLY, 0.0, 0.5), wait=True)  # armed again in between
+        # The amplifier fault shows only while it plays (simulated playback here).
+        observer.publish(f"loa/v1/rx/{rid}/cmd", json.dumps({
+            "v": 1, "id": "c1", "op": "play", "ts": int(time.time()), "exp": int(time.time()) + 60,
+            "url": "http://127.0.0.1:9/x.mp3"}).encode())
+        await wait_until(lambda: fleet.status(rid).playing == "cmd:c1", 5, what="simulated playback")
+        await fleet.inject(Fault(rid, FaultKind.AMP_FAULT, 0.0, receiver.AMP_SETTLE_S + 0.5), wait=True)
+        await asyncio.sleep(receiver.AMP_SETTLE_S + 0.5)
+        fleet.set_readings(rid, temperature_c=91.0)
+        await observer.wait_for(lambda m: m.receiver == rid and m.kind == "event"
+                                and m.decoded().message.kind is EventKind.OVERHEAT)
+        report = await observer.wait_for(lambda m: m.receiver == rid and m.kind == "telemetry"
+                                         and m.decoded().message.temperature_c == 91.0)
+    finally:
+        await fleet.stop()
+    board = {EventKind.LOW_SUPPLY, EventKind.OVERHEAT, EventKind.AMP_FAULT, EventKind.AMP_RECOVERED}
+    events = [d.message for m, d in observer.protocol_messages()
+              if isinstance(d.message, Event) and d.message.kind in board]
+    assert [(e.kind, e.detail) for e in events] == [
+        (EventKind.LOW_SUPPLY, None), (EventKind.LOW_SUPPLY, None), (EventKind.AMP_FAULT, None),
+        (EventKind.AMP_RECOVERED, None), (EventKind.OVERHEAT, None)]
+    assert report.decoded().message.supply_v == 12.2  # back to normal after the faults
+
+
+def test_the_board_thresholds_are_the_firmwares() -> None:
+    # firmware/loa/app.py is MicroPython: its constants are read from the source.
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "firmware/loa/app.py").read_text())
+    firmware = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in ("LOW_SUPPLY_V", "SUPPLY_OK_V", "OVERHEAT_C", "COOL_C", "AMP_CHECKS",
+                                           "TICK_MS")}
+    assert (receiver.LOW_SUPPLY_V, receiver.SUPPLY_OK_V, receiver.OVERHEAT_C, receiver.COOL_C) == (
+        firmware["LOW_SUPPLY_V"], firmware["SUPPLY_OK_V"], firmware["OVERHEAT_C"], firmware["COOL_C"])
+    assert receiver.AMP_SETTLE_S == firmware["AMP_CHECKS"] * firmware["TICK_MS"] / 1000

@@ -240,6 +240,11 @@ class Esp32Board(Board):
             self._ppp.active(False)
             self._ppp = None
 
+    def network_time(self):
+        """The modem's network time (AT+CCLK? at link-up, loa.clock's fallback), or None."""
+        read = getattr(self.link_layer(), "network_time", None)
+        return read() if read is not None else None
+
     async def modem_power_cycle(self):
         """Press PWRKEY long enough to switch the modem off, then on again."""
         self.ppp_stop()

@@ -3,7 +3,8 @@
 # host's, the watchdog is a thread that ends the process like a hardware reset would.
 #
 # Planned stop: a line "stop" on standard input asks for a clean shutdown (the goodbye). A
-# line "heap" prints the heap's state (after a collection): free bytes and the largest block.
+# line "heap" prints the heap's state (after a collection): free bytes and the largest block;
+# a line "sim" reads sim.json again.
 # Reset cause: the watchdog leaves "reset_cause" behind for the next start; without it a
 # start counts as "power_on".
 
@@ -81,6 +82,8 @@ class SimBoard(Board):
             line = line.strip()
             if line == b"stop":
                 self.stop_requested = True
+            elif line == b"sim":  # sim.json changed: read it again
+                self.values.update(files.read_json("sim.json") or {})
             elif line == b"heap":
                 import gc
                 import micropython
