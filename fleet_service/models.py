@@ -8,6 +8,7 @@ from fleet_service.firmware.models import FirmwareRelease, FirmwareReleaseFile
 from fleet_service.outbox.models import OutboxEntry
 from fleet_service.schedules.models import ReceiverSchedule, Schedule, ScheduleSlotRow
 from fleet_service.registry.models import Receiver, ReceiverCredential, Region, Station, StationAssignment
+from fleet_service.rollouts.models import Rollout, RolloutTarget
 from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
 from fleet_service.worker.models import WorkerLease
 
@@ -26,6 +27,8 @@ __all__ = [
     "ReceiverLiveState",
     "ReceiverSchedule",
     "Region",
+    "Rollout",
+    "RolloutTarget",
     "Schedule",
     "ScheduleSlotRow",
     "Station",
