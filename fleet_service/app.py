@@ -185,6 +185,7 @@ def _include_routers(app: FastAPI) -> None:
     from fleet_service.audit.endpoints import router as audit_router
     from fleet_service.auth.endpoints import router as auth_router
     from fleet_service.commands.endpoints import router as commands_router
+    from fleet_service.downloads.endpoints import router as downloads_router
     from fleet_service.firmware.endpoints import router as firmware_router
     from fleet_service.schedules.endpoints import router as schedules_router
     from fleet_service.telemetry.endpoints import router as telemetry_router
@@ -193,5 +194,5 @@ def _include_routers(app: FastAPI) -> None:
     from fleet_service.uptime.endpoints import router as uptime_router
 
     for router in (auth_router, registry_router, uptime_router, ingest_router, commands_router,
-                   schedules_router, telemetry_router, audit_router, firmware_router):
+                   schedules_router, telemetry_router, audit_router, firmware_router, downloads_router):
         app.include_router(router, prefix="/api/v1")

@@ -4,6 +4,7 @@ from fleet_service.audit.models import AuditEntry
 from fleet_service.auth.models import ApiToken, User
 from fleet_service.commands.models import Command, CommandTarget
 from fleet_service.db import Base
+from fleet_service.downloads.models import FirmwareDownload
 from fleet_service.firmware.models import FirmwareRelease, FirmwareReleaseFile
 from fleet_service.outbox.models import OutboxEntry
 from fleet_service.schedules.models import ReceiverSchedule, Schedule, ScheduleSlotRow
@@ -19,6 +20,7 @@ __all__ = [
     "Command",
     "CommandTarget",
     "ConnectivityInterval",
+    "FirmwareDownload",
     "FirmwareRelease",
     "FirmwareReleaseFile",
     "OutboxEntry",

@@ -103,6 +103,20 @@ def registry_change_handler(sessions: sessionmaker[Session], loop: asyncio.Abstr
     return apply
 
 
+def release_withdrawn_handler(sessions: sessionmaker[Session]) -> Handler:
+    """A firmware release was withdrawn (outbox.OutboxKind.FIRMWARE_RELEASE_WITHDRAWN): every
+    rollout using it stops, and its receivers not offered it yet are not offered it."""
+    from fleet_service.rollouts.service import withdraw_release
+
+    def apply(subject: str, _payload: Mapping[str, Any]) -> None:
+        with session_scope(sessions) as session:
+            stopped = withdraw_release(session, int(subject.removeprefix("release:")))
+        if stopped:
+            log.info("rollouts %s stopped: their release (%s) was withdrawn", stopped, subject)
+
+    return apply
+
+
 # --- the broker -----------------------------------------------------------------------------
 
 def _verifier(sessions: sessionmaker[Session]):  # type: ignore[no-untyped-def]
@@ -205,8 +219,7 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
         OutboxKind.COMMAND_CREATED: lambda command_id, _payload: commands.deliver_recorded(command_id),
         OutboxKind.REGISTRY_CHANGED: registry_change_handler(runtime.sessions, loop, ingest=ingest,
                                                              schedules=schedules, telemetry=runtime.telemetry),
-        # Nothing reacts to a withdrawn release yet: rollouts, when written, will stop offering it.
-        OutboxKind.FIRMWARE_RELEASE_WITHDRAWN: lambda _subject, _payload: None,
+        OutboxKind.FIRMWARE_RELEASE_WITHDRAWN: release_withdrawn_handler(runtime.sessions),
     })
 
     await ingest.start()

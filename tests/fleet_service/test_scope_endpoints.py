@@ -295,6 +295,11 @@ SCOPED_READS: dict[str, Check] = {
     "/schedules": check_schedules,
     "/schedules/{schedule_id}": checked_elsewhere,          # in check_schedules
     "/audit": check_audit,
+    # Releases are the fleet's, for every engineer (tests/fleet_service/firmware/test_api.py).
+    "/firmware/releases": not_region_data,
+    "/firmware/releases/{version}": not_region_data,
+    # Receivers only, each its own offers (tests/fleet_service/downloads/test_endpoints.py).
+    "/firmware/download/{release_id}/{path}": not_region_data,
 }
 
 

@@ -1,4 +1,5 @@
-"""Rollouts: a firmware release offered to receivers in waves, and each receiver's place in one
+"""Rollouts: a firmware release offered to receivers in waves, each receiver's place in one, and
+the firmware bytes served to each receiver
 
 Revision ID: 0011
 Revises: 0010
@@ -78,7 +79,24 @@ def upgrade() -> None:
         batch_op.create_index('ix_rollout_targets_receiver', ['receiver_id', 'state'], unique=False)
 
 
+    op.create_table(
+        'firmware_downloads',
+        sa.Column('receiver_id', sa.String(length=64), nullable=False),
+        sa.Column('release_id', sa.Integer(), nullable=False),
+        sa.Column('bytes_served', sa.BigInteger(), nullable=False),
+        sa.Column('requests', sa.Integer(), nullable=False),
+        sa.Column('first_at', UTCDateTime(), nullable=False),
+        sa.Column('last_at', UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(['receiver_id'], ['receivers.id'],
+                                name=op.f('fk_firmware_downloads_receiver_id_receivers'), ondelete='CASCADE'),
+        sa.ForeignKeyConstraint(['release_id'], ['firmware_releases.id'],
+                                name=op.f('fk_firmware_downloads_release_id_firmware_releases'), ondelete='CASCADE'),
+        sa.PrimaryKeyConstraint('receiver_id', 'release_id', name=op.f('pk_firmware_downloads')),
+    )
+
+
 def downgrade() -> None:
+    op.drop_table('firmware_downloads')
     with op.batch_alter_table('rollout_targets', schema=None) as batch_op:
         batch_op.drop_index('ix_rollout_targets_receiver')
         batch_op.drop_index('ix_rollout_targets_rollout_wave')
