@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from fleet_service.protocol.messages import Ack, Event, PlayStatus, Telemetry
+from fleet_service.protocol.messages import Ack, Event, PlayStatus, Telemetry, UpdateStatus
 from fleet_service.uptime.models import TransitionCause
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ class ReceiverOnline:
     session: int
     firmware: str | None
     at: datetime
+    hardware: str | None = None  # its hardware family (protocol 1.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,17 @@ class PlayStatusReported:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateReported:
+    """Where the receiver's firmware update stands (protocol 1.2). ``retained``: the broker's
+    copy from before the service connected (it may already be known)."""
+
+    receiver_id: str
+    status: UpdateStatus
+    at: datetime
+    retained: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ReceiverRemoved:
     """Revoked or retired: nothing sent to it can be carried out any more."""
 
@@ -83,10 +95,10 @@ class ReceiverRemoved:
 
 
 DomainEvent = (ReceiverOnline | ReceiverOffline | TelemetryReported | ReceiverEventReported
-               | CommandAcknowledged | PlayStatusReported | ReceiverRemoved)
+               | CommandAcknowledged | PlayStatusReported | UpdateReported | ReceiverRemoved)
 
 E = TypeVar("E", ReceiverOnline, ReceiverOffline, TelemetryReported, ReceiverEventReported,
-            CommandAcknowledged, PlayStatusReported, ReceiverRemoved)
+            CommandAcknowledged, PlayStatusReported, UpdateReported, ReceiverRemoved)
 
 
 class EventBus:

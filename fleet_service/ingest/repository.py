@@ -82,6 +82,7 @@ class LiveStateRow:
     clock_skew_s: float | None = None
     schedule_version: int | None = None
     playing: dict[str, Any] | None = None
+    hardware: str | None = None
 
 
 LIVE_STATE_FIELDS = tuple(LiveStateRow.__dataclass_fields__)

@@ -20,6 +20,7 @@ from fleet_service.protocol.messages import (
     PlayStatus,
     StateMessage,
     Telemetry,
+    UpdateStatus,
 )
 from fleet_service.protocol.topics import MessageKind, Topic
 
@@ -29,10 +30,11 @@ PAYLOAD_MODELS: dict[MessageKind, type[BaseModel]] = {
     MessageKind.EVENT: Event,
     MessageKind.ACK: Ack,
     MessageKind.PLAY: PlayStatus,
+    MessageKind.UPDATE: UpdateStatus,
 }
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
 
-ReceiverMessage = StateMessage | Telemetry | Event | Ack | PlayStatus
+ReceiverMessage = StateMessage | Telemetry | Event | Ack | PlayStatus | UpdateStatus
 
 
 class DropReason(StrEnum):

@@ -59,6 +59,9 @@ class StateMessage(_Message):
     session: int = Field(ge=0, le=SESSION_MAX)
     reason: StateReason
     firmware: str | None = Field(default=None, validation_alias="fw", serialization_alias="fw", max_length=32)
+    # Protocol 1.2: the board's hardware family (which releases it can run), e.g. "esp32-a7670".
+    hardware: str | None = Field(default=None, validation_alias="hw", serialization_alias="hw", max_length=40,
+                                 pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
     # On a reconnect birth: seconds, by the receiver's monotonic clock, since it last heard the
     # broker on its previous connection. Lets the ledger record an outage the service could not
     # see itself (the service or the broker was down). Absent after power-on.
@@ -193,6 +196,7 @@ class CommandOp(StrEnum):
     REBOOT = "reboot"
     CONFIG = "config"
     SCHEDULE = "schedule"
+    UPDATE = "update"  # protocol 1.2
 
 
 def _stream_url(value: str) -> str:
@@ -332,8 +336,34 @@ class ScheduleCommand(_Command):
         return self
 
 
+# MAJOR.MINOR.PATCH, each 0-9999 without leading zeros: a firmware release's version.
+RELEASE_VERSION_PATTERN = r"^(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})$"
+HARDWARE_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+# A receiver waits a random share of this before it first asks for the release.
+UPDATE_JITTER_MAX_S = 3600
+
+
+class UpdateCommand(_Command):
+    """Protocol 1.2: install a signed firmware release (docs/protocol.md, "Firmware updates").
+    The receiver fetches ``<url>/manifest.json``, ``<url>/manifest.sig`` and each file named in
+    the manifest from ``<url>/<path>``, signed in with its own login."""
+
+    op: Literal[CommandOp.UPDATE] = CommandOp.UPDATE
+    release_id: int = Field(validation_alias="rel", serialization_alias="rel", ge=1, le=2**31 - 1)
+    release_version: str = Field(validation_alias="ver", serialization_alias="ver", max_length=14,
+                                 pattern=RELEASE_VERSION_PATTERN)
+    hardware: str = Field(validation_alias="hw", serialization_alias="hw", min_length=1, max_length=40,
+                          pattern=HARDWARE_PATTERN)
+    url: str = Field(max_length=URL_MAX, description="base URL of the release's files")
+    jitter_s: int = Field(default=0, validation_alias="jit", serialization_alias="jit", ge=0, le=UPDATE_JITTER_MAX_S)
+    # A release older than the one running is refused unless this is set.
+    allow_downgrade: bool = Field(default=False, validation_alias="down", serialization_alias="down")
+
+    _check_url = field_validator("url")(_stream_url)
+
+
 Command = Annotated[
-    PlayCommand | StopCommand | VolumeCommand | RebootCommand | ConfigCommand | ScheduleCommand,
+    PlayCommand | StopCommand | VolumeCommand | RebootCommand | ConfigCommand | ScheduleCommand | UpdateCommand,
     Field(discriminator="op"),
 ]
 
@@ -367,6 +397,17 @@ class AckReason(StrEnum):
     STORAGE = "storage"                # could not write the config or schedule
     NOTHING_PLAYING = "nothing_playing"  # a stop with nothing to stop (status done)
     INTERRUPTED = "interrupted"        # accepted, then the power went or the board reset (failed)
+    # Protocol 1.2, updates (rejected):
+    WRONG_HARDWARE = "wrong_hardware"  # the release is for another hardware family
+    DOWNGRADE = "downgrade"            # older than the version running, and not allowed
+    UPDATE_BUSY = "update_busy"        # another update is under way
+    # Protocol 1.2, updates (failed; also the update status's why):
+    SIGNATURE = "signature"            # the manifest's signature does not verify
+    MANIFEST = "manifest"              # malformed, or not installable here (min_version, bytecode)
+    HASH = "hash"                      # a file's length or SHA-256 is not the manifest's
+    DOWNLOAD = "download"              # the files could not be fetched (after retries)
+    NO_MEMORY = "no_memory"
+    ROLLED_BACK = "rolled_back"        # the new version did not confirm; the old one runs again
 
 
 class Ack(_Message):
@@ -413,6 +454,44 @@ class PlayStatus(_Message):
     volume: int = Field(validation_alias="vol", serialization_alias="vol", ge=0, le=100)
     why: PlayReason
     schedule_version: int | None = Field(default=None, validation_alias="sched", serialization_alias="sched", ge=0, le=SESSION_MAX)
+
+
+class UpdateState(StrEnum):
+    """Where a receiver's update stands (protocol 1.2). The last three are final."""
+
+    OFFERED = "offered"          # the command is accepted; waiting its jitter before fetching
+    DOWNLOADING = "downloading"  # with pct
+    DOWNLOADED = "downloaded"    # every file is in the inactive slot
+    VERIFIED = "verified"        # lengths and SHA-256 match the signed manifest
+    DEFERRED = "deferred"        # verified, waiting for a broadcast to end (why says which)
+    INSTALLING = "installing"    # switching the slot on trial
+    REBOOTING = "rebooting"      # just before the reset into the new version
+    CONFIRMED = "confirmed"      # the new version connected, reported and made itself active
+    FAILED = "failed"            # why: signature, manifest, hash, download, storage, no_memory …
+    ROLLED_BACK = "rolled_back"  # the new version did not confirm; why: no_connection, crashed …
+
+    @property
+    def final(self) -> bool:
+        return self in (UpdateState.CONFIRMED, UpdateState.FAILED, UpdateState.ROLLED_BACK)
+
+
+class UpdateStatus(_Message):
+    """Retained on ``.../update`` (protocol 1.2): the receiver's latest update, on every change
+    of state and every 10 % of a download."""
+
+    session: int = Field(ge=0, le=SESSION_MAX)
+    sent_at: int = Field(validation_alias="ts", serialization_alias="ts", ge=0, le=UNIX_TIME_MAX)
+    command_id: str = Field(validation_alias="id", serialization_alias="id", min_length=1, max_length=32, pattern=_CODE_ID)
+    release_id: int = Field(validation_alias="rel", serialization_alias="rel", ge=1, le=2**31 - 1)
+    release_version: str = Field(validation_alias="ver", serialization_alias="ver", max_length=14,
+                                 pattern=RELEASE_VERSION_PATTERN)
+    state: UpdateState = Field(validation_alias="st", serialization_alias="st")
+    percent: int | None = Field(default=None, validation_alias="pct", serialization_alias="pct", ge=0, le=100)
+    reason: str | None = Field(default=None, validation_alias="why", serialization_alias="why", max_length=64,
+                               pattern=r"^[a-z0-9_:.-]+$")
+    # Bytes fetched for this update so far, resumed requests included (what the 4G link carried).
+    fetched: int | None = Field(default=None, validation_alias="got", serialization_alias="got", ge=0,
+                                le=BIG_COUNTER_MAX)
 
 
 def csq_to_dbm(csq: int) -> int | None:

@@ -36,6 +36,7 @@ class MessageKind(StrEnum):
     EVENT = "event"          # receiver -> service, QoS 1
     ACK = "ack"              # receiver -> service, QoS 1 (command outcomes)
     PLAY = "play"            # receiver -> service, retained, QoS 1 (what it plays and why)
+    UPDATE = "update"        # receiver -> service, retained, QoS 1 (its firmware update; 1.2)
 
 
 # The topic levels a receiver may publish under its own id.
@@ -50,8 +51,9 @@ QOS = {
     MessageKind.EVENT: 1,
     MessageKind.ACK: 1,
     MessageKind.PLAY: 1,
+    MessageKind.UPDATE: 1,
 }
-RETAIN = {kind: kind in (MessageKind.STATE, MessageKind.PLAY) for kind in MessageKind}
+RETAIN = {kind: kind in (MessageKind.STATE, MessageKind.PLAY, MessageKind.UPDATE) for kind in MessageKind}
 
 
 # Enough for every topic of a national fleet (150,000 receivers x 5 kinds).

@@ -105,5 +105,7 @@ class RolloutTarget(Base):
     offered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     state_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The update command of the latest offer (its acknowledgement and status name it).
+    command_id: Mapped[str | None] = mapped_column(String(32))
     # Anything else the receiver said about this update (bytes fetched, resumes).
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -41,6 +41,7 @@ class Candidate:
     station_id: int | None
     region_path: str | None
     version: str | None  # as it last reported
+    hardware: str | None  # its hardware family, as its last birth named it (protocol 1.2)
 
 
 def _release(session: Session, release_id: int) -> FirmwareRelease:
@@ -54,7 +55,8 @@ def _release(session: Session, release_id: int) -> FirmwareRelease:
 
 def _candidates(session: Session, target: TargetIn, scope: RegionScope) -> list[Candidate]:
     """The active receivers the target names, inside the caller's scope."""
-    query = (select(Receiver.id, Receiver.station_id, Region.path, ReceiverLiveState.firmware)
+    query = (select(Receiver.id, Receiver.station_id, Region.path, ReceiverLiveState.firmware,
+                    ReceiverLiveState.hardware)
              .select_from(Receiver)
              .outerjoin(Station, Station.id == Receiver.station_id)
              .outerjoin(Region, Region.id == Station.region_id)
@@ -71,7 +73,7 @@ def _candidates(session: Session, target: TargetIn, scope: RegionScope) -> list[
         query = query.where(Receiver.station_id == target.station_id)
     if target.receiver_ids is not None:
         query = query.where(Receiver.id.in_(sorted(set(target.receiver_ids))))
-    found = [Candidate(rid, sid, path, version) for rid, sid, path, version in session.execute(query.order_by(Receiver.id))]
+    found = [Candidate(*row) for row in session.execute(query.order_by(Receiver.id))]
     if target.receiver_ids is not None:
         missing = sorted(set(target.receiver_ids) - {c.receiver_id for c in found})
         if missing:
@@ -83,7 +85,10 @@ def _candidates(session: Session, target: TargetIn, scope: RegionScope) -> list[
 
 def _skip_reason(candidate: Candidate, release: FirmwareRelease, force: bool) -> str | None:
     """Why a receiver is not offered the release, or None. A version it reported that is not
-    one of ours (a development build) is offered: the receiver checks min_version itself."""
+    one of ours (a development build) is offered: the receiver checks min_version itself, and
+    its hardware when it has not said which it is."""
+    if candidate.hardware is not None and candidate.hardware != release.hardware:
+        return "wrong_hardware"
     if candidate.version is None:
         return None
     if candidate.version == release.version:

@@ -80,3 +80,5 @@ class ReceiverLiveState(Base):
     schedule_version: Mapped[int | None] = mapped_column(BigInteger)
     # What it last said it plays (its retained play status), as ingest.schemas.PlayingOut.
     playing: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Its hardware family, as its last birth named it (protocol 1.2; NULL before).
+    hardware: Mapped[str | None] = mapped_column(String(40))

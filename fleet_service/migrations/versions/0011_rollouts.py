@@ -1,5 +1,5 @@
-"""Rollouts: a firmware release offered to receivers in waves, each receiver's place in one, and
-the firmware bytes served to each receiver
+"""Rollouts: a firmware release offered to receivers in waves, each receiver's place in one, the
+firmware bytes served to each receiver, and each receiver's hardware family in its live state
 
 Revision ID: 0011
 Revises: 0010
@@ -67,6 +67,7 @@ def upgrade() -> None:
         sa.Column('offered_at', UTCDateTime(), nullable=True),
         sa.Column('state_at', UTCDateTime(), nullable=False),
         sa.Column('attempts', sa.Integer(), nullable=False),
+        sa.Column('command_id', sa.String(length=32), nullable=True),
         sa.Column('detail', sa.JSON(), nullable=True),
         sa.ForeignKeyConstraint(['rollout_id'], ['rollouts.id'], name=op.f('fk_rollout_targets_rollout_id_rollouts'),
                                 ondelete='CASCADE'),
@@ -79,6 +80,8 @@ def upgrade() -> None:
         batch_op.create_index('ix_rollout_targets_receiver', ['receiver_id', 'state'], unique=False)
 
 
+    with op.batch_alter_table('receiver_live_state', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('hardware', sa.String(length=40), nullable=True))
     op.create_table(
         'firmware_downloads',
         sa.Column('receiver_id', sa.String(length=64), nullable=False),
@@ -97,6 +100,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('firmware_downloads')
+    with op.batch_alter_table('receiver_live_state', schema=None) as batch_op:
+        batch_op.drop_column('hardware')
     with op.batch_alter_table('rollout_targets', schema=None) as batch_op:
         batch_op.drop_index('ix_rollout_targets_receiver')
         batch_op.drop_index('ix_rollout_targets_rollout_wave')
