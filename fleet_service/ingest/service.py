@@ -27,11 +27,12 @@ from fleet_service.ingest.events import (
     ReceiverOnline,
     ReceiverRemoved,
     TelemetryReported,
+    UpdateReported,
 )
 from fleet_service.ingest.repository import IngestRepository, LiveStateRow
 from fleet_service.protocol import DecodeError, decode
 from fleet_service.protocol.codec import ReceiverMessage
-from fleet_service.protocol.messages import Ack, PlayStatus, State, StateMessage, Telemetry
+from fleet_service.protocol.messages import Ack, PlayStatus, State, StateMessage, Telemetry, UpdateStatus
 from fleet_service.uptime.models import Connectivity, TransitionCause
 from fleet_service.uptime.service import record_transitions
 from fleet_service.uptime.tracker import ConnectivityTracker, Transition
@@ -54,6 +55,11 @@ LEDGER_COALESCE_S = 0.05
 # gives the lag measured), and it is what a crash can lose of "last heard" (a clean stop writes
 # it all).
 LIVE_STATE_FLUSH_S = 0.5
+# A receiver whose only news is a report (its telemetry summary, when it was last heard) is
+# written at most this often: a receiver reporting many times a second (a flood, a benchmark)
+# costs one row per interval, not one per report. Its connectivity and what it plays go at the
+# next LIVE_STATE_FLUSH_S.
+LIVE_TELEMETRY_FLUSH_S = 5.0
 LIVE_STATE_CHUNK = 1000
 # How long an unknown receiver id is remembered as unknown before the registry is asked again.
 UNKNOWN_RECHECK_S = 30.0
@@ -154,6 +160,8 @@ class IngestService:
         self.playing: dict[str, LivePlay] = {}
         # The firmware a receiver's birth named, for a receiver not yet heard in telemetry.
         self._birth_firmware: dict[str, str] = {}
+        # Its hardware family, as its birth named it (protocol 1.2); a few shared strings.
+        self._hardware: dict[str, str] = {}
         self._station_of: dict[str, int | None] = {}
         self._unknown_until: dict[str, float] = {}
         self._awaiting_lookup: dict[str, list[tuple[ReceiverMessage, bool, datetime]]] = {}
@@ -163,7 +171,10 @@ class IngestService:
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_drop_log: dict[str, float] = {}
+        # Receivers whose connectivity or play status changed, and those with only a new report.
         self._live_dirty: set[str] = set()
+        self._live_reported: set[str] = set()
+        self._live_reported_due = 0.0
         # The ledger's and the live state's writes, one after the other in one thread of their
         # own: on SQLite two writers wait for each other's lock in the driver's sleeps (up to
         # 100 ms each), which made a connect storm's live state seconds late; in one thread they
@@ -193,7 +204,7 @@ class IngestService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
-            await asyncio.wait_for(self.write_live_state(), timeout=10)
+            await asyncio.wait_for(self.write_live_state(everything=True), timeout=10)
         except TimeoutError:
             log.error("stopping without the live state of %d receivers written", len(self._live_dirty))
         self._writes.shutdown(wait=False)
@@ -260,7 +271,10 @@ class IngestService:
         else:
             self.counters.accepted += 1
         finally:
-            self._live_dirty.add(receiver_id)
+            if isinstance(message, (StateMessage, PlayStatus)):
+                self._live_dirty.add(receiver_id)
+            else:
+                self._live_reported.add(receiver_id)
 
     def _apply(self, receiver_id: str, message: ReceiverMessage, retained: bool, at: datetime) -> None:
         if isinstance(message, StateMessage):
@@ -269,7 +283,10 @@ class IngestService:
                     and self.tracker.session_of(receiver_id) == message.session:
                 if message.firmware is not None:
                     self._birth_firmware[receiver_id] = message.firmware
-                self.events.publish(ReceiverOnline(receiver_id, message.session, message.firmware, at))
+                if message.hardware is not None:
+                    self._hardware[receiver_id] = message.hardware
+                self.events.publish(ReceiverOnline(receiver_id, message.session, message.firmware, at,
+                                                   message.hardware))
         elif isinstance(message, PlayStatus):
             # Retained: also what a receiver reported before it went offline; not activity then.
             if not retained:
@@ -279,6 +296,11 @@ class IngestService:
         elif isinstance(message, Ack):
             self._enqueue(self.tracker.on_activity(receiver_id, message.session, at))
             self.events.publish(CommandAcknowledged(receiver_id, message, at))
+        elif isinstance(message, UpdateStatus):
+            # Retained, like the play status: what it said before the service connected.
+            if not retained:
+                self._enqueue(self.tracker.on_activity(receiver_id, message.session, at))
+            self.events.publish(UpdateReported(receiver_id, message, at, retained))
         elif isinstance(message, Telemetry):
             self._enqueue(self.tracker.on_activity(receiver_id, message.session, at))
             previous = self.telemetry.get(receiver_id)
@@ -458,10 +480,15 @@ class IngestService:
             await asyncio.sleep(due - loop.time())
             await self.write_live_state()
 
-    async def write_live_state(self) -> None:
-        """Write the live state of the receivers that changed since the last write. The rows
-        are taken here, in the event loop's thread, where the tracker changes; only the write
-        goes to a worker thread."""
+    async def write_live_state(self, *, everything: bool = False) -> None:
+        """Write the live state of the receivers that changed since the last write (those with
+        only a new report every LIVE_TELEMETRY_FLUSH_S, or at once when ``everything``). The
+        rows are taken here, in the event loop's thread, where the tracker changes; only the
+        write goes to a worker thread."""
+        if everything or time.monotonic() >= self._live_reported_due:
+            self._live_dirty |= self._live_reported
+            self._live_reported = set()
+            self._live_reported_due = time.monotonic() + LIVE_TELEMETRY_FLUSH_S
         if not self._live_dirty:
             return
         changed, self._live_dirty = self._live_dirty, set()
@@ -481,7 +508,8 @@ class IngestService:
 
     def _live_row(self, rid: str, now: datetime) -> LiveStateRow:
         row = LiveStateRow(rid, bool(self.tracker.is_online(rid)), self.tracker.session_of(rid),
-                           self.tracker.heard_at(rid), now, firmware=self._birth_firmware.get(rid))
+                           self.tracker.heard_at(rid), now, firmware=self._birth_firmware.get(rid),
+                           hardware=self._hardware.get(rid))
         report = self.telemetry.get(rid)
         if report is not None:
             row.telemetry_at = report.received_at
