@@ -66,14 +66,14 @@ class Scenario:
         *,
         seed: int,
         faults_per_receiver: tuple[int, int] = (0, 3),
-        kinds: Sequence[FaultKind] = tuple(FaultKind),
+        kinds: Sequence[FaultKind] | None = None,
         lengths: Mapping[FaultKind, tuple[float, float]] = DEFAULT_LENGTHS,
         max_clock_skew: float = 0.0,
         skewed_fraction: float = 0.1,
         unsynced_fraction: float = 0.0,
     ) -> Scenario:
         """Each receiver gets ``faults_per_receiver`` (inclusive range) faults of random
-        ``kinds``. The duration is split into as many equal slots as the receiver has faults
+        ``kinds`` (by default, every kind ``lengths`` gives a length for). The duration is split into as many equal slots as the receiver has faults
         and each fault lies wholly inside its slot, so a receiver's faults never overlap. A
         ``skewed_fraction`` of receivers get a clock offset uniform in ±``max_clock_skew``; an
         ``unsynced_fraction`` never sync their clock."""
@@ -82,6 +82,8 @@ class Scenario:
         lo, hi = faults_per_receiver
         if not 0 <= lo <= hi:
             raise ValueError("faults_per_receiver must be (low, high) with 0 <= low <= high")
+        if kinds is None:
+            kinds = tuple(lengths)
         if not kinds and hi:
             raise ValueError("no fault kinds to choose from")
         rng = random.Random(seed)
