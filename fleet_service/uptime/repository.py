@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from fleet_service.registry.models import Region, Station
@@ -22,18 +22,34 @@ class LedgerRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def open_intervals_of(self, receiver_ids: Iterable[str]) -> dict[str, ConnectivityInterval]:
-        """The open interval of each given receiver that has one."""
+    def open_interval_rows(self, receiver_ids: Iterable[str]) -> dict[str, tuple[int, str, datetime]]:
+        """(id, state, start) of the open interval of each given receiver that has one."""
         ids = list(receiver_ids)
-        found: dict[str, ConnectivityInterval] = {}
+        found: dict[str, tuple[int, str, datetime]] = {}
+        table = ConnectivityInterval.__table__
         for i in range(0, len(ids), _IN_CHUNK):
-            rows = self.session.scalars(
-                select(ConnectivityInterval).where(ConnectivityInterval.receiver_id.in_(ids[i:i + _IN_CHUNK]),
-                                                   ConnectivityInterval.end_at.is_(None))
-            )
-            for row in rows:
-                found[row.receiver_id] = row
+            rows = self.session.execute(
+                select(table.c.receiver_id, table.c.id, table.c.state, table.c.start_at)
+                .where(table.c.receiver_id.in_(ids[i:i + _IN_CHUNK]), table.c.end_at.is_(None)))
+            for rid, interval_id, state, start_at in rows:
+                found[rid] = (interval_id, state, start_at)
         return found
+
+    def write_transitions(self, closes: Sequence[dict[str, object]], sessions: Mapping[int, int | None],
+                          inserts: Sequence[dict[str, object]]) -> None:
+        """Close intervals (``interval_id``, ``end_at``, ``end_cause``), set the session of open
+        ones, and add new ones: each one statement for all its rows."""
+        table = ConnectivityInterval.__table__
+        if closes:
+            self.session.execute(
+                update(table).where(table.c.id == bindparam("interval_id"))
+                .values(end_at=bindparam("end_at"), end_cause=bindparam("end_cause")), list(closes))
+        if sessions:
+            self.session.execute(
+                update(table).where(table.c.id == bindparam("interval_id")).values(session=bindparam("new_session")),
+                [{"interval_id": i, "new_session": s} for i, s in sessions.items()])
+        if inserts:
+            self.session.execute(insert(table), list(inserts))
 
     def open_intervals(self) -> Sequence[ConnectivityInterval]:
         return self.session.scalars(select(ConnectivityInterval).where(ConnectivityInterval.end_at.is_(None))).all()
