@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     # key is being replaced. Comma-separated; each the key's 32 bytes in base64 (as
     # `loa firmware keygen` prints them) or the path of its .pub file.
     firmware_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The API's address as receivers reach it, where rollouts tell them to fetch a release
+    # (<this>/api/v1/firmware/download/<release id>); e.g. https://loa.example behind a proxy.
+    # Empty: http://<api_host>:<api_port> (127.0.0.1 for an API listening on every address).
+    firmware_base_url: str = Field(default="", max_length=160, pattern=r"^(https?://\S+)?$")
 
     @field_validator("firmware_keys", mode="before")
     @classmethod

@@ -1,6 +1,6 @@
 """Creating rollouts and acting on them (pause, resume, abort, retry the failed). Functions take
 a session and never commit (the request does). Driving a running rollout is the leading
-worker's (not built yet)."""
+worker's (rollouts.driver)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ from fleet_service.uptime.models import ReceiverLiveState
 
 # Stations named in a refusal of a window that clashes with their programme.
 CLASHES_SHOWN = 5
+# How the firmware names itself in births and telemetry ("fw": "loa-fw-1.4.0").
+FIRMWARE_PREFIX = "loa-fw-"
+
+
+def reported_version(firmware: str | None) -> str | None:
+    """The version in what a receiver reports of its firmware ("loa-fw-1.4.0" is 1.4.0)."""
+    return firmware.removeprefix(FIRMWARE_PREFIX) if firmware is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +80,15 @@ def _candidates(session: Session, target: TargetIn, scope: RegionScope) -> list[
         query = query.where(Receiver.station_id == target.station_id)
     if target.receiver_ids is not None:
         query = query.where(Receiver.id.in_(sorted(set(target.receiver_ids))))
-    found = [Candidate(*row) for row in session.execute(query.order_by(Receiver.id))]
+    found = [Candidate(rid, station, path, reported_version(firmware), hardware)
+             for rid, station, path, firmware, hardware in session.execute(query.order_by(Receiver.id))]
     if target.receiver_ids is not None:
         missing = sorted(set(target.receiver_ids) - {c.receiver_id for c in found})
         if missing:
             raise NotFound(f"Không có máy thu: {', '.join(missing[:10])}", f"no such receivers: {', '.join(missing[:10])}")
     if target.from_version is not None:
-        found = [c for c in found if c.version == target.from_version]
+        wanted = reported_version(target.from_version)
+        found = [c for c in found if c.version == wanted]
     return found
 
 

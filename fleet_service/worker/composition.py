@@ -28,11 +28,13 @@ from fleet_service.ingest.events import (
     ReceiverOnline,
     ReceiverRemoved,
     TelemetryReported,
+    UpdateReported,
 )
 from fleet_service.ingest.service import IngestService
 from fleet_service.mqtt.adapter import MqttAdapter
 from fleet_service.outbox.dispatcher import Handler, OutboxDispatcher
 from fleet_service.outbox.service import OutboxKind
+from fleet_service.rollouts.driver import RolloutDriver
 from fleet_service.runtime import Runtime
 from fleet_service.schedules.sync import ScheduleSync
 from fleet_service.telemetry.service import TelemetryService, run_telemetry
@@ -61,12 +63,16 @@ class FleetAccounts:
 # --- subscribers to ingest's domain events --------------------------------------------------
 
 def subscribe(events: EventBus, *, commands: CommandDelivery, schedules: ScheduleSync,
-              telemetry: TelemetryService | None) -> None:
+              telemetry: TelemetryService | None, rollouts: RolloutDriver | None = None) -> None:
     """Who hears what of the receivers. Alerts and firmware updates subscribe here too."""
     events.subscribe(ReceiverOnline, lambda e: commands.on_birth(e.receiver_id))
     events.subscribe(CommandAcknowledged, lambda e: commands.on_ack(e.receiver_id, e.ack, e.at))
     events.subscribe(ReceiverRemoved, lambda e: commands.receiver_removed(e.receiver_id))
     events.subscribe(ReceiverOnline, lambda e: schedules.on_birth(e.receiver_id))
+    if rollouts is not None:  # firmware updates: offers at births, and what receivers report
+        events.subscribe(ReceiverOnline, lambda e: rollouts.on_birth(e.receiver_id))
+        events.subscribe(UpdateReported, lambda e: rollouts.on_status(e.receiver_id, e.status, e.at))
+        events.subscribe(CommandAcknowledged, lambda e: rollouts.on_ack(e.receiver_id, e.ack, e.at))
     if telemetry is not None:  # queued only: the writer works in its own thread
         events.subscribe(TelemetryReported, lambda e: telemetry.submit(e.receiver_id, e.report, e.at))
         events.subscribe(ReceiverEventReported, lambda e: telemetry.submit(e.receiver_id, e.event, e.at))
@@ -212,7 +218,8 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
             outbox.wake()
 
     schedules = ScheduleSync(runtime.sessions, submit=hand_over)
-    subscribe(events, commands=commands, schedules=schedules, telemetry=runtime.telemetry)
+    rollouts = RolloutDriver(runtime.sessions, settings, submit=hand_over)
+    subscribe(events, commands=commands, schedules=schedules, telemetry=runtime.telemetry, rollouts=rollouts)
     accounts = FleetAccounts(broker_accounts, ingest, loop)
     outbox = OutboxDispatcher(runtime.sessions, {
         **broker_login_handlers(accounts),
@@ -226,6 +233,7 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
     await commands.start()
     await outbox.start()
     await schedules.start()
+    await rollouts.start()
     runtime.ingest, runtime.mqtt, runtime.commands, runtime.outbox = ingest, adapter, commands, outbox
     runtime.schedules = schedules
     runtime.broker_accounts = accounts
@@ -243,6 +251,7 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
         runtime.outbox = None
         await outbox.stop()
         runtime.commands = None
+        await rollouts.stop()
         await schedules.stop()
         await commands.stop()
         await ingest.stop()

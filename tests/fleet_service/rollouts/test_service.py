@@ -171,3 +171,18 @@ def test_a_rollout_reaches_and_shows_only_what_the_caller_may_see(session_factor
         assert service.get_rollout(session, rollout.id, inside.scope).id == rollout.id
         with pytest.raises(NotFound):
             service.get_rollout(session, rollout.id, outside.scope)
+
+
+def test_versions_are_read_as_the_firmware_names_itself(session_factory):
+    """Births and telemetry say "loa-fw-1.4.0" (firmware/loa/__init__.py)."""
+    provision_fleet(session_factory, receivers=3, stations=1)
+    with session_scope(session_factory) as session:
+        report_versions(session, {"rx-0": "loa-fw-1.4.0", "rx-1": "loa-fw-1.3.0", "rx-2": "loa-fw-1.2.0"})
+        release_id = add_release(session)
+        rollout = service.create_rollout(session, RolloutCreate(name="a", release_id=release_id,
+                                                                target=TargetIn(from_version="loa-fw-1.3.0")), ADMIN)
+        assert {rid: (t.state, t.from_version) for rid, t in targets(session, rollout.id).items()} == {
+            "rx-1": ("pending", "1.3.0")}
+        rollout = service.create_rollout(session, RolloutCreate(name="b", release_id=release_id), ADMIN)
+        assert {rid: (t.state, t.reason) for rid, t in targets(session, rollout.id).items()} == {
+            "rx-0": ("skipped", "already"), "rx-1": ("pending", None), "rx-2": ("pending", None)}
