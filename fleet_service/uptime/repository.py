@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import Select, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from fleet_service.registry.models import Region, Station
@@ -16,6 +17,8 @@ from fleet_service.uptime.models import Connectivity, ConnectivityInterval
 
 # Ids per IN (...) list: well inside SQLite's and PostgreSQL's parameter limits.
 _IN_CHUNK = 500
+# The ledger's table, for the writes done in Core (many rows per statement).
+_INTERVALS = cast(Table, ConnectivityInterval.__table__)
 
 
 class LedgerRepository:
@@ -26,7 +29,7 @@ class LedgerRepository:
         """(id, state, start) of the open interval of each given receiver that has one."""
         ids = list(receiver_ids)
         found: dict[str, tuple[int, str, datetime]] = {}
-        table = ConnectivityInterval.__table__
+        table = _INTERVALS
         for i in range(0, len(ids), _IN_CHUNK):
             rows = self.session.execute(
                 select(table.c.receiver_id, table.c.id, table.c.state, table.c.start_at)
@@ -39,7 +42,7 @@ class LedgerRepository:
                           inserts: Sequence[dict[str, object]]) -> None:
         """Close intervals (``interval_id``, ``end_at``, ``end_cause``), set the session of open
         ones, and add new ones: each one statement for all its rows."""
-        table = ConnectivityInterval.__table__
+        table = _INTERVALS
         if closes:
             self.session.execute(
                 update(table).where(table.c.id == bindparam("interval_id"))
