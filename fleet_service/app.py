@@ -191,8 +191,10 @@ def _include_routers(app: FastAPI) -> None:
     from fleet_service.telemetry.endpoints import router as telemetry_router
     from fleet_service.ingest.endpoints import router as ingest_router
     from fleet_service.registry.endpoints import router as registry_router
+    from fleet_service.rollouts.endpoints import router as rollouts_router
     from fleet_service.uptime.endpoints import router as uptime_router
 
     for router in (auth_router, registry_router, uptime_router, ingest_router, commands_router,
-                   schedules_router, telemetry_router, audit_router, firmware_router, downloads_router):
+                   schedules_router, telemetry_router, audit_router, firmware_router, downloads_router,
+                   rollouts_router):
         app.include_router(router, prefix="/api/v1")

@@ -92,6 +92,13 @@ class TargetOut(BaseModel):
     offered_at: datetime | None
     state_at: datetime
     attempts: int
+    command_id: str | None = Field(default=None, description="the update command of the latest offer")
+    fetched: int | None = Field(default=None, description="bytes the receiver fetched for this update")
+
+
+class RetryOut(BaseModel):
+    retried: int = Field(description="failed and rolled-back receivers put back to be offered again")
+    rollout: RolloutOut
 
 
 class ReasonIn(BaseModel):

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleet_service.db import utcnow
-from fleet_service.errors import Conflict, Invalid, NotFound
+from fleet_service.errors import Conflict, Forbidden, Invalid, NotFound
 from fleet_service.firmware.models import FirmwareRelease
 from fleet_service.firmware.schemas import version_order
 from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
@@ -201,9 +201,23 @@ def get_rollout(session: Session, rollout_id: int, scope: RegionScope) -> Rollou
     return rollout
 
 
+def acted_on(session: Session, rollout_id: int, scope: RegionScope) -> Rollout:
+    """A rollout the caller may act on: every one of its receivers is in their scope (one that
+    reaches further is seen, not steered, by a regional account)."""
+    rollout = get_rollout(session, rollout_id, scope)
+    if scope.path is not None:
+        outside = session.scalar(
+            select(func.count()).select_from(RolloutTarget)
+            .where(RolloutTarget.rollout_id == rollout_id, RolloutTarget.receiver_id.not_in(scope.receiver_ids())))
+        if outside:
+            raise Forbidden(f"Đợt cập nhật {rollout_id} có {outside} máy thu ngoài vùng của bạn",
+                            f"rollout {rollout_id} has {outside} receivers outside your region")
+    return rollout
+
+
 def _act(session: Session, rollout_id: int, actor: Actor, allowed_from: set[RolloutState], to: RolloutState,
          reason: str | None, verb_vi: str, verb_en: str) -> Rollout:
-    rollout = get_rollout(session, rollout_id, actor.scope)
+    rollout = acted_on(session, rollout_id, actor.scope)
     state = RolloutState(rollout.state)
     if state not in allowed_from:
         raise Conflict(f"Không thể {verb_vi} đợt cập nhật đang ở trạng thái {state.value}",
@@ -244,7 +258,7 @@ def abort(session: Session, rollout_id: int, actor: Actor, reason: str | None = 
 
 def retry_failed(session: Session, rollout_id: int, actor: Actor) -> int:
     """Failed and rolled-back receivers go back to pending, to be offered again; how many."""
-    rollout = get_rollout(session, rollout_id, actor.scope)
+    rollout = acted_on(session, rollout_id, actor.scope)
     if RolloutState(rollout.state).final:
         raise Conflict(f"Đợt cập nhật đã kết thúc ({rollout.state})", f"the rollout has ended ({rollout.state})")
     now = utcnow()
@@ -301,4 +315,5 @@ def rollout_out(session: Session, rollout: Rollout) -> RolloutOut:
 def target_out(target: RolloutTarget) -> TargetOut:
     return TargetOut(receiver_id=target.receiver_id, wave=target.wave, state=target.state, percent=target.percent,
                      reason=target.reason, from_version=target.from_version, offered_at=target.offered_at,
-                     state_at=target.state_at, attempts=target.attempts)
+                     state_at=target.state_at, attempts=target.attempts, command_id=target.command_id,
+                     fetched=(target.detail or {}).get("got"))

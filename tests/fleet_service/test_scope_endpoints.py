@@ -24,6 +24,7 @@ from fleet_service.registry import service as registry
 from fleet_service.registry.schemas import ReceiverCreate, RegionCreate, StationCreate
 from fleet_service.uptime.models import ConnectivityInterval
 from tests.fleet_service.auth.world import World, ok, running_api
+from tests.fleet_service.rollouts.test_service import add_release
 
 API = "/api/v1"
 URL = "http://127.0.0.1:9/live.mp3"
@@ -114,6 +115,12 @@ def _build(world: World) -> ScopeFleet:
                                 {"region": ids["P5"]}, {"station": ids["sP1"]})):
         slot = {"start": f"{5 + n:02d}:00", "end": f"{5 + n:02d}:30", "url": URL}
         ok(client.post(f"{API}/schedules", json={"name": f"Lịch {n}", **target, "slots": [slot]}, headers=fleet.admin), 201)
+    with world.session() as s:
+        release_id = add_release(s)
+    for n, target in enumerate(({"region_id": ids["D2"]}, {"region_id": ids["D23"]}, {"station_id": ids["sC24"]},
+                                {"receiver_ids": ["r-C3", "r-D23"]}, {"region_id": ids["P5"]}, {})):
+        ok(client.post(f"{API}/rollouts", json={"name": f"Cập nhật {n}", "release_id": release_id, "target": target},
+                       headers=fleet.admin), 201)
     return fleet
 
 
@@ -261,6 +268,24 @@ def check_region_availability(fleet: ScopeFleet, truth: Truth, scope: int, op: d
         _same_or_absent(fleet, f"/regions/{rid}/availability", truth.region_in(scope, rid), op, **PERIOD)
 
 
+def check_rollouts(fleet: ScopeFleet, truth: Truth, scope: int, op: dict[str, str], _admin: dict[str, str]) -> None:
+    # Seen where any of its receivers is; the receivers listed are the scope's.
+    admin_list = ok(_get(fleet, "/rollouts", fleet.admin))
+    targets = {r["id"]: ok(_get(fleet, f"/rollouts/{r['id']}/targets", fleet.admin)) for r in admin_list}
+
+    def visible(rollout: dict[str, Any]) -> bool:
+        return any(truth.receiver_in(scope, t["receiver_id"]) for t in targets[rollout["id"]])
+
+    assert ok(_get(fleet, "/rollouts", op)) == [r for r in admin_list if visible(r)]
+    for r in admin_list:
+        one, mine = _get(fleet, f"/rollouts/{r['id']}", op), _get(fleet, f"/rollouts/{r['id']}/targets", op)
+        if visible(r):
+            assert ok(one) == r
+            assert ok(mine) == [t for t in targets[r["id"]] if truth.receiver_in(scope, t["receiver_id"])]
+        else:
+            assert (one.status_code, mine.status_code) == (404, 404), (r, one.text)
+
+
 def checked_elsewhere(*_: Any) -> None:
     """Part of another check of this table (the list and the single object together)."""
 
@@ -300,6 +325,9 @@ SCOPED_READS: dict[str, Check] = {
     "/firmware/releases/{version}": not_region_data,
     # Receivers only, each its own offers (tests/fleet_service/downloads/test_endpoints.py).
     "/firmware/download/{release_id}/{path}": not_region_data,
+    "/rollouts": check_rollouts,
+    "/rollouts/{rollout_id}": checked_elsewhere,            # in check_rollouts
+    "/rollouts/{rollout_id}/targets": checked_elsewhere,    # in check_rollouts
 }
 
 
