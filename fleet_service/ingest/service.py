@@ -180,6 +180,10 @@ class IngestService:
         # 100 ms each), which made a connect storm's live state seconds late; in one thread they
         # take turns with no wait between them.
         self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writes")
+        # Set while no live-state write waits: the ledger's next batch waits for it, so that
+        # what people see goes first in a storm (the ledger is read later, for availability).
+        self._live_idle = asyncio.Event()
+        self._live_idle.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -427,6 +431,7 @@ class IngestService:
             self._backlog_ready.clear()
             while self._backlog:
                 self._idle.clear()
+                await self._live_idle.wait()
                 batch = [self._backlog[i] for i in range(min(LEDGER_BATCH_MAX, len(self._backlog)))]
                 # Transitions a one-by-one write has settled (each its own transaction): never
                 # written twice if the database goes away in the middle of it.
@@ -492,6 +497,13 @@ class IngestService:
         if not self._live_dirty:
             return
         changed, self._live_dirty = self._live_dirty, set()
+        self._live_idle.clear()
+        try:
+            await self._write_live(changed)
+        finally:
+            self._live_idle.set()
+
+    async def _write_live(self, changed: set[str]) -> None:
         now = utcnow()
         known = [rid for rid in changed if self.tracker.is_online(rid) is not None]
         # In chunks, each its own transaction: a whole fleet coming back at once is not one
