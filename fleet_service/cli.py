@@ -127,6 +127,8 @@ def _register_subcommands() -> None:
     app.add_typer(audit_app, name="audit", help="Nhật ký thao tác / the audit log: who did what, when, from where")
     from fleet_service.firmware.cli import firmware_app
     app.add_typer(firmware_app, name="firmware", help="Bản phát hành firmware / firmware releases: build, sign, upload")
+    from fleet_service.rollouts.cli import rollouts_app
+    app.add_typer(rollouts_app, name="rollouts", help="Cập nhật firmware theo đợt / firmware rollouts: create, watch, pause")
     app.command("status")(status)
 
 
