@@ -95,6 +95,10 @@ def run(
         help="Run this many of the receivers (the first by id) as real MicroPython firmware processes.")] = 0,
     firmware_dir: Annotated[Path | None, typer.Option(
         help="Directory for the firmware receivers' flash (default: a temporary one).")] = None,
+    hardware: Annotated[str, typer.Option(help="Hardware family of the virtual boards (births' hw).")] = "esp32-a7670",
+    update_key: Annotated[list[str] | None, typer.Option(
+        help="A release signing public key the receivers trust, as LOA_FIRMWARE_KEYS gives it: base64 of its "
+             "32 bytes or a .pub file (repeat for two; without one every update fails its signature check).")] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "WARNING",
 ) -> None:
     """Run N receivers for DURATION seconds under a fault scenario."""
@@ -127,6 +131,7 @@ def run(
         attach_delay=(0.0, attach_delay), sessions=_load_sessions(sessions_file),
         ground_truth=ground_truth, seed=seed, fetch_streams=fetch_streams,
         firmware_receivers=sorted(creds)[:firmware_receivers], firmware_dir=firmware_dir,
+        hardware=hardware, update_keys=update_key or (),
     )
 
     async def main() -> tuple[float, float]:

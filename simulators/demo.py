@@ -206,7 +206,8 @@ Dừng: Ctrl-C / stop with Ctrl-C
 
     fleet = Fleet("127.0.0.1", settings.mqtt_port, credentials, keepalive=DEMO_KEEPALIVE_S,
                   telemetry_interval=DEMO_TELEMETRY_INTERVAL_S, ground_truth=directory / "ground-truth.jsonl",
-                  seed=seed, firmware_receivers=real, firmware_dir=directory / "firmware")
+                  seed=seed, firmware_receivers=real, firmware_dir=directory / "firmware",
+                  update_keys=settings.firmware_keys)  # the releases the demo's service accepts
     started = time.monotonic()
     try:
         await fleet.start()

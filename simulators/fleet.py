@@ -27,11 +27,15 @@ from collections.abc import Collection, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fleet_service.firmware import keys
 from fleet_service.protocol import ResetCause
 from simulators.firmware import FirmwareReceiver, unavailable_reason
 from simulators.ground_truth import GroundTruth
 from simulators.receiver import Context, ReceiverConfig, ReceiverStatus, VirtualReceiver
 from simulators.scenario import Fault, FaultKind, Scenario
+from simulators.update import UpdateFaults
 
 # A board fault's reading, and the reading once it is over (simulators.scenario.FaultKind).
 FAULTY_READINGS: Mapping[FaultKind, dict[str, Any]] = {
@@ -79,6 +83,13 @@ class Fleet:
         stream_kbps: int = 64,
         firmware_receivers: Collection[str] = (),
         firmware_dir: Path | str | None = None,
+        hardware: str = "esp32-a7670",
+        update_keys: Iterable[str | bytes | Ed25519PublicKey] = (),
+        update_retries: int = 6,
+        update_retry_base: float = 2.0,
+        update_timeout: float = 20.0,
+        update_trial_s: float = 300.0,
+        update_faults: Mapping[str, UpdateFaults] | None = None,
     ) -> None:
         """``credentials``: receiver id → MQTT password (the id is also the username and the
         client id). ``sessions``: initial session counters (as persisted by a previous run;
@@ -89,7 +100,15 @@ class Fleet:
         of play commands and slots (default: for fleets of at most FETCH_STREAMS_UP_TO), else
         simulate them at ``stream_kbps``. ``firmware_receivers``: ids of ``credentials`` run as
         real MicroPython firmware processes, their flash directories under ``firmware_dir``
-        (default: a temporary directory)."""
+        (default: a temporary directory).
+
+        Firmware updates (protocol 1.2): ``hardware`` is the virtual boards' family (births'
+        ``hw``); ``update_keys`` the release signing public keys built into their firmware
+        (the fleet's: base64 of the 32 raw bytes or a key file as LOA_FIRMWARE_KEYS gives
+        them, raw bytes, or key objects); ``update_retries``/``update_retry_base`` how a cut
+        download is retried, ``update_timeout`` its HTTP timeout, ``update_trial_s`` how long a
+        new version has to confirm itself; ``update_faults`` faults in each named receiver's
+        next update (:class:`~simulators.update.UpdateFaults`)."""
         if firmware_receivers:
             unknown = set(firmware_receivers) - set(credentials)
             if unknown:
@@ -111,6 +130,12 @@ class Fleet:
             attach_delay=attach_delay,
             fetch_streams=len(credentials) <= FETCH_STREAMS_UP_TO if fetch_streams is None else fetch_streams,
             stream_kbps=stream_kbps,
+            hardware=hardware,
+            update_keys=tuple(_raw_key(key) for key in update_keys),
+            update_retries=update_retries,
+            update_retry_base=update_retry_base,
+            update_timeout=update_timeout,
+            update_trial_s=update_trial_s,
         )
         if isinstance(ground_truth, GroundTruth):
             self.ground_truth = ground_truth
@@ -136,6 +161,8 @@ class Fleet:
                 self._receivers[rid] = VirtualReceiver(
                     rid, password, self._ctx, session=sessions.get(rid, 0), clock_skew=clock_skew.get(rid, 0.0),
                     clock_sync=rid not in unsynced)
+        for rid, faults in (update_faults or {}).items():
+            self.set_update_faults(rid, faults)
         self._cut_until: dict[str, float] = {}
         self._power_token: dict[str, object] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -292,6 +319,14 @@ class Fleet:
         as the firmware does."""
         self._rx(rid).set_readings(supply_v=supply_v, temperature_c=temperature_c, amp_fault=amp_fault)
 
+    def set_update_faults(self, rid: str, faults: UpdateFaults | None) -> None:
+        """Faults in the receiver's next firmware update (a cut download, a corrupted byte, a
+        new version that never confirms, a power loss at a step); None: none."""
+        rx = self._rx(rid)
+        if isinstance(rx, FirmwareReceiver):
+            raise ValueError(f"{rid} runs the real firmware: its updates take no injected faults")
+        rx.set_update_faults(faults)
+
     async def board_fault(self, rid: str, kind: FaultKind, seconds: float, *, wait: bool = False) -> None:
         """A board fault (``FaultKind.LOW_SUPPLY``, ``OVERHEAT``, ``AMP_FAULT``): the reading
         goes bad now and back to normal after ``seconds``."""
@@ -330,6 +365,9 @@ class Fleet:
         for rid in scenario.unsynced:
             if rid in self._receivers:
                 self.set_clock_sync(rid, False)
+        for rid, faults in scenario.update_faults.items():
+            if rid in self._receivers:
+                self.set_update_faults(rid, faults)
         for fault in sorted(scenario.faults, key=lambda f: f.at):
             if fault.receiver not in self._receivers:
                 continue
@@ -418,3 +456,12 @@ class Fleet:
             del self._power_token[rid]
             log.info("%s: power on (%s)", rid, cause.value)
             self._receivers[rid].power_on(cause)
+
+
+def _raw_key(key: str | bytes | Ed25519PublicKey) -> bytes:
+    """A trusted release key as its 32 raw bytes."""
+    if isinstance(key, bytes):
+        if len(key) != keys.RAW_KEY_BYTES:
+            raise ValueError(f"a raw Ed25519 public key is {keys.RAW_KEY_BYTES} bytes, not {len(key)}")
+        return key
+    return keys.raw_public(keys.load_public(key) if isinstance(key, str) else key)

@@ -15,12 +15,14 @@ Life of a receiver (see docs/simulator.md for the full protocol):
 
 Beside the session it runs the application of protocol 1.1: commands and their
 acknowledgements (never twice, priorities, expiry), the stream player, the broadcast schedule
-by its own clock, and the clock sync.
+by its own clock, and the clock sync; and the firmware updates of 1.2 (download, checks,
+install, trial run and confirmation or rollback; :mod:`simulators.update`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -59,10 +61,19 @@ from fleet_service.protocol import (
     decode_command,
     receiver_topics,
 )
-from fleet_service.protocol.messages import RECEIVER_REMEMBERS_COMMANDS, SESSION_MAX, StateReason, csq_to_dbm
+from fleet_service.protocol.messages import (
+    RECEIVER_REMEMBERS_COMMANDS,
+    SESSION_MAX,
+    StateReason,
+    UpdateCommand,
+    UpdateState,
+    UpdateStatus,
+    csq_to_dbm,
+)
 from fleet_service.protocol.topics import TOPIC_ROOT
 from simulators import ground_truth as gt
 from simulators import schedule as sched
+from simulators import update as upd
 from simulators.ground_truth import GroundTruth
 from simulators.link import Link, LinkDown
 from simulators.mqtt import (
@@ -136,6 +147,22 @@ class ReceiverConfig:
     # it at ``stream_kbps`` (large fleets). See docs/simulator.md.
     fetch_streams: bool = True
     stream_kbps: int = 64
+    # -- firmware updates (protocol 1.2) --
+    # The board's hardware family (births' "hw"): which releases it takes.
+    hardware: str = "esp32-a7670"
+    # The release signing public keys built into the firmware (raw 32-byte Ed25519 keys): the
+    # fleet's, as LOA_FIRMWARE_KEYS gives them to the service. Empty: every update fails its
+    # signature check.
+    update_keys: tuple[bytes, ...] = ()
+    # A download's attempts in a row that may fail before the update fails, and the first pause
+    # between them (doubling, at most a minute).
+    update_retries: int = 6
+    update_retry_base: float = 2.0
+    # HTTP connect and read timeout of a download.
+    update_timeout: float = 20.0
+    # How long a new version on trial has to connect and confirm itself before the board goes
+    # back to the old one.
+    update_trial_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.keepalive <= 0xFFFF:
@@ -170,18 +197,32 @@ class ReceiverStatus:
     schedule_version: int | None
     acks_sent: int
     events_queued: int       # events not yet acknowledged by the broker
+    firmware: str = ""       # the version running ("": not known from outside)
+    update: str | None = None  # the latest update's state (protocol 1.2), if there was one
+    update_fetched: int = 0  # its bytes fetched
 
 
 class Context:
     """What the receivers of one fleet share."""
 
-    __slots__ = ("config", "rng", "truth", "_http")
+    __slots__ = ("config", "rng", "truth", "_http", "_downloads")
 
     def __init__(self, config: ReceiverConfig, rng: random.Random, truth: GroundTruth) -> None:
         self.config = config
         self.rng = rng
         self.truth = truth
         self._http: httpx.AsyncClient | None = None
+        self._downloads: httpx.AsyncClient | None = None
+
+    def downloads(self) -> httpx.AsyncClient:
+        """The fleet's HTTP client for firmware downloads (no redirects: a receiver's login
+        goes to the URL it was given only)."""
+        if self._downloads is None:
+            self._downloads = httpx.AsyncClient(
+                trust_env=False, timeout=httpx.Timeout(self.config.update_timeout),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+            )
+        return self._downloads
 
     def http(self) -> httpx.AsyncClient:
         """The fleet's HTTP client for streams (created on first use, in the running loop)."""
@@ -199,6 +240,9 @@ class Context:
         client, self._http = self._http, None
         if client is not None:
             await client.aclose()
+        downloads, self._downloads = self._downloads, None
+        if downloads is not None:
+            await downloads.aclose()
 
 
 class Readings:
@@ -295,6 +339,9 @@ class VirtualReceiver:
         # player, schedule runner, events
         "_play", "_player", "_why", "_stream_bytes", "_slot_seen", "_slot_timer", "_events", "_epoch",
         "_reboot_task", "acks_sent", "_interval", "_readings",
+        # firmware updates: the version running (None: the fleet's), the update kept in flash,
+        # faults for the next one
+        "_fw", "_update", "_update_faults",
     )
 
     def __init__(self, receiver_id: str, password: str, ctx: Context, *, session: int = 0, clock_skew: float = 0.0,
@@ -355,6 +402,9 @@ class VirtualReceiver:
         self.acks_sent = 0
         self._interval = ctx.config.telemetry_interval  # of this session (settings apply per connection)
         self._readings: Readings | None = None
+        self._fw: str | None = None
+        self._update: upd.Job | None = None
+        self._update_faults: upd.UpdateFaults | None = None
 
     # -- topics -----------------------------------------------------------------------------
 
@@ -381,10 +431,15 @@ class VirtualReceiver:
         self._player, self._why, self._stream_bytes, self._slot_seen = StreamState.IDLE, PlayReason.BOOT, 0, None
         self._events = None
         self._check_board()  # what the readings say is raised again, queued for the first birth
+        job = self._update
+        on_trial = self._boot_update()
+        trial_command = job.command_id if on_trial and job is not None else None  # goes on across the reset
         if self._outcomes:
             for cid, (status, _) in self._outcomes.items():
-                if status is AckStatus.ACCEPTED:  # cut short by the power loss: never carried out
+                if status is AckStatus.ACCEPTED and cid != trial_command:  # cut short: never carried out
                     self._outcomes[cid] = (AckStatus.FAILED, INTERRUPTED)
+        if on_trial and job is not None and job.faults is not None and job.faults.never_confirm:
+            return  # the new version never gets a connection up: its trial time runs out
         self._task = asyncio.get_running_loop().create_task(self._life(), name=f"rx-{self.receiver_id}")
 
     def power_loss(self, cause: str = gt.POWER_LOSS) -> None:
@@ -437,6 +492,9 @@ class VirtualReceiver:
         task, self._reboot_task = self._reboot_task, None
         if task is not None:
             task.cancel()
+        if self._update is not None:
+            self._update.stop()
+        self._epoch += 1  # a boot still due (after an update's reboot or power loss) is stale
 
     def _halt_application(self, why: str) -> None:
         """Power goes: the player and the schedule stop where they are (no events)."""
@@ -450,6 +508,8 @@ class VirtualReceiver:
             self._slot_timer = None
         if self._readings is not None:
             self._readings.reset()
+        if self._update is not None:
+            self._update.stop()
 
     # -- link -------------------------------------------------------------------------------
 
@@ -585,8 +645,10 @@ class VirtualReceiver:
             for entry in self._events or ():  # what happened while offline, with its own time
                 self._send_event(client, entry)
             self._publish_play()
+            self._report_update()
             self._interval = self._setting("telemetry_interval", config.telemetry_interval)
             self._telemetry()
+            self._confirm_update()  # a new version on trial: birth and first report are out
         except BaseException as exc:
             if self._client is client:
                 client.close(exc if isinstance(exc, MqttError) else None)
@@ -596,7 +658,7 @@ class VirtualReceiver:
     def _publish_birth(self, client: MqttClient) -> asyncio.Future[bytes] | None:
         birth = StateMessage(
             state=State.ONLINE, session=self.session, reason=self._birth_reason,
-            firmware=self._ctx.config.firmware, offline_s=self._birth_off,
+            firmware=self._firmware(), hardware=self._ctx.config.hardware, offline_s=self._birth_off,
         )
         ack = client.publish_nowait(self._state_topic, _json(birth), qos=1, retain=True)
         self._online = True
@@ -708,7 +770,7 @@ class VirtualReceiver:
             underruns=self._underruns,
             free_memory=rng.randrange(80_000, 120_000, 16),
             reset_cause=self._reset_cause,
-            firmware=self._ctx.config.firmware,
+            firmware=self._firmware(),
             stream_bytes=self._bytes_received(),
             volume=self._output_volume(),
             schedule_version=self.schedule.schedule_version if self.schedule is not None else None,
@@ -748,6 +810,9 @@ class VirtualReceiver:
             schedule_version=self.schedule.schedule_version if self.schedule is not None else None,
             acks_sent=self.acks_sent,
             events_queued=len(self._events or ()),
+            firmware=self._firmware(),
+            update=self._update.state.value if self._update is not None else None,
+            update_fetched=self._update.got if self._update is not None else 0,
         )
 
     def set_clock(self, skew: float) -> None:
@@ -926,6 +991,8 @@ class VirtualReceiver:
             self._final(cid, AckStatus.DONE, None)  # just before the goodbye
             if self._reboot_task is None:
                 self._reboot_task = asyncio.get_running_loop().create_task(self._reboot())
+        elif isinstance(command, UpdateCommand):
+            self._update_command(command)
 
     def _answer_duplicate(self, cid: str) -> bool:
         known = self._outcomes.get(cid) if self._outcomes else None
@@ -974,6 +1041,220 @@ class VirtualReceiver:
                 self.power_on(ResetCause.SOFT)
         finally:
             self._reboot_task = None
+
+    # -- firmware updates (protocol 1.2) -----------------------------------------------------
+
+    def _firmware(self) -> str:
+        """The version running: the new one while it runs on trial, else the active slot's."""
+        job = self._update
+        if job is not None and job.trial:
+            return job.firmware
+        return self._fw or self._ctx.config.firmware
+
+    def set_update_faults(self, faults: upd.UpdateFaults | None) -> None:
+        """Faults for the next update this receiver accepts (None: none)."""
+        self._update_faults = faults
+
+    def _update_command(self, command: UpdateCommand) -> None:
+        """Step 1: the checks, ``accepted``, ``offered``; the rest runs in a task of its own
+        while the update lasts."""
+        cid = command.command_id
+        config = self._ctx.config
+        if command.hardware != config.hardware:
+            self._final(cid, AckStatus.REJECTED, AckReason.WRONG_HARDWARE.value)
+            return
+        running = upd.running_version(self._firmware())
+        if upd.running_version(command.release_version) < running and not command.allow_downgrade:
+            self._final(cid, AckStatus.REJECTED, AckReason.DOWNGRADE.value)
+            return
+        if self._update is not None and self._update.under_way:
+            self._final(cid, AckStatus.REJECTED, AckReason.UPDATE_BUSY.value)
+            return
+        faults, self._update_faults = self._update_faults, None
+        job = self._update = upd.Job(cid, command.release_id, command.release_version,
+                                     upd.firmware_named(self._firmware(), command.release_version), command.url,
+                                     command.jitter_s, faults)
+        self._remember(cid, AckStatus.ACCEPTED, None)
+        self._ack(cid, AckStatus.ACCEPTED, None)
+        self._update_state(job, UpdateState.OFFERED)
+        job.task = asyncio.get_running_loop().create_task(self._run_update(job), name=f"update-{self.receiver_id}")
+
+    async def _run_update(self, job: upd.Job) -> None:
+        """Steps 2 to 5: fetch and check, wait for the broadcast to end, install, reboot."""
+        config = self._ctx.config
+        if self._update_power_loss(job, UpdateState.OFFERED):
+            return
+        if job.jitter:
+            await asyncio.sleep(self._ctx.rng.uniform(0.0, job.jitter))
+        try:
+            await upd.fetch_release(
+                self._ctx.downloads(), httpx.BasicAuth(self.receiver_id, self._password), job,
+                trusted=config.update_keys, hardware=config.hardware,
+                running=upd.running_version(self._firmware()),
+                retries=config.update_retries, retry_base=config.update_retry_base,
+                on_verified_manifest=lambda manifest: self._update_state(job, UpdateState.DOWNLOADING, pct=0),
+                progress=lambda done, total: self._download_progress(job, done, total))
+        except upd.UpdateFailed as exc:
+            log.info("%s: update %s failed: %s: %s", self.receiver_id, job.command_id, exc.reason.value, exc)
+            self._finish_update(job, UpdateState.FAILED, exc.reason.value, AckStatus.FAILED, exc.reason.value)
+            return
+        except Exception as exc:  # a bug must not leave the update hanging under way for ever
+            log.exception("%s: update %s broke off", self.receiver_id, job.command_id)
+            why = AckReason.DOWNLOAD.value if isinstance(exc, (OSError, httpx.HTTPError)) else "internal"
+            self._finish_update(job, UpdateState.FAILED, why, AckStatus.FAILED, why)
+            return
+        for state in (UpdateState.DOWNLOADED, UpdateState.VERIFIED):
+            self._update_state(job, state)
+            if self._update_power_loss(job, state):
+                return
+        deferred: str | None = None
+        while (why := self._install_blocked()) is not None:
+            if why != deferred:
+                deferred = why
+                self._update_state(job, UpdateState.DEFERRED, why=why)
+                if self._update_power_loss(job, UpdateState.DEFERRED):
+                    return
+            job.waiter = asyncio.get_running_loop().create_future()
+            await job.waiter
+        self._update_state(job, UpdateState.INSTALLING)
+        if self._update_power_loss(job, UpdateState.INSTALLING):
+            return  # before the trial mark: the old version boots
+        self._update_state(job, UpdateState.REBOOTING)  # the mark is written: run the new one once
+        if self._update_power_loss(job, UpdateState.REBOOTING):
+            return  # after the mark: the new version boots, on trial
+        job.task = None
+        if self._reboot_task is None:
+            self._reboot_task = asyncio.get_running_loop().create_task(self._reboot())
+
+    def _install_blocked(self) -> str | None:
+        """Why not to install now: an emergency or priority bulletin or a slot plays."""
+        play = self._play
+        if play is None:
+            return None
+        if play.priority is Priority.EMERGENCY:
+            return "playing_emergency"
+        if play.priority is Priority.PRIORITY:
+            return "playing_priority"
+        if play.source is PlaySource.SCHEDULE:
+            return "playing_slot"
+        return None
+
+    def _download_progress(self, job: upd.Job, done: int, total: int) -> None:
+        pct = done * 100 // total if total else 100
+        if job.pct is None or pct // upd.PCT_STEP > job.pct // upd.PCT_STEP:
+            self._update_state(job, UpdateState.DOWNLOADING, pct=pct)
+        faults = job.faults
+        if faults is not None and faults.power_loss_at is UpdateState.DOWNLOADING and pct >= faults.power_loss_pct:
+            self._update_power_loss(job, UpdateState.DOWNLOADING)
+            raise asyncio.CancelledError  # the task dies with the RAM
+
+    def _update_power_loss(self, job: upd.Job, state: UpdateState) -> bool:
+        """An injected power loss at ``state``: off now, on again after the fault's time."""
+        faults = job.faults
+        if faults is None or faults.power_loss_at is not state:
+            return False
+        job.faults = dataclasses.replace(faults, power_loss_at=None)  # once
+        log.info("%s: power lost during the update (%s)", self.receiver_id, state.value)
+        self.power_loss()
+        asyncio.get_running_loop().call_later(faults.off_seconds, self._power_back, self._epoch)
+        return True
+
+    def _power_back(self, epoch: int) -> None:
+        if not self.powered and self._epoch == epoch:
+            self.power_on(ResetCause.POWER_ON)
+
+    def _boot_update(self) -> bool:
+        """At power-on, what the update kept in flash says: True when the new version runs now,
+        once, on trial (the mark is removed before it runs). A board that reset while the new
+        version was on trial runs the old one again (rolled_back); an update cut short before
+        the mark was written failed (interrupted)."""
+        job = self._update
+        if job is None or not job.under_way:
+            return False
+        rolled_back = AckReason.ROLLED_BACK.value
+        if job.trial:
+            self._finish_update(job, UpdateState.ROLLED_BACK, job.why or upd.RESET, AckStatus.FAILED, rolled_back)
+            return False
+        if job.state is UpdateState.REBOOTING:
+            job.trial = True
+            job.why = None
+            job.trial_timer = asyncio.get_running_loop().call_later(self._ctx.config.update_trial_s,
+                                                                    self._trial_expired)
+            return True
+        self._finish_update(job, UpdateState.FAILED, upd.INTERRUPTED, AckStatus.FAILED, upd.INTERRUPTED)
+        return False
+
+    def _trial_expired(self) -> None:
+        """The new version did not confirm itself in time: the board resets into the old one."""
+        job = self._update
+        if job is None or not job.trial or not self.powered:
+            return
+        job.trial_timer = None
+        job.why = upd.NO_CONNECTION
+        log.info("%s: %s did not confirm itself within %gs: back to the old version", self.receiver_id,
+                 job.firmware, self._ctx.config.update_trial_s)
+        self.power_loss()
+        self.power_on(ResetCause.SOFT)
+
+    def _confirm_update(self) -> None:
+        """Step 6: the new version's birth and first report are out: its slot becomes the
+        active one."""
+        job = self._update
+        if job is None or not job.trial:
+            return
+        self._fw = job.firmware
+        self._finish_update(job, UpdateState.CONFIRMED, None, AckStatus.DONE, None)
+
+    def _finish_update(self, job: upd.Job, state: UpdateState, why: str | None, status: AckStatus,
+                       ack_why: str | None) -> None:
+        job.task = None
+        job.trial = False
+        if job.trial_timer is not None:
+            job.trial_timer.cancel()
+            job.trial_timer = None
+        self._update_state(job, state, why=why)
+        self._remember(job.command_id, status, ack_why)
+        client = self._client
+        if self._online and client is not None and client.connected:
+            self._ack(job.command_id, status, ack_why)
+        else:
+            job.ack_pending = True  # at the next birth
+
+    def _update_state(self, job: upd.Job, state: UpdateState, *, pct: int | None = None,
+                      why: str | None = None) -> None:
+        job.state, job.pct, job.why = state, pct, why
+        job.reported = False
+        self._publish_update(job)
+
+    def _publish_update(self, job: upd.Job) -> None:
+        """The retained update status (QoS 1); one not sent is sent after the next birth."""
+        client = self._client
+        if not (self._online and client is not None and client.connected):
+            return
+        status = UpdateStatus(session=self.session, sent_at=self._clock(), command_id=job.command_id,
+                              release_id=job.release_id, release_version=job.version, state=job.state,
+                              percent=job.pct, reason=job.why, fetched=job.got)
+        try:
+            future = client.publish_nowait(self._topic("update"), _json(status), qos=1, retain=True)
+        except MqttError as exc:
+            log.info("%s: update status not sent: %s", self.receiver_id, exc)
+            return
+        job.reported = True
+        if future is not None:
+            future.add_done_callback(_consume)
+
+    def _report_update(self) -> None:
+        """After a birth: the update status and final outcome decided while offline."""
+        job = self._update
+        if job is None:
+            return
+        if not job.reported:
+            self._publish_update(job)
+        if job.ack_pending:
+            job.ack_pending = False
+            known = self._outcomes.get(job.command_id) if self._outcomes else None
+            if known is not None:
+                self._ack(job.command_id, known[0], known[1])
 
     # -- player -----------------------------------------------------------------------------
 
@@ -1058,6 +1339,8 @@ class VirtualReceiver:
         if play.command_id is not None:
             self._final(play.command_id, AckStatus.FAILED, AckReason.STREAM_UNREACHABLE.value)
         self._publish_play()
+        if self._update is not None:
+            self._update.wake()
 
     def _end_if(self, play: Playback, why: PlayReason) -> None:
         if self._play is play:
@@ -1083,6 +1366,8 @@ class VirtualReceiver:
         self._player = StreamState.ERROR if why is PlayReason.STREAM_ERROR else StreamState.IDLE
         self._why = why
         self._check_board()  # the amplifier's relay opens
+        if self._update is not None:
+            self._update.wake()  # a deferred install looks again
         if publish:
             self._publish_play()
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from simulators.update import UpdateFaults
+
 
 class FaultKind(StrEnum):
     LINK_CUT = "link_cut"          # the 4G link goes silent for `length` seconds
@@ -57,6 +59,8 @@ class Scenario:
     seed: int | None = None
     # Receivers whose clock never syncs (they check no expiry and run no schedule).
     unsynced: frozenset[str] = frozenset()
+    # Faults in each named receiver's next firmware update, set when the scenario starts.
+    update_faults: Mapping[str, UpdateFaults] = field(default_factory=dict)
 
     @classmethod
     def random(
@@ -114,6 +118,7 @@ class Scenario:
                 "clock_skew": dict(self.clock_skew),
                 "unsynced": sorted(self.unsynced),
                 "faults": [f.to_dict() for f in self.faults],
+                "update_faults": {rid: f.to_dict() for rid, f in sorted(self.update_faults.items())},
             },
             indent=1,
         )
@@ -126,7 +131,9 @@ class Scenario:
         )
         skew = {str(k): float(v) for k, v in (obj.get("clock_skew") or {}).items()}
         unsynced = frozenset(str(rid) for rid in obj.get("unsynced") or ())
-        return cls(float(obj["duration"]), tuple(sorted(faults, key=lambda f: f.at)), skew, obj.get("seed"), unsynced)
+        updates = {str(rid): UpdateFaults.from_dict(f) for rid, f in (obj.get("update_faults") or {}).items()}
+        return cls(float(obj["duration"]), tuple(sorted(faults, key=lambda f: f.at)), skew, obj.get("seed"), unsynced,
+                   updates)
 
     @classmethod
     def load(cls, path: Path | str) -> Scenario:

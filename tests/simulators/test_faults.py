@@ -52,7 +52,8 @@ async def test_link_cut_will_only_after_keepalive_expiry_then_reconnect(make_bro
         assert birth.t >= before_cut + 8.0
         message = birth.decoded().message
         assert message.model_copy(update={"offline_s": None}) == StateMessage(
-            state=State.ONLINE, session=2, reason=StateReason.RECONNECT, firmware=fleet.config.firmware
+            state=State.ONLINE, session=2, reason=StateReason.RECONNECT, firmware=fleet.config.firmware,
+            hardware=fleet.config.hardware,
         )
         # "off": time since the receiver last heard the broker, which was at most a keepalive
         # (its last ping answer) before the cut.

@@ -46,7 +46,8 @@ async def test_configured_sessions_firmware_values_and_goodbye_at_stop(make_brok
         # Fleet.stop() says goodbye for every online receiver.
         states = [msg for _, msg in seen if isinstance(msg, StateMessage)]
         assert states == [
-            StateMessage(state=State.ONLINE, session=session, reason=StateReason.BOOT, firmware="sim-2.3.4"),
+            StateMessage(state=State.ONLINE, session=session, reason=StateReason.BOOT, firmware="sim-2.3.4",
+                         hardware="esp32-a7670"),
             StateMessage(state=State.OFFLINE, session=session, reason=StateReason.SHUTDOWN),
         ]
         # Order on the wire (docs/simulator.md): birth, boot event, play status, telemetry...,
