@@ -126,6 +126,8 @@ EXPECTED_S = {
     "tests/fleet_service/audit/": 3.0,
     "tests/fleet_service/registry/test_cli.py": 3.0,
     "tests/fleet_service/commands/test_delivery.py": 1.5,
+    "tests/fleet_service/rollouts/test_driver.py": 4.5,
+    "tests/fleet_service/rollouts/test_cli.py": 2.0,
     "tests/fleet_service/schedules/test_schedules.py": 1.5,
     "tests/fleet_service/test_openapi.py": 0.5,
 }
