@@ -263,7 +263,22 @@ class _NoRepeatOfRefusals(logging.Filter):
         return "login refused" not in record.getMessage()
 
 
+class _OneLineForSlowClients(logging.Filter):
+    """amqtt logs a delivery that a client did not acknowledge within its 5 s (a receiver on a
+    slow 4G link, a loaded machine) as a failed task with a traceback. It is not a fault of the
+    broker, and a command waits for the receiver's next birth anyway: one line says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, TimeoutError):
+            record.msg, record.args = "a delivery was not acknowledged in time / giao tin không được xác nhận: %s", (
+                error,)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 logging.getLogger("amqtt.broker").addFilter(_NoRepeatOfRefusals())
+logging.getLogger("amqtt.broker").addFilter(_OneLineForSlowClients())
 
 
 class _LoaBroker(Broker):

@@ -248,3 +248,43 @@ async def test_the_services_own_login_is_never_locked_out_by_the_limits(sqlite_u
     finally:
         await broker.stop()
         runtime.close()
+
+
+async def test_a_receiver_that_never_acknowledges_costs_one_log_line_not_a_traceback(sqlite_url, caplog):
+    """amqtt gives a client 5 s to acknowledge a delivery, then logs the failed task (when it
+    next looks, or when it stops) with a traceback, which the operator's console must not show."""
+    import logging
+
+    import paho.mqtt.client as mqtt
+
+    runtime = Runtime.from_settings(Settings(database_url=sqlite_url, environment="test"))
+    fleet = provision_fleet(runtime.sessions, receivers=1)
+    broker = EmbeddedBroker("127.0.0.1", free_port(), LoginRules("loa-service", SERVICE_PASSWORD,
+                                                                  _verifier(runtime.sessions)))
+    await broker.start()
+    subscribed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    slow = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rx-0")
+    slow.username_pw_set("rx-0", fleet.credentials["rx-0"])
+    slow.manual_ack_set(True)  # takes the command and never answers PUBACK
+    slow.on_connect = lambda c, *_: c.subscribe("loa/v1/rx/rx-0/cmd", qos=1)
+    slow.on_subscribe = lambda *_: loop.call_soon_threadsafe(subscribed.set)
+    try:
+        with caplog.at_level(logging.WARNING, logger="amqtt"):
+            slow.connect("127.0.0.1", broker.port)
+            slow.loop_start()
+            await asyncio.wait_for(subscribed.wait(), 5)
+            async with client(broker, "loa-service", SERVICE_PASSWORD) as service:
+                await service.publish("loa/v1/rx/rx-0/cmd", b'{"v":1}', qos=1)
+                for _ in range(100):
+                    if any("Timeout waiting for PUBACK" in r.getMessage() for r in caplog.records):
+                        break
+                    await asyncio.sleep(0.1)
+            await broker.stop()  # the failed delivery task is logged by now at the latest
+    finally:
+        slow.loop_stop()
+        slow.disconnect()
+        runtime.close()
+    timeouts = [r for r in caplog.records if "not acknowledged in time" in r.getMessage()]
+    assert timeouts and all(r.exc_info is None for r in timeouts)
+    assert not any(r.exc_info for r in caplog.records if r.name.startswith("amqtt"))
