@@ -11,7 +11,7 @@ import random
 import time
 from datetime import date
 
-from fleet_service.protocol import Ack, AckStatus, EventKind, ScheduleCommand, StreamState, Telemetry
+from fleet_service.protocol import Ack, AckStatus, Event, EventKind, ScheduleCommand, StreamState, Telemetry
 from simulators import schedule as sched
 from simulators.fleet import Fleet
 from simulators.ground_truth import GroundTruth
@@ -28,6 +28,11 @@ def _command(op: str, cid: str, **fields: object) -> bytes:
                        **fields}).encode()
 
 
+def _booted(observer, rid: str) -> bool:
+    return any(m.receiver == rid and isinstance(d.message, Event) and d.message.kind is EventKind.BOOT
+               for m, d in observer.protocol_messages())
+
+
 def _acks(observer, rid: str) -> list[Ack]:
     return [d.message for m, d in observer.protocol_messages() if m.receiver == rid and isinstance(d.message, Ack)]
 
@@ -41,6 +46,10 @@ async def test_the_ground_truth_records_what_really_played(make_broker, make_obs
         await fleet.start()
         try:
             await fleet.wait_up(timeout=30)
+            # Up is the birth; the receiver subscribes to its commands after it and then sends
+            # its boot event. A command sent before that would be lost (commands are not
+            # retained; the service sends what waits at the next birth, a test must wait).
+            await wait_until(lambda: _booted(observer, "rx-000"), 30, what="rx-000 subscribed")
             sent = time.time()
             observer.publish("loa/v1/rx/rx-000/cmd", _command("play", "c1", url=streams.url()))
             await wait_until(lambda: any(a.status is AckStatus.DONE for a in _acks(observer, "rx-000")), 30,
