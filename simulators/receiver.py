@@ -432,13 +432,12 @@ class VirtualReceiver:
         self._events = None
         self._check_board()  # what the readings say is raised again, queued for the first birth
         job = self._update
-        on_trial = self._boot_update()
-        trial_command = job.command_id if on_trial and job is not None else None  # goes on across the reset
+        going_on = self._boot_update()  # an update goes on across a reset (kept in flash)
         if self._outcomes:
             for cid, (status, _) in self._outcomes.items():
-                if status is AckStatus.ACCEPTED and cid != trial_command:  # cut short: never carried out
+                if status is AckStatus.ACCEPTED and cid != going_on:  # cut short: never carried out
                     self._outcomes[cid] = (AckStatus.FAILED, INTERRUPTED)
-        if on_trial and job is not None and job.faults is not None and job.faults.never_confirm:
+        if job is not None and job.trial and job.faults is not None and job.faults.never_confirm:
             return  # the new version never gets a connection up: its trial time runs out
         self._task = asyncio.get_running_loop().create_task(self._life(), name=f"rx-{self.receiver_id}")
 
@@ -1079,12 +1078,13 @@ class VirtualReceiver:
         self._update_state(job, UpdateState.OFFERED)
         job.task = asyncio.get_running_loop().create_task(self._run_update(job), name=f"update-{self.receiver_id}")
 
-    async def _run_update(self, job: upd.Job) -> None:
-        """Steps 2 to 5: fetch and check, wait for the broadcast to end, install, reboot."""
+    async def _run_update(self, job: upd.Job, *, carried_on: bool = False) -> None:
+        """Steps 2 to 5: fetch and check, wait for the broadcast to end, install, reboot.
+        ``carried_on``: after a reset before the switch, from the start again, at once."""
         config = self._ctx.config
         if self._update_power_loss(job, UpdateState.OFFERED):
             return
-        if job.jitter:
+        if job.jitter and not carried_on:
             await asyncio.sleep(self._ctx.rng.uniform(0.0, job.jitter))
         try:
             await upd.fetch_release(
@@ -1116,12 +1116,13 @@ class VirtualReceiver:
                     return
             job.waiter = asyncio.get_running_loop().create_future()
             await job.waiter
+        # The new slot is marked to run once, on trial: from here a reset boots the new version.
         self._update_state(job, UpdateState.INSTALLING)
         if self._update_power_loss(job, UpdateState.INSTALLING):
-            return  # before the trial mark: the old version boots
-        self._update_state(job, UpdateState.REBOOTING)  # the mark is written: run the new one once
+            return
+        self._update_state(job, UpdateState.REBOOTING)
         if self._update_power_loss(job, UpdateState.REBOOTING):
-            return  # after the mark: the new version boots, on trial
+            return
         job.task = None
         if self._reboot_task is None:
             self._reboot_task = asyncio.get_running_loop().create_task(self._reboot())
@@ -1163,26 +1164,29 @@ class VirtualReceiver:
         if not self.powered and self._epoch == epoch:
             self.power_on(ResetCause.POWER_ON)
 
-    def _boot_update(self) -> bool:
-        """At power-on, what the update kept in flash says: True when the new version runs now,
-        once, on trial (the mark is removed before it runs). A board that reset while the new
-        version was on trial runs the old one again (rolled_back); an update cut short before
-        the mark was written failed (interrupted)."""
+    def _boot_update(self) -> str | None:
+        """At power-on, what the update kept in flash says; returns its command id if it goes
+        on. With the trial mark written (installing, rebooting) the new version runs now, once,
+        on trial (the mark is removed before it runs). A board that reset while the new version
+        was on trial runs the old one again (rolled_back). An update cut short before the mark
+        carries on from the start of its download."""
         job = self._update
         if job is None or not job.under_way:
-            return False
-        rolled_back = AckReason.ROLLED_BACK.value
+            return None
         if job.trial:
-            self._finish_update(job, UpdateState.ROLLED_BACK, job.why or upd.RESET, AckStatus.FAILED, rolled_back)
-            return False
-        if job.state is UpdateState.REBOOTING:
+            self._finish_update(job, UpdateState.ROLLED_BACK, job.why or upd.RESET, AckStatus.FAILED,
+                                AckReason.ROLLED_BACK.value)
+            return None
+        if job.state in (UpdateState.INSTALLING, UpdateState.REBOOTING):
             job.trial = True
             job.why = None
             job.trial_timer = asyncio.get_running_loop().call_later(self._ctx.config.update_trial_s,
                                                                     self._trial_expired)
-            return True
-        self._finish_update(job, UpdateState.FAILED, upd.INTERRUPTED, AckStatus.FAILED, upd.INTERRUPTED)
-        return False
+        else:  # the download starts over
+            job.state, job.pct, job.why, job.reported = UpdateState.DOWNLOADING, 0, None, False
+            job.task = asyncio.get_running_loop().create_task(self._run_update(job, carried_on=True),
+                                                              name=f"update-{self.receiver_id}")
+        return job.command_id
 
     def _trial_expired(self) -> None:
         """The new version did not confirm itself in time: the board resets into the old one."""

@@ -39,10 +39,12 @@ from fleet_service.protocol.messages import AckReason, UpdateState
 MPY_MAJOR = 6
 # The download status goes out at every this many percent.
 PCT_STEP = 10
+# A file is hashed (and its progress counted) this many bytes at a time, as a receiver reads
+# its socket into a small buffer: a chunk the HTTP client hands over whole is taken in pieces.
+PIECE = 4096
 # The longest pause between two attempts of a download, however many failed.
 RETRY_CAP_S = 60.0
 # Why the states of a job that ended by a reset say so (the update status's "why").
-INTERRUPTED = AckReason.INTERRUPTED.value
 NO_CONNECTION = "no_connection"   # the new version did not connect within its trial time
 RESET = "reset"                   # the board reset (power) while the new version was on trial
 # The last version string of a firmware name: "loa-sim-1.0.0" runs 1.0.0.
@@ -247,9 +249,12 @@ class Download:
             if corrupt_at is not None and offset <= corrupt_at < offset + len(chunk):
                 i = corrupt_at - offset
                 chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1:]
-            digest.update(chunk)
-            self.done += len(chunk)
-            self.progress(self.done, self.total)
+            view = memoryview(chunk)
+            for i in range(0, len(view), PIECE):
+                piece = view[i:i + PIECE]
+                digest.update(piece)
+                self.done += len(piece)
+                self.progress(self.done, self.total)
 
         def restart() -> None:  # the server ignored the Range: the file from its start again
             nonlocal digest
