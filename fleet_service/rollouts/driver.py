@@ -37,6 +37,7 @@ from fleet_service.config import Settings
 from fleet_service.db import session_scope, utcnow
 from fleet_service.firmware.models import FirmwareRelease
 from fleet_service.protocol.messages import Ack, AckStatus, CommandOp, Priority, UpdateStatus
+from fleet_service.registry.models import Receiver, ReceiverStatus
 from fleet_service.rollouts.models import FINAL_TARGET_STATES, Rollout, RolloutState, RolloutTarget, TargetState
 from fleet_service.rollouts.plan import Pace, Thresholds, Verdict, WaveTally, Window, judge
 from fleet_service.rollouts.service import withdraw_release
@@ -54,8 +55,9 @@ RETRY_MAX_S = 30.0
 # Offers not made for want of receivers (the window closed, the rest offline) do not pile up
 # as a right to a burst later: the pace counts afresh once it has been idle this long.
 PACE_IDLE_RESET_S = 10.0
-# Births remembered between two checks (the live state may not have them yet).
-BORN_KEPT = 10_000
+# Births remembered between two checks (the live state may not have them yet); beyond this
+# many, a storm: the live state has them within a second anyway.
+BORN_KEPT = 500
 # Targets read per query when reports are matched to them.
 CHUNK = 500
 
@@ -330,6 +332,7 @@ class RolloutDriver:
             log.info("rollouts %s stopped: release %s was withdrawn", stopped, release.version)
             return []
         self._time_out(session, rollout, now)
+        self._drop_removed(session, rollout, now)
         if rollout.state != RolloutState.RUNNING.value:
             return []
         if not self._judge(session, rollout, now):
@@ -337,14 +340,28 @@ class RolloutDriver:
         return self._offer(session, rollout, release, born, now)
 
     def _time_out(self, session: Session, rollout: Rollout, now: datetime) -> None:
+        stuck = (RolloutTarget.rollout_id == rollout.id, RolloutTarget.state.in_(TIMED_STEPS),
+                 RolloutTarget.state_at < now - timedelta(seconds=rollout.step_timeout_s))
+        # Read first: a write every second that changes nothing would still take SQLite's lock.
+        if session.scalar(select(RolloutTarget.receiver_id).where(*stuck).limit(1)) is None:
+            return
         timed_out = session.execute(
-            update(RolloutTarget)
-            .where(RolloutTarget.rollout_id == rollout.id, RolloutTarget.state.in_(TIMED_STEPS),
-                   RolloutTarget.state_at < now - timedelta(seconds=rollout.step_timeout_s))
+            update(RolloutTarget).where(*stuck)
             .values(state=TargetState.FAILED.value, reason="timeout", state_at=now)
             .execution_options(synchronize_session=False))
         if timed_out.rowcount:  # type: ignore[attr-defined]
             log.info("rollout %d: %d receivers timed out", rollout.id, timed_out.rowcount)  # type: ignore[attr-defined]
+
+    def _drop_removed(self, session: Session, rollout: Rollout, now: datetime) -> None:
+        """A receiver revoked or retired before it was offered will never be: cancelled, so that
+        the rollout can finish."""
+        gone = (RolloutTarget.rollout_id == rollout.id, RolloutTarget.state == TargetState.PENDING.value,
+                RolloutTarget.receiver_id.in_(select(Receiver.id).where(Receiver.status != ReceiverStatus.ACTIVE.value)))
+        if session.scalar(select(RolloutTarget.receiver_id).where(*gone).limit(1)) is None:
+            return
+        session.execute(update(RolloutTarget).where(*gone)
+                        .values(state=TargetState.CANCELLED.value, reason="receiver_removed", state_at=now)
+                        .execution_options(synchronize_session=False))
 
     def _judge(self, session: Session, rollout: Rollout, now: datetime) -> bool:
         """Apply the thresholds to the current wave; whether the rollout still runs."""

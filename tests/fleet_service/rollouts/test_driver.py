@@ -19,6 +19,7 @@ from fleet_service.commands.models import Command
 from fleet_service.config import Settings
 from fleet_service.db import session_scope, utcnow
 from fleet_service.firmware.models import FirmwareRelease
+from fleet_service.registry import service as registry
 from fleet_service.rollouts import service as rollouts
 from fleet_service.rollouts.models import Rollout, RolloutTarget
 from fleet_service.rollouts.schemas import RolloutCreate, WindowIn
@@ -160,9 +161,11 @@ async def test_offers_are_paced(sqlite_url):
         assert all(gap >= 1.5 for gap in gaps), gaps
 
 
-async def test_an_offline_receiver_is_offered_at_its_birth(sqlite_url):
-    async with setup(sqlite_url, receivers=2) as s:
+async def test_an_offline_receiver_is_offered_at_its_birth_and_a_revoked_one_cancelled(sqlite_url):
+    async with setup(sqlite_url, receivers=3) as s:
         rollout_id = s.create(waves=["100%"])
+        with session_scope(s.runtime.sessions) as session:
+            registry.revoke(session, "rx-2")
         rx0, rx1 = s.receiver("rx-0"), s.receiver("rx-1")
         async with rx0.online():
             await wait_until(lambda: s.states(rollout_id)["rx-0"] == "confirmed", timeout=10, what="rx-0 confirmed")
@@ -174,6 +177,7 @@ async def test_an_offline_receiver_is_offered_at_its_birth(sqlite_url):
                 took = time.monotonic() - born
                 await wait_until(lambda: s.rollout(rollout_id).state == "completed", timeout=10, what="completed")
         assert took < 3.0, took
+        assert s.states(rollout_id) == {"rx-0": "confirmed", "rx-1": "confirmed", "rx-2": "cancelled"}
 
 
 async def test_a_silent_receiver_times_out(sqlite_url):
