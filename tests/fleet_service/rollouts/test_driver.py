@@ -25,7 +25,7 @@ from fleet_service.rollouts.models import Rollout, RolloutTarget
 from fleet_service.rollouts.schemas import RolloutCreate, WindowIn
 from fleet_service.runtime import Runtime
 from fleet_service.timefmt import LOCAL_ZONE
-from tests.fleet_service.rollouts.receivers import FAILS, SILENT, UpdatingReceiver
+from tests.fleet_service.rollouts.receivers import CONFIRMS, FAILS, SILENT, UpdatingReceiver
 from tests.fleet_service.rollouts.test_service import ADMIN, add_release
 from tests.support.fleet import SmallFleet, provision_fleet
 from tests.support.service import running_service, service_settings
@@ -113,7 +113,7 @@ async def test_a_rollout_completes_wave_by_wave_the_canary_first(db_url):
         assert ops == {"update": 4} and issuers == {"admin"}
 
 
-async def test_failures_past_the_error_threshold_pause_the_rollout(sqlite_url):
+async def test_failures_past_the_error_threshold_pause_the_rollout_until_retried(sqlite_url):
     async with setup(sqlite_url, receivers=6) as s:
         rollout_id = s.create(waves=["2", "100%"], error_percent=20, min_finished=2)
         receivers = [s.receiver(rid, steps=list(FAILS)) for rid in s.fleet.credentials]
@@ -121,13 +121,24 @@ async def test_failures_past_the_error_threshold_pause_the_rollout(sqlite_url):
             await all_online(receivers, stack)
             await wait_until(lambda: s.rollout(rollout_id).state == "paused", timeout=15, what="paused")
             await asyncio.sleep(2)
-        rollout = s.rollout(rollout_id)
-        assert "2/2" in rollout.state_reason and "2 of 2 finished receivers failed" in rollout.state_reason
-        states = s.states(rollout_id)
-        assert Counter(states.values()) == {"failed": 2, "pending": 4}
-        assert sum(rx.offers for rx in receivers) == 2
-        failed = [t for t in s.targets(rollout_id).values() if t.state == "failed"]
-        assert {(t.reason, t.detail["got"]) for t in failed} == {("hash", 8100)}
+            rollout = s.rollout(rollout_id)
+            assert "2/2" in rollout.state_reason and "2 of 2 finished receivers failed" in rollout.state_reason
+            states = s.states(rollout_id)
+            assert Counter(states.values()) == {"failed": 2, "pending": 4}
+            assert sum(rx.offers for rx in receivers) == 2
+            failed = [t for t in s.targets(rollout_id).values() if t.state == "failed"]
+            assert {(t.reason, t.detail["got"]) for t in failed} == {("hash", 8100)}
+            # Fixed (a flaky download server, say): retried and resumed, the canaries are offered
+            # again, with a new command each, and the rollout goes on to the end.
+            for rx in receivers:
+                rx.steps = list(CONFIRMS)
+            with session_scope(s.runtime.sessions) as session:
+                assert rollouts.retry_failed(session, rollout_id, ADMIN) == 2
+                rollouts.resume(session, rollout_id, ADMIN)
+            await wait_until(lambda: s.rollout(rollout_id).state == "completed", timeout=15, what="completed")
+        targets = s.targets(rollout_id).values()
+        assert Counter((t.state, t.attempts) for t in targets) == {("confirmed", 2): 2, ("confirmed", 1): 4}
+        assert sorted(rx.offers for rx in receivers) == [1, 1, 1, 1, 2, 2]
 
 
 async def test_nothing_is_offered_outside_the_window(sqlite_url):
@@ -176,7 +187,7 @@ async def test_an_offline_receiver_is_offered_at_its_birth_and_a_revoked_one_can
                 await wait_until(lambda: rx1.offers == 1, timeout=5, what="rx-1 offered")
                 took = time.monotonic() - born
                 await wait_until(lambda: s.rollout(rollout_id).state == "completed", timeout=10, what="completed")
-        assert took < 3.0, took
+        assert took < 4.0, took
         assert s.states(rollout_id) == {"rx-0": "confirmed", "rx-1": "confirmed", "rx-2": "cancelled"}
 
 
