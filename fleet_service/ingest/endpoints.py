@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
 from fleet_service.auth.dependencies import CurrentPrincipal, require_roles
 from fleet_service.auth.models import Role
@@ -17,35 +17,33 @@ router = APIRouter(tags=["live"])
 
 @router.get("/live/receivers", response_model=LiveFleetOut)
 def live_receivers(session: SessionDep, principal: CurrentPrincipal,
-                   state: Annotated[str | None, Query(pattern="^(online|offline|never_seen)$")] = None) -> LiveFleetOut:
+                   state: Annotated[str | None, Query(pattern="^(online|offline|never_seen)$")] = None) -> Response:
     """Every receiver the caller may see, with its connectivity now and its latest telemetry.
     ``state=offline`` answers "which ones are down". Read from the live state the leading
-    worker writes (at most about 2 s behind), so every API process answers the same."""
-    rows = receivers_with_open_interval(session, principal.region_path)
+    worker writes (docs/architecture.md gives its lag), so every API process answers the
+    same."""
     out: list[LiveReceiverOut] = []
     counts = {"online": 0, "offline": 0, "never_seen": 0}
-    for receiver_id, station_id, station_name, _path, interval, live in rows:
-        if live is not None:
-            now_state = "online" if live.online else "offline"
+    for (receiver_id, station_id, station_name, interval_state, interval_start, online, heard_at, signal_dbm,
+         temperature_c, supply_v, amplifier, stream, firmware, clock_skew_s, playing) in \
+            receivers_with_open_interval(session, principal.region_path):
+        if online is not None:
+            now_state = "online" if online else "offline"
         else:
-            now_state = interval.state if interval is not None else "never_seen"
+            now_state = interval_state if interval_state is not None else "never_seen"
         counts[now_state] += 1
         if state is not None and now_state != state:
             continue
         out.append(LiveReceiverOut(
             receiver_id=receiver_id, station_id=station_id, station_name=station_name, state=now_state,
-            since=interval.start_at if interval is not None and interval.state == now_state else None,
-            last_heard=live.heard_at if live else None,
-            signal_dbm=live.signal_dbm if live else None,
-            temperature_c=live.temperature_c if live else None,
-            supply_v=live.supply_v if live else None,
-            amplifier=live.amplifier if live else None,
-            stream=live.stream if live else None,
-            firmware=live.firmware if live else None,
-            clock_skew_s=live.clock_skew_s if live else None,
-            playing=PlayingOut.model_validate(live.playing) if live is not None and live.playing else None,
+            since=interval_start if interval_state == now_state else None, last_heard=heard_at,
+            signal_dbm=signal_dbm, temperature_c=temperature_c, supply_v=supply_v, amplifier=amplifier,
+            stream=stream, firmware=firmware, clock_skew_s=clock_skew_s,
+            playing=PlayingOut.model_validate(playing) if playing else None,
         ))
-    return LiveFleetOut(receivers=out, **counts)
+    # Serialised here, once: returned as a model, it would be validated again field by field
+    # (a third of the answer's time for a province of 10,000 receivers).
+    return Response(LiveFleetOut(receivers=out, **counts).model_dump_json(), media_type="application/json")
 
 
 @router.get("/ingest/status", response_model=IngestStatusOut,

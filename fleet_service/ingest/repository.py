@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, select
+from sqlalchemy import Insert, Row, Table, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -99,24 +99,26 @@ def _live_state_upsert(dialect: str) -> Insert:
     )
 
 
-def receivers_with_open_interval(session: Session, region_path: str | None):  # type: ignore[no-untyped-def]
-    """Every active receiver in a subtree (all if None) with its station, region path, the
-    ledger's open interval (None if it was never seen) and its live state (None before the
-    leading worker first wrote it)."""
+def receivers_with_open_interval(session: Session, region_path: str | None) -> Sequence[Row[Any]]:
+    """Every active receiver in a subtree (all if None): id, station id and name, the ledger's
+    open interval's state and start (None if it was never seen), and its live state's columns
+    (None before the leading worker first wrote it). Columns, not ORM objects: the live view
+    of a whole province is tens of thousands of rows, read every few seconds."""
     from sqlalchemy import and_
 
-    from fleet_service.registry.models import Region, Station
+    from fleet_service.registry.models import Station
 
+    live = ReceiverLiveState
     query = (
-        select(Receiver.id, Station.id, Station.name, Region.path, ConnectivityInterval, ReceiverLiveState)
+        select(Receiver.id, Station.id, Station.name, ConnectivityInterval.state, ConnectivityInterval.start_at,
+               live.online, live.heard_at, live.signal_dbm, live.temperature_c, live.supply_v, live.amplifier,
+               live.stream, live.firmware, live.clock_skew_s, live.playing)
         .select_from(Receiver)
         .outerjoin(Station, Station.id == Receiver.station_id)
-        .outerjoin(Region, Region.id == Station.region_id)
         .outerjoin(ConnectivityInterval, and_(ConnectivityInterval.receiver_id == Receiver.id,
                                               ConnectivityInterval.end_at.is_(None)))
-        .outerjoin(ReceiverLiveState, ReceiverLiveState.receiver_id == Receiver.id)
-        .where(Receiver.status == ReceiverStatus.ACTIVE.value)
+        .outerjoin(live, live.receiver_id == Receiver.id)
+        .where(Receiver.status == ReceiverStatus.ACTIVE.value, RegionScope(region_path).receivers())
         .order_by(Receiver.id)
     )
-    query = query.where(RegionScope(region_path).regions())
     return session.execute(query).all()
