@@ -16,7 +16,15 @@ import pytest
 
 from fleet_service.protocol import Ack, AckStatus, Event, EventKind, PlayStatus, State, StateMessage, Telemetry
 from fleet_service.protocol.messages import StateReason
-from tests.conformance.driver import CanCutLink, CountsCommands, ReceiverDriver, ReceiverSpec, SetsReadings, Unsupported
+from tests.conformance.driver import (
+    CanCutLink,
+    CountsCommands,
+    InjectsUpdateFaults,
+    ReceiverDriver,
+    ReceiverSpec,
+    SetsReadings,
+    Unsupported,
+)
 from tests.conformance.wire import Observer, Seen, sessions_in_order
 
 # -- timing -----------------------------------------------------------------------------------
@@ -55,6 +63,14 @@ STAMP_SLACK = 2.0
 STATION_TZ_MIN = 420
 # Commands of the suite expire this long after they are sent.
 COMMAND_LIFETIME = 600
+
+# -- firmware updates (protocol 1.2) ------------------------------------------------------------
+# A new version on trial has this long to connect and confirm itself (the field's default is
+# minutes); a cut download is resumed after this pause, doubling with each failure in a row.
+UPDATE_TRIAL_S = 4.0
+UPDATE_RETRY_BASE = 0.2
+# From an update command to its final state: a release of a few KiB from loopback, a reboot.
+UPDATE_DEADLINE = 20.0
 
 
 def now() -> float:
@@ -103,6 +119,22 @@ class Bench:
             await self.driver.set_readings(**readings)
         except Unsupported as exc:
             pytest.skip(f"the {self.impl} implementation cannot set its board's readings: {exc}")
+
+    def require_updates(self) -> None:
+        """Skip unless the implementation carries out update commands (protocol 1.2)."""
+        reason = getattr(self.driver, "updates_unsupported", None)
+        if reason:
+            pytest.skip(f"the {self.impl} implementation: {reason}")
+
+    async def update_faults(self, **faults: Any) -> None:
+        """Faults in the receiver's next update (InjectsUpdateFaults)."""
+        self.require_updates()
+        if not isinstance(self.driver, InjectsUpdateFaults):
+            pytest.skip(f"the {self.impl} driver cannot inject faults into an update (no update_faults())")
+        try:
+            await self.driver.update_faults(**faults)
+        except Unsupported as exc:
+            pytest.skip(f"the {self.impl} implementation cannot inject faults into an update: {exc}")
 
     def require_command_count(self) -> None:
         if not isinstance(self.driver, CountsCommands):

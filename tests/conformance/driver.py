@@ -20,6 +20,11 @@ for a driver without them:
     commands_received()  how many messages the receiver got on its ``cmd`` topic so far
     set_readings(...)    what the board's sensors read from now on (supply voltage, die
                          temperature, an amplifier that draws no current), for the board events
+    update_faults(...)   faults in the receiver's next firmware update (a cut download, a
+                         corrupted byte, a new version that never connects, a power loss at a step)
+
+A driver whose implementation does not carry out firmware updates (protocol 1.2) yet says so
+in ``updates_unsupported`` (the reason); the update tests are then skipped with it.
 
 A method of either capability may also raise :class:`Unsupported` when the implementation
 turns out not to support it at run time.
@@ -37,7 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from fleet_service.protocol.messages import UpdateState
 from simulators.fleet import Fleet
+from simulators.update import UpdateFaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,14 @@ class ReceiverSpec:
     # server that does not answer and give its modem no network time), so that what it does
     # unsynced can be checked: no expiry check, no schedule.
     clock_sync: bool = True
+    # -- firmware updates (protocol 1.2). The receiver's hardware family (births' "hw"), the
+    # release signing public keys to trust as if built into its firmware (base64 of the 32 raw
+    # bytes, as LOA_FIRMWARE_KEYS gives them), how long a new version has on trial to connect
+    # and confirm itself, and the first pause before a cut download is resumed.
+    hardware: str = "esp32-a7670"
+    firmware_keys: tuple[str, ...] = ()
+    update_trial_s: float = 300.0
+    update_retry_base: float = 2.0
 
 
 class Unsupported(Exception):
@@ -122,6 +137,18 @@ class SetsReadings(Protocol):
         switched on; None leaves a reading as it is."""
 
 
+@runtime_checkable
+class InjectsUpdateFaults(Protocol):
+    async def update_faults(self, *, cut_after: int | None = None, cuts: int = 1, corrupt_at: int | None = None,
+                            never_confirm: bool = False, power_loss_at: str | None = None,
+                            power_loss_pct: int = 50, off_seconds: float = 1.0) -> None:
+        """Faults in the receiver's next firmware update: the first ``cuts`` responses that
+        bring a file are cut after ``cut_after`` bytes; the byte at offset ``corrupt_at`` of
+        the release's files (in the manifest's order) arrives changed; the new version never
+        connects (``never_confirm``); the power goes (for ``off_seconds``) when the update
+        reaches the state ``power_loss_at`` (``downloading``: at ``power_loss_pct`` percent)."""
+
+
 class SimulatorDriver:
     """The virtual receiver of ``simulators/`` (a one-receiver :class:`~simulators.fleet.Fleet`).
     Its session counter, remembered commands, schedule, volume and settings live in the
@@ -136,6 +163,8 @@ class SimulatorDriver:
     ATTACH_DELAY = (0.0, 0.05)
     # Power stays off this long during a clean reboot.
     REBOOT_OFF_SECONDS = 0.2
+    # A firmware download's HTTP timeout (the release server is on loopback).
+    UPDATE_TIMEOUT = 5.0
 
     def __init__(self) -> None:
         self._fleet: Fleet | None = None
@@ -161,6 +190,11 @@ class SimulatorDriver:
             clock_skew={spec.receiver_id: spec.clock_offset},
             unsynced=() if spec.clock_sync else (spec.receiver_id,),
             fetch_streams=True,
+            hardware=spec.hardware,
+            update_keys=spec.firmware_keys,
+            update_trial_s=spec.update_trial_s,
+            update_retry_base=spec.update_retry_base,
+            update_timeout=self.UPDATE_TIMEOUT,
         )
         await self._fleet.start()
 
@@ -192,6 +226,14 @@ class SimulatorDriver:
     async def set_readings(self, *, supply_v: float | None = None, temperature_c: float | None = None,
                            amp_fault: bool | None = None) -> None:
         self._running().set_readings(self._rid, supply_v=supply_v, temperature_c=temperature_c, amp_fault=amp_fault)
+
+    async def update_faults(self, *, cut_after: int | None = None, cuts: int = 1, corrupt_at: int | None = None,
+                            never_confirm: bool = False, power_loss_at: str | None = None,
+                            power_loss_pct: int = 50, off_seconds: float = 1.0) -> None:
+        self._running().set_update_faults(self._rid, UpdateFaults(
+            cut_after=cut_after, cuts=cuts, corrupt_at=corrupt_at, never_confirm=never_confirm,
+            power_loss_at=UpdateState(power_loss_at) if power_loss_at is not None else None,
+            power_loss_pct=power_loss_pct, off_seconds=off_seconds))
 
 
 # Implementations the suite knows by name; anything else is given as "module:Factory".

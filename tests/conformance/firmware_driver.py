@@ -58,6 +58,10 @@ COMMAND_LINE = re.compile(r"^app: cmd (\d+)$")
 
 
 class FirmwareDriver:
+    # Protocol 1.2's updates: the firmware's updater is being written; this driver will give it
+    # the spec's keys, hardware family and trial time once it is.
+    updates_unsupported = "the firmware does not carry out update commands yet (protocol 1.2)"
+
     def __init__(self) -> None:
         self._device: Device | None = None
         self._log: Path | None = None

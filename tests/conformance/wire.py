@@ -38,9 +38,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fleet_service.config import Settings
 from fleet_service.protocol import Ack, DecodeError, Event, PlayStatus, State, StateMessage, Telemetry, decode
+from fleet_service.protocol.messages import UpdateStatus
 from fleet_service.protocol.schema import SCHEMA_PATH
 
-Message = StateMessage | Telemetry | Event | Ack | PlayStatus
+Message = StateMessage | Telemetry | Event | Ack | PlayStatus | UpdateStatus
 
 # Longest the observer's session is kept while it is away (a broker restart takes ~1 s).
 _SESSION_EXPIRY_S = 300

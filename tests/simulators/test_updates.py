@@ -1,18 +1,21 @@
-"""The virtual receiver's firmware update pieces without a broker: versions from firmware
-names, the signature and manifest checks against real signed manifests, the faults as
-scenario data, the fleet's trusted keys. The whole update, over the service's real download
-endpoint, is in tests/conformance/test_updates.py."""
+"""The virtual receiver's firmware updates: versions from firmware names, the signature and
+manifest checks against real signed manifests, the faults as scenario data, the fleet's
+trusted keys; and an install deferred by bulletins, through the service's real download
+endpoint. The whole protocol of updates is checked in tests/conformance/test_updates.py."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleet_service.firmware import bundle, keys
-from fleet_service.protocol.messages import AckReason, UpdateState
+from fleet_service.protocol import Event, EventKind, State, StateMessage
+from fleet_service.protocol.messages import AckReason, UpdateState, UpdateStatus
 from simulators import Fleet, Scenario
 from simulators.scenario import Fault, FaultKind
 from simulators.update import (
@@ -23,6 +26,9 @@ from simulators.update import (
     firmware_named,
     running_version,
 )
+from tests.conformance.releases import ReleaseServer
+from tests.simulators.helpers import FAST
+from tests.support.waiting import wait_until
 
 FILE = b"\x4d\x06" + bytes(300)
 
@@ -99,3 +105,64 @@ def test_the_fleet_takes_its_trusted_keys_as_the_service_does() -> None:
         Fleet("127.0.0.1", 1, {"rx-1": "pw"}, update_keys=[b"short"])
     fleet.set_update_faults("rx-1", UpdateFaults(corrupt_at=10))
     assert fleet.status("rx-1").update is None
+
+
+async def test_a_bulletin_defers_the_install_until_it_ends(make_broker, make_observer, tmp_path) -> None:
+    """Emergency bulletins hold the install back (deferred, why playing_emergency, said once
+    while one replaces another); once stopped it installs, reboots into 1.4.0 and confirms
+    it; the receiver's status says so."""
+    rid = "rx-000"
+    server = ReleaseServer(tmp_path / "releases", rid).start()
+    try:
+        broker = make_broker({rid: server.password})
+        observer = make_observer(broker)
+        fleet = Fleet(broker.host, broker.port, {rid: server.password}, fetch_streams=False,
+                      update_keys=[server.fleet_key], update_retry_base=0.1, **FAST)
+        await fleet.start()
+        try:
+            await wait_until(lambda: _booted(observer, rid), 10, what="boot event")
+            good = server.releases["good"]
+            observer.publish(f"loa/v1/rx/{rid}/cmd", _command("play", "e1", url="http://example.invalid/a.mp3",
+                                                              pri="emergency"))
+            await wait_until(lambda: fleet.status(rid).playing == "cmd:e1", 10, what="the bulletin plays")
+            observer.publish(f"loa/v1/rx/{rid}/cmd", _command("update", "u1", rel=good.release_id, ver=good.version,
+                                                              hw="esp32-a7670", url=good.url))
+            await wait_until(lambda: "playing_emergency" in _whys(observer, rid), 10, what="deferred (emergency)")
+            observer.publish(f"loa/v1/rx/{rid}/cmd", _command("play", "p1", url="http://example.invalid/b.mp3",
+                                                              pri="emergency"))
+            await wait_until(lambda: fleet.status(rid).playing == "cmd:p1", 10, what="the second bulletin plays")
+            observer.publish(f"loa/v1/rx/{rid}/cmd", _command("stop", "s1", pri="emergency"))
+            await wait_until(lambda: fleet.status(rid).update == "confirmed", 20, what="confirmed")
+            status = fleet.status(rid)
+            assert status.firmware == "loa-sim-1.4.0" and status.update_fetched == good.size
+        finally:
+            await fleet.stop()
+    finally:
+        server.close()
+    states = [s.state.value for s in _updates(observer, rid)]
+    assert states.index("deferred") < states.index("installing"), states
+    assert "installing" not in states[:states.index("deferred")]
+    assert [s.reason for s in _updates(observer, rid) if s.state is UpdateState.DEFERRED] == ["playing_emergency"]
+    births = [d.message for m, d in observer.protocol_messages()
+              if m.receiver == rid and isinstance(d.message, StateMessage) and d.message.state is State.ONLINE]
+    assert [b.firmware for b in births] == ["loa-sim-1.0.0", "loa-sim-1.4.0"]
+    assert {b.hardware for b in births} == {"esp32-a7670"}
+
+
+def _updates(observer, rid: str) -> list[UpdateStatus]:
+    return [d.message for m, d in observer.protocol_messages()
+            if m.receiver == rid and isinstance(d.message, UpdateStatus)]
+
+
+def _whys(observer, rid: str) -> list[str | None]:
+    return [s.reason for s in _updates(observer, rid)]
+
+
+def _booted(observer, rid: str) -> bool:
+    return any(m.receiver == rid and isinstance(d.message, Event) and d.message.kind is EventKind.BOOT
+               for m, d in observer.protocol_messages())
+
+
+def _command(op: str, cid: str, **fields: object) -> bytes:
+    return json.dumps({"v": 1, "id": cid, "op": op, "ts": int(time.time()), "exp": int(time.time()) + 60,
+                       **fields}).encode()
