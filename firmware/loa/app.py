@@ -22,7 +22,7 @@ import json
 import random
 
 import asyncio
-from loa import FIRMWARE, commands, hal, mqtt, unload
+from loa import FIRMWARE, VERSION, commands, files, hal, mqtt, unload
 from loa.clock import Clock
 from loa.player import Player, PlayerError
 from loa.schedule import NO_VOLUME, Schedule, local_day
@@ -58,6 +58,10 @@ INBOX_BYTES = 9216
 # A command payload at least this large is followed by a collection, so that its decoding's
 # garbage does not stay between the blocks the session and the player hold.
 LARGE_COMMAND = 1024
+# Updates in flight (loa/update.py): its record on flash, and update statuses waiting for the
+# connection (the latest few: each is retained, only the last one stays on the broker).
+UPDATE_RECORD = "update.json"
+UPDATE_QUEUE = 4
 # A slot whose stream failed is tried again this often while the slot lasts.
 SLOT_RETRY_S = 30
 # Clock syncs: every 6 h (an ESP32 crystal drifts well under a second in that time), and
@@ -95,7 +99,8 @@ def _loss_cause(exc):
 
 
 class Receiver:
-    def __init__(self, board, cfg, state, supervisor=None, log=print, config_path="config.json"):
+    def __init__(self, board, cfg, state, supervisor=None, log=print, config_path="config.json", slot="dev",
+                 trial=False):
         self.board = board
         self.cfg = cfg
         self.state = state
@@ -110,6 +115,7 @@ class Receiver:
         self.event_topic = TOPIC_ROOT + rid + "/event"
         self.play_topic = TOPIC_ROOT + rid + "/play"
         self.ack_topic = TOPIC_ROOT + rid + "/ack"
+        self.update_topic = TOPIC_ROOT + rid + "/update"
         self.client = None
         self.online = False
         self.born = False          # a birth was sent since boot
@@ -121,8 +127,14 @@ class Receiver:
         self.births = 0
         self.commands = 0
         self.birth = ""            # the current session's birth, as sent
-        # Called once, after the first session is established (commits a trial slot).
+        # Called once, after the first birth and report (commits a trial slot).
         self.on_first_online = None
+        self.slot = slot           # the application slot running (main.py), "dev" without one
+        self.trial = trial         # running on trial: it must report within trial_s
+        self.trial_until = board.uptime_ms() + cfg["trial_s"] * 1000 if trial else None
+        self.reported = False      # the first report since boot was sent
+        self.update = None         # the update under way (loa/update.py Updater), or None
+        self.update_status = []    # update statuses to send (retained)
         # The two large buffers, allocated once and first, while the heap is in one piece:
         # the incoming MQTT packet (lent to every connection) and the player's stream ring.
         gc.collect()
@@ -176,6 +188,7 @@ class Receiver:
         msg = {"v": 1, "state": state, "session": self.state.session, "reason": reason}
         if state == "online":
             msg["fw"] = FIRMWARE
+            msg["hw"] = self.cfg["hw"]
         if off is not None:
             msg["off"] = off
         return json.dumps(msg)
@@ -374,6 +387,9 @@ class Receiver:
 
     # -- commands -----------------------------------------------------------------------------
 
+    def final(self, command_id, status, why=None):
+        self._final(command_id, status, why)
+
     def _final(self, command_id, status, why=None):
         """Remember a final outcome (before telling it), then acknowledge it."""
         try:
@@ -460,6 +476,89 @@ class Receiver:
                 return
             self.log("app: schedule", cmd["ver"], "with", len(cmd["slots"]), "slots")
             self._final(cid, "done")
+        elif op == "update":
+            self._offer_update(cid, cmd)
+
+    # -- updates (loa/update.py) --------------------------------------------------------------
+
+    def _offer_update(self, cid, cmd):
+        u = self.update
+        if u is not None:
+            if u.rec["id"] == cid:  # sent again while under way (or before the confirmation)
+                self._ack(cid, "accepted", dup=True)
+            else:
+                self._final(cid, "rejected", "update_busy")
+            return
+        if cmd["hw"] != self.cfg["hw"]:
+            self._final(cid, "rejected", "wrong_hardware")
+            return
+        offered = commands.version_tuple(cmd["ver"])
+        running = commands.version_tuple(VERSION)
+        if not cmd["down"] and offered is not None and running is not None and offered < running:
+            self._final(cid, "rejected", "downgrade")
+            return
+        try:
+            from loa import update
+
+            u = update.Updater(self, {"id": cid, "rel": cmd["rel"], "ver": cmd["ver"], "url": cmd["url"],
+                                      "jit": cmd["jit"], "slot": update.other_slot(self.slot), "st": "offered",
+                                      "got": 0})
+            del update
+        except MemoryError:
+            self._final(cid, "failed", "no_memory")
+            return
+        self._ack(cid, "accepted")
+        self.update = u
+        u.start(True)
+
+    def resume_update(self):
+        """At boot: carry on, confirm or report an update the record says is not final."""
+        if files.read_json(UPDATE_RECORD) is None:
+            return
+        from loa import update
+
+        self.update = update.resume(self)
+        del update
+        if self.update is None:
+            unload("update")
+
+    def queue_update_status(self, payload):
+        if len(self.update_status) >= UPDATE_QUEUE:
+            self.update_status.pop(0)
+        self.update_status.append(payload)
+
+    def defer_reason(self):
+        """Why an update must not install now (a bulletin or a schedule slot plays), or None."""
+        if self.src == "sched":
+            return "playing_slot"
+        if self.src == "cmd" and self.rank > 0:
+            return "playing_emergency" if self.rank > 1 else "playing_priority"
+        return None
+
+    def _first_report(self):
+        """The birth and the first report are out: a trial slot becomes the active one, and the
+        update that installed it is confirmed."""
+        if self.trial:
+            self.board.checkpoint("trial")
+        if self.on_first_online is not None:
+            hook, self.on_first_online = self.on_first_online, None
+            hook()
+            self.board.checkpoint("committed")
+        u = self.update
+        if u is not None and u.rec.get("slot") == self.slot:
+            u.confirm()
+
+    def _trial_expired(self):
+        """The trial version did not connect and report in time: back to the old one."""
+        self.log("app: no connection within the trial time: back to the active slot")
+        if files.read_json(UPDATE_RECORD) is not None:
+            from loa import update
+
+            update.trial_ended("no_connection")
+            del update
+            unload("update")
+        self.on_first_online = None
+        self.reboot = True
 
     # -- the schedule -------------------------------------------------------------------------
 
@@ -644,14 +743,14 @@ class Receiver:
             if self.online:
                 self._lost(client)
             raise
-        if self.on_first_online is not None:
-            hook, self.on_first_online = self.on_first_online, None
-            hook()
         return client
 
     async def _send_queued(self, client):
         """Acks, then the events kept (with their own time), then the play status if it
         changed. Each leaves its queue only once the broker has it."""
+        while self.update_status:
+            await client.publish(self.update_topic, self.update_status[0], 1, True)
+            self.update_status.pop(0)
         while self.acks:
             await client.publish(self.ack_topic, self.acks[0], 1)
             self.acks.pop(0)
@@ -677,7 +776,7 @@ class Receiver:
                     self.reassert = False
                     await client.publish(self.state_topic, self.birth, 1, True)
                 await self._send_queued(client)
-                if self.reboot and not self.acks:
+                if self.reboot and not self.acks and not self.update_status:
                     break
                 if now - next_report >= 0:
                     next_report += interval
@@ -685,6 +784,9 @@ class Receiver:
                         next_report = now + interval
                     await client.publish(self.telemetry_topic, self.telemetry())
                     self.seq += 1
+                    if not self.reported:
+                        self.reported = True
+                        self._first_report()
             except mqtt.MQTTError:
                 break  # the client closed itself; handled below
             await asyncio.sleep_ms(TICK_MS)
@@ -703,7 +805,7 @@ class Receiver:
     async def _pause(self, seconds):
         """Sleep, reporting in, until ``seconds`` passed or a stop is asked for."""
         end = self.board.uptime_ms() + int(seconds * 1000)
-        while self.board.uptime_ms() < end and not self.board.stop_requested:
+        while self.board.uptime_ms() < end and not self._leaving():
             self._alive()
             await asyncio.sleep_ms(TICK_MS)
 
@@ -720,6 +822,9 @@ class Receiver:
             self.supervisor.register("session", SESSION_LIMIT_MS)
         while not self._leaving():
             self._alive()
+            if self.trial_until is not None and not self.reported and self.board.uptime_ms() > self.trial_until:
+                self._trial_expired()
+                break
             client = None
             try:
                 await self.board.link_up()
@@ -745,7 +850,7 @@ class Receiver:
             await self._pause(random.uniform(0, ceiling))
         await self.goodbye()
         if self.reboot:
-            self.log("app: rebooting (command)")
+            self.log("app: rebooting")
             self.board.reset()
 
     async def goodbye(self):
@@ -766,13 +871,14 @@ class Receiver:
         await self.board.link_down()
 
 
-async def _main(board, cfg, state, log, on_first_online=None, config_path="config.json"):
+async def _main(board, cfg, state, log, on_first_online=None, config_path="config.json", slot="dev", trial=False):
     supervisor = Supervisor(board, cfg["wdt_ms"], log)
     start = getattr(board, "start", None)
     if start is not None:
         start()
-    receiver = Receiver(board, cfg, state, supervisor, log, config_path)
+    receiver = Receiver(board, cfg, state, supervisor, log, config_path, slot, trial)
     receiver.on_first_online = on_first_online
+    receiver.resume_update()
     tasks = [asyncio.create_task(supervisor.run()), asyncio.create_task(receiver.control()),
              asyncio.create_task(receiver.keep_time())]
     try:
@@ -793,7 +899,14 @@ def main(slot="dev", trial=False, config_path="config.json", state_path="state.j
     state = State(state_path)
     print("loa:", FIRMWARE, "slot", slot, "trial" if trial else "", "board", board.name,
           "reset", board.reset_cause(), "id", cfg["id"], "session", state.session)
-    asyncio.run(_main(board, cfg, state, print, _committer(slot) if trial else None, config_path))
+    try:
+        asyncio.run(_main(board, cfg, state, print, _committer(slot) if trial else None, config_path, slot, trial))
+    except Exception:
+        if trial:  # the old version, booted next, reports the update rolled back for this
+            from loa import update
+
+            update.trial_ended("crashed")
+        raise
 
 
 def _committer(slot):

@@ -41,6 +41,13 @@ DEFAULTS = {
     "ntp_port": 123,
     # Watchdog: the board resets if the supervisor does not feed it for this long.
     "wdt_ms": 60000,
+    # Updates (loa/update.py): the board's hardware family (which releases it can run; "hw" in
+    # births), a release signing key trusted besides those built in (loa/keys.py; "" = none),
+    # and how long a new version on trial has to connect and report before the old one
+    # boots again.
+    "hw": "esp32-a7670",
+    "release_key": "",
+    "trial_s": 300,
 }
 
 REQUIRED = ("id", "password", "host")

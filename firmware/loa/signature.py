@@ -4,7 +4,9 @@
 #
 # Verification only, of public data: nothing here needs to run in constant time. Hostile
 # input (wrong lengths, S >= L, a key that does not decode to a point, a non-canonical R,
-# values that are not bytes) is refused with False, never an exception.
+# values that are not bytes) is refused with False, never an exception. A heap too small for
+# the check raises MemoryError: no answer, rather than a refusal the caller could not tell
+# from a bad signature.
 #
 # MicroPython's hashlib has no SHA-512 (only SHA-1 and SHA-256 on the unix port and the
 # ESP32), so SHA-512 is written here. Its 64-bit words are held as four 16-bit limbs, so
@@ -25,7 +27,7 @@ from micropython import const
 _M16 = const(0xFFFF)
 
 # The 80 round constants and the initial hash value, as 16-bit limbs, most significant first.
-_K = struct.unpack(">320H", unhexlify(
+_K = array("H", struct.unpack(">320H", unhexlify(
     "428a2f98d728ae227137449123ef65cdb5c0fbcfec4d3b2fe9b5dba58189dbbc3956c25bf348b538"
     "59f111f1b605d019923f82a4af194f9bab1c5ed5da6d8118d807aa98a303024212835b0145706fbe"
     "243185be4ee4b28c550c7dc3d5ffb4e272be5d74f27b896f80deb1fe3b1696b19bdc06a725c71235"
@@ -41,7 +43,7 @@ _K = struct.unpack(">320H", unhexlify(
     "90befffa23631e28a4506cebde82bde9bef9a3f7b2c67915c67178f2e372532bca273eceea26619c"
     "d186b8c721c0c207eada7dd6cde0eb1ef57d4f7fee6ed17806f067aa72176fba0a637dc5a2c898a6"
     "113f9804bef90dae1b710b35131c471b28db77f523047d8432caab7b40c724933c9ebe0a15c9bebc"
-    "431d67c49c100d4c4cc5d4becb3e42b6597f299cfc657e2a5fcb6fab3ad6faec6c44198c4a475817"))
+    "431d67c49c100d4c4cc5d4becb3e42b6597f299cfc657e2a5fcb6fab3ad6faec6c44198c4a475817")))
 _H0 = struct.unpack(">32H", unhexlify(
     "6a09e667f3bcc908bb67ae8584caa73b3c6ef372fe94f82ba54ff53a5f1d36f1"
     "510e527fade682d19b05688c2b3e6c1f1f83d9abfb41bd6b5be0cd19137e2179"))
@@ -52,7 +54,7 @@ class Sha512:
 
     def __init__(self):
         self._h = list(_H0)
-        self._w = [0] * 320  # the message schedule: 80 words of 4 limbs
+        self._w = array("H", bytes(640))  # the message schedule: 80 words of 4 limbs
         self._buf = bytearray(128)
         self._fill = 0
         self._length = 0
@@ -89,7 +91,7 @@ class Sha512:
 
     def _block(self, data, offset):
         w = self._w
-        w[0:64] = struct.unpack_from(">64H", data, offset)
+        w[0:64] = array("H", struct.unpack_from(">64H", data, offset))
         # The schedule: W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16].
         for t in range(64, 320, 4):
             p0 = w[t - 60]
@@ -347,11 +349,14 @@ def _check(key, message, signature):
 
 def verify(public_key, message, signature):
     """True if ``signature`` (64 bytes) is ``public_key``'s (32 bytes) Ed25519 signature of
-    ``message`` (the exact bytes signed). Any other input, however malformed, gives False."""
+    ``message`` (the exact bytes signed). Any other input, however malformed, gives False;
+    MemoryError is raised if the heap is too small for the check."""
     for value in (public_key, message, signature):
         if not isinstance(value, (bytes, bytearray, memoryview)):
             return False
     try:
         return _check(bytes(public_key), message, bytes(signature))
+    except MemoryError:
+        raise  # no answer: the caller may try again with more heap
     except Exception:  # noqa: BLE001 - a refusal, never a crash, whatever the input
         return False

@@ -14,3 +14,9 @@ def commit(slot):
 def active():
     info = files.read_json(SLOTS_FILE) or {}
     return info.get("active", "a")
+
+
+def mark_trial(slot):
+    """Run ``slot`` once, on trial, at the next boot (main.py removes the mark before it runs
+    it); the active slot stays what it is until the trial slot commits itself."""
+    files.write_json(SLOTS_FILE, {"active": active(), "trial": slot})

@@ -55,7 +55,8 @@ def test_birth_telemetry_goodbye_and_a_session_counter_that_persists(broker: Pro
     try:
         device.start()
         [birth] = observer.wait("state", lambda m: m["state"] == "online")
-        assert birth == {"v": 1, "state": "online", "session": 1, "reason": "boot", "fw": "loa-fw-0.1.0"}
+        assert birth == {"v": 1, "state": "online", "session": 1, "reason": "boot", "fw": "loa-fw-0.1.0",
+                         "hw": "esp32-a7670"}
         [event] = observer.wait("event")
         assert (event["kind"], event["detail"], event["session"]) == ("boot", "power_on", 1)
         reports = observer.wait("telemetry", count=2)

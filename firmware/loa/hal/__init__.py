@@ -98,6 +98,10 @@ class Board:
         """Last AT+CSQ value (0..31, 99 unknown), or None without a modem."""
         return self.link_layer().signal_csq()
 
+    def checkpoint(self, name):
+        """A step of an update's switch was reached (loa/update.py): the simulated board cuts
+        the power there when told to; a real board does nothing."""
+
     def ssl_context(self, ca_path, verify):
         """An SSLContext for the broker connection (or a stream over https)."""
         from loa import tls, unload

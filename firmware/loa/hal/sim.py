@@ -166,6 +166,13 @@ class SimBoard(Board):
     def reset(self):
         sys.exit(0)
 
+    def checkpoint(self, name):
+        # "power_loss_at" in sim.json: the process dies there as at a power cut.
+        if self.values.get("power_loss_at") == name:
+            print("sim: power loss at", name)
+            os.system("kill -9 $PPID")
+            time.sleep(5)
+
     # -- network link: the host's network, or PPP through a test's scripted modem ----------
 
     def _new_link(self):
