@@ -7,7 +7,10 @@ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'reader') \gexec
 ALTER ROLE :"reader" WITH LOGIN PASSWORD :'reader_password' NOSUPERUSER NOCREATEDB NOCREATEROLE;
 SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), :'reader') \gexec
 GRANT USAGE ON SCHEMA public TO :"reader";
-GRANT SELECT ON regions, stations, receivers, station_assignments, connectivity_intervals TO :"reader";
+GRANT SELECT ON regions, stations, receivers, station_assignments, connectivity_intervals, receiver_live_state,
+                rollouts, rollout_targets TO :"reader";
+-- Of a release, what it is; not its files.
+GRANT SELECT (id, version, hardware, min_version, uploaded_at, withdrawn_at) ON firmware_releases TO :"reader";
 -- Availability as the API defines it (migration 0008); the functions read the ledger as the reader.
 GRANT EXECUTE ON FUNCTION loa_ledger_spans(timestamp, timestamp, timestamp),
                           loa_availability(timestamp, timestamp, timestamp) TO :"reader";

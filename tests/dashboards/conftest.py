@@ -55,6 +55,7 @@ def ledger_db() -> Iterator[LedgerDatabase]:
         sessions = make_sessionmaker(engine)
         registry = fleet_data.create_registry(sessions)
         fleet_data.write_ledger(sessions, registry.station_of)
+        fleet_data.write_firmware(sessions)
         base = ADMIN_DSN.rsplit("/", 1)[0]
         database = url.rsplit("/", 1)[1]
         psql = shutil.which("psql") or "/usr/bin/psql"

@@ -211,3 +211,42 @@ def telemetry(tags: dict[str, tuple[str, str]]) -> tuple[list[str], list[Telemet
         lines.append(event_line(rid, station, region, Event.model_validate(payload), received_at))
         events.append(EventRecord(received_at, rid, station, region, kind, detail))
     return lines, records, events
+
+
+# --- firmware: what runs now, and a rollout -------------------------------------------------
+
+# What each receiver's live state says it runs (rx-s3-spare never reported).
+RUNNING = {"rx-s1a": "1.4.0", "rx-s1b": "1.3.0", "rx-s2": "1.4.0", "rx-s3": "1.3.0", "rx-lab": "1.5.0"}
+# A rollout of 1.4.0 and where each of its receivers stands; rx-lab is in it but serves no
+# station, rx-s3-spare was skipped.
+ROLLOUT_TARGETS = {"rx-s1a": "confirmed", "rx-s1b": "rolled_back", "rx-s2": "confirmed", "rx-s3": "downloading",
+                   "rx-lab": "failed", "rx-s3-spare": "skipped"}
+
+
+def write_firmware(sessions: sessionmaker[Session]) -> int:
+    """The live state's versions and one rollout; returns the rollout's id."""
+    from fleet_service.firmware.models import FirmwareRelease
+    from fleet_service.rollouts.models import Rollout, RolloutTarget
+    from fleet_service.uptime.models import ReceiverLiveState
+
+    at = DAY_START
+    with session_scope(sessions) as session:
+        for rid, version in RUNNING.items():
+            session.add(ReceiverLiveState(receiver_id=rid, online=True, session=1, heard_at=at, updated_at=at,
+                                          firmware=version))
+        release = FirmwareRelease(version="1.4.0", version_order=100040000, hardware="esp32-a7670",
+                                  min_version="1.0.0", mpy_version="6.3", file_count=0, total_length=0,
+                                  manifest=b"{}", manifest_sha256="0" * 64, signature=b"{}", key_id="0" * 16,
+                                  uploader_name="kythuat", uploaded_at=at)
+        session.add(release)
+        session.flush()
+        rollout = Rollout(name="Bản 1.4.0", release_id=release.id, state="paused", target_summary="the fleet",
+                          waves=["1", "100%"], wave_count=2, current_wave=1, success_percent=90, error_percent=20,
+                          min_finished=1, step_timeout_s=1800, per_minute=60, jitter_s=30, force=False,
+                          creator_name="kythuat", created_at=at, updated_at=at, offered_since_paced=0)
+        session.add(rollout)
+        session.flush()
+        for rid, state in ROLLOUT_TARGETS.items():
+            session.add(RolloutTarget(rollout_id=rollout.id, receiver_id=rid, wave=0 if rid == "rx-s1a" else 1,
+                                      state=state, state_at=at, attempts=1))
+        return rollout.id

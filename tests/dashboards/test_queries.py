@@ -422,6 +422,28 @@ def _version_of_each(run: Run) -> None:
     assert ("rx-lab", "1.0.0") not in got  # serves no station
 
 
+def _serves_chosen_station(run: Run, rid: str) -> bool:
+    return run.ledger.registry.station_of[rid] in run.station_ids
+
+
+@case(firmware.UID, "Đang chạy phiên bản / Versions running now", DAY)
+def _versions_now(run: Run) -> None:
+    expected = Counter(fleet_data.RUNNING.get(rid, "?") for rid in fleet_data.RECEIVERS
+                       if _serves_chosen_station(run, rid))
+    assert {r["firmware"]: r["receivers"] for r in run.rows} == dict(expected)
+    assert "1.5.0" not in expected  # only rx-lab runs it, and it serves no station
+
+
+@case(firmware.UID, "Đợt cập nhật / Rollouts", DAY)
+def _rollouts(run: Run) -> None:
+    states = Counter(state for rid, state in fleet_data.ROLLOUT_TARGETS.items() if _serves_chosen_station(run, rid))
+    [row] = run.rows
+    assert (row["name"], row["version"], row["state"], row["wave"]) == ("Bản 1.4.0", "1.4.0", "paused", "2 / 2")
+    assert (row["confirmed"], row["failed"], row["in_progress"], row["waiting"]) == (
+        states["confirmed"], states["failed"] + states["rolled_back"], states["downloading"], 0)
+    assert (row["confirmed"], row["failed"], row["in_progress"]) == (2, 1, 1)  # rx-lab's failure is elsewhere
+
+
 def _events(run: Run) -> list[fleet_data.EventRecord]:
     wanted = {str(s) for s in run.station_ids}
     return [e for e in run.telemetry.events if e.station in wanted and _in_range(run, e.at)]
