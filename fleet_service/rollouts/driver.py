@@ -317,8 +317,12 @@ class RolloutDriver:
             ids = list(session.scalars(select(Rollout.id).where(Rollout.state.in_(_LIVE)).order_by(Rollout.id)))
         born = sorted(born)
         for rollout_id in ids:
-            with session_scope(self._sessions) as session:
-                created += self._check_one(session, rollout_id, born, now or utcnow())
+            try:
+                with session_scope(self._sessions) as session:
+                    created += self._check_one(session, rollout_id, born, now or utcnow())
+            except Exception:  # one rollout's trouble holds back none of the others
+                self.failures += 1
+                log.exception("checking rollout %d failed; checked again at the next turn", rollout_id)
         return created
 
     def _check_one(self, session: Session, rollout_id: int, born: list[str], now: datetime) -> list[Created]:
