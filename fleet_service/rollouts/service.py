@@ -157,6 +157,10 @@ def create_rollout(session: Session, data: RolloutCreate, actor: Actor, *, now: 
     waves = parse_waves(data.waves)
     thresholds = Thresholds(data.success_percent, data.error_percent, data.min_finished).check()
     Pace(data.per_minute, data.jitter_s).check()
+    if data.jitter_s >= data.step_timeout_s:  # a receiver still waiting its jitter would time out
+        raise Invalid(f"Quá thời gian mỗi bước ({data.step_timeout_s} giây) phải dài hơn độ trễ ngẫu nhiên "
+                      f"({data.jitter_s} giây)", f"the step timeout ({data.step_timeout_s} s) must be longer "
+                      f"than the jitter ({data.jitter_s} s)")
     window = Window.parse(data.window.start, data.window.end, data.window.days) if data.window else None
     candidates = _candidates(session, data.target, actor.scope)
     skipped = {c.receiver_id: reason for c in candidates if (reason := _skip_reason(c, release, data.force))}

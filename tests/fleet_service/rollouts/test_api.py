@@ -129,4 +129,7 @@ def test_a_region_sees_what_reaches_it_and_steers_only_what_is_wholly_its_own(se
     assert other.status_code == 404
     bad = setup.post("", setup.engineer_x, json={"name": "y", "release_id": setup.release_id, "waves": ["0"]})
     assert bad.status_code == 422 and bad.json()["error"]["message_en"].startswith("wave '0'")
+    slow = setup.post("", setup.engineer_x, json={"name": "y", "release_id": setup.release_id, "jitter_s": 600,
+                                                  "step_timeout_s": 600})
+    assert slow.status_code == 422 and "longer than the jitter" in slow.json()["error"]["message_en"]
     assert setup.get("/999999", setup.admin).status_code == 404
