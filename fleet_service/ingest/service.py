@@ -51,14 +51,13 @@ LEDGER_BATCH_MAX = 500
 LEDGER_COALESCE_S = 0.05
 # The live state (each receiver's connectivity, when it was last heard, its latest telemetry and
 # what it plays) is written this often, in one batch of the receivers that changed: what every
-# API process reads lags the messages by up to this plus the write itself (docs/architecture.md
-# gives the lag measured), and it is what a crash can lose of "last heard" (a clean stop writes
-# it all).
+# API process reads lags a birth or a goodbye by up to this plus the write itself
+# (docs/architecture.md gives the lag measured). A clean stop writes it all.
 LIVE_STATE_FLUSH_S = 0.5
 # A receiver whose only news is a report (its telemetry summary, when it was last heard) is
 # written at most this often: a receiver reporting many times a second (a flood, a benchmark)
 # costs one row per interval, not one per report. Its connectivity and what it plays go at the
-# next LIVE_STATE_FLUSH_S.
+# next LIVE_STATE_FLUSH_S. This is also what a crash can lose of "last heard" (docs/uptime.md).
 LIVE_TELEMETRY_FLUSH_S = 5.0
 LIVE_STATE_CHUNK = 1000
 # How long an unknown receiver id is remembered as unknown before the registry is asked again.
