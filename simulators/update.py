@@ -210,7 +210,7 @@ class Download:
     after a pause that doubles with each failure in a row (a response that brought bytes
     starts the count again); after ``retries`` failures in a row the update fails."""
 
-    __slots__ = ("client", "auth", "job", "retries", "retry_base", "total", "done", "progress")
+    __slots__ = ("client", "auth", "job", "retries", "retry_base", "total", "done", "progress", "brought")
 
     def __init__(self, client: httpx.AsyncClient, auth: httpx.Auth, job: Job, *, retries: int, retry_base: float,
                  progress: Callable[[int, int], None]) -> None:
@@ -222,6 +222,7 @@ class Download:
         self.total = 0
         self.done = 0       # bytes of the release's files in the slot
         self.progress = progress
+        self.brought = 0    # bytes the latest request brought
 
     async def small(self, path: str, limit: int) -> bytes:
         """manifest.json or manifest.sig, whole (at most ``limit`` bytes)."""
@@ -267,55 +268,64 @@ class Download:
 
     async def _fetch(self, path: str, position: Callable[[], int] | None, take: Callable[[bytes], None],
                      restart: Callable[[], None], *, cuttable: bool) -> None:
-        """GET ``<url>/<path>`` into ``take``, resumed from ``position()`` after a failure."""
-        job = self.job
-        url = f"{job.url}/{path}"
+        """GET ``<url>/<path>`` into ``take``, resumed from ``position()`` after a failure. The
+        pause comes after the failed attempt's frame and exception are gone, so that a
+        receiver waiting to retry holds none of the bytes or the response it had."""
+        url = f"{self.job.url}/{path}"
         failures = 0
         while True:
-            offset = position() if position is not None else 0
-            if position is None:
-                restart()
-            headers = {"Range": f"bytes={offset}-"} if offset else None
-            brought = 0
             try:
-                async with self.client.stream("GET", url, auth=self.auth, headers=headers) as response:
-                    status = response.status_code
-                    if status >= 500:
-                        raise httpx.HTTPStatusError(f"{status}", request=response.request, response=response)
-                    if status == 416:
-                        raise UpdateFailed(AckReason.HASH, f"{path} is shorter than the manifest says")
-                    if status not in (200, 206):
-                        raise UpdateFailed(AckReason.DOWNLOAD, f"{url} answered {status}")
-                    if offset and status == 200:
-                        restart()
-                    cut_at = job.faults.cut_after if cuttable and job.cuts_left and job.faults is not None else None
-                    async for chunk in response.aiter_raw():
-                        if cut_at is not None and brought + len(chunk) >= cut_at:
-                            chunk = chunk[:cut_at - brought]
-                            job.got += len(chunk)
-                            brought += len(chunk)
-                            if chunk:
-                                take(chunk)
-                            job.cuts_left -= 1
-                            raise _Cut(f"cut after {cut_at} bytes")
-                        job.got += len(chunk)
-                        brought += len(chunk)
-                        take(chunk)
-                if position is None or response.headers.get("content-length") is None \
-                        or brought >= int(response.headers["content-length"]):
+                if await self._attempt(url, path, position, take, restart, cuttable=cuttable):
                     return
-                raise httpx.RemoteProtocolError("the response ended early")
+                error = "the response ended early"
             except (httpx.TransportError, httpx.HTTPStatusError, _Cut) as exc:
-                failures = 1 if brought else failures + 1
-                if failures > self.retries:
-                    raise UpdateFailed(AckReason.DOWNLOAD, f"{url}: {exc}") from None
-                await asyncio.sleep(min(RETRY_CAP_S, self.retry_base * 2 ** (failures - 1)))
+                error = str(exc) or type(exc).__name__
+            failures = 1 if self.brought else failures + 1
+            if failures > self.retries:
+                raise UpdateFailed(AckReason.DOWNLOAD, f"{url}: {error}")
+            await asyncio.sleep(min(RETRY_CAP_S, self.retry_base * 2 ** (failures - 1)))
+
+    async def _attempt(self, url: str, path: str, position: Callable[[], int] | None, take: Callable[[bytes], None],
+                       restart: Callable[[], None], *, cuttable: bool) -> bool:
+        """One request; True if it brought the rest of the file (``self.brought``: its bytes)."""
+        job = self.job
+        offset = position() if position is not None else 0
+        if position is None:
+            restart()
+        headers = {"Range": f"bytes={offset}-"} if offset else None
+        self.brought = 0
+        async with self.client.stream("GET", url, auth=self.auth, headers=headers) as response:
+            status = response.status_code
+            if status >= 500:
+                raise httpx.HTTPStatusError(f"{status}", request=response.request, response=response)
+            if status == 416:
+                raise UpdateFailed(AckReason.HASH, f"{path} is shorter than the manifest says")
+            if status not in (200, 206):
+                raise UpdateFailed(AckReason.DOWNLOAD, f"{url} answered {status}")
+            if offset and status == 200:
+                restart()
+            cut_at = job.faults.cut_after if cuttable and job.cuts_left and job.faults is not None else None
+            async for chunk in response.aiter_raw():
+                if cut_at is not None and self.brought + len(chunk) >= cut_at:
+                    chunk = chunk[:cut_at - self.brought]
+                    job.cuts_left -= 1
+                    cut = _Cut(f"cut after {cut_at} bytes")
+                else:
+                    cut = None
+                job.got += len(chunk)
+                self.brought += len(chunk)
+                if chunk:
+                    take(chunk)
+                if cut is not None:
+                    raise cut
+            length = response.headers.get("content-length")
+        return position is None or length is None or self.brought >= int(length)
 
 
 async def fetch_release(client: httpx.AsyncClient, auth: httpx.Auth, job: Job, *, trusted: tuple[bytes, ...],
                         hardware: str, running: tuple[int, int, int], retries: int, retry_base: float,
                         on_verified_manifest: Callable[[Manifest], None],
-                        progress: Callable[[int, int], None]) -> Manifest:
+                        progress: Callable[[int, int], None]) -> None:
     """Steps 2 and 3 of docs/protocol.md's update: manifest and signature, checked before
     anything else is fetched, then every file, checked as it streams."""
     download = Download(client, auth, job, retries=retries, retry_base=retry_base, progress=progress)
@@ -325,6 +335,9 @@ async def fetch_release(client: httpx.AsyncClient, auth: httpx.Auth, job: Job, *
     manifest = check_manifest(manifest_data, version=job.version, hardware=hardware, running=running)
     download.total = manifest.total_length
     on_verified_manifest(manifest)
-    for entry in manifest.files:
-        await download.file(entry.path, entry.length, entry.sha256)
-    return manifest
+    # Only what the files need is kept while they download (the parsed manifest is about 1 KB
+    # a file, the tuples a tenth of that).
+    files = [(entry.path, entry.length, entry.sha256) for entry in manifest.files]
+    del manifest
+    for path, length, sha256 in files:
+        await download.file(path, length, sha256)
