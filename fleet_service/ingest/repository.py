@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Insert, Row, Table, select
+from sqlalchemy import Insert, Table, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -99,7 +99,7 @@ def _live_state_upsert(dialect: str) -> Insert:
     )
 
 
-def receivers_with_open_interval(session: Session, region_path: str | None) -> Sequence[Row[Any]]:
+def receivers_with_open_interval(session: Session, region_path: str | None) -> Sequence[tuple[Any, ...]]:
     """Every active receiver in a subtree (all if None): id, station id and name, the ledger's
     open interval's state and start (None if it was never seen), and its live state's columns
     (None before the leading worker first wrote it). Columns, not ORM objects: the live view
@@ -121,4 +121,4 @@ def receivers_with_open_interval(session: Session, region_path: str | None) -> S
         .where(Receiver.status == ReceiverStatus.ACTIVE.value, RegionScope(region_path).receivers())
         .order_by(Receiver.id)
     )
-    return session.execute(query).all()
+    return [tuple(row) for row in session.execute(query)]
