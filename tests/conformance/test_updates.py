@@ -42,6 +42,9 @@ OTHER_HARDWARE = "esp32-sim7600"
 RESUME_OVERHEAD = 1.05
 # After a failure, how long nothing more may happen (no install, no reboot).
 QUIET_S = 1.5
+# The slot an update is offered in: long enough for the release to be fetched and checked
+# before it ends, on a loaded machine too.
+SLOT_S = 8.0
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +326,7 @@ async def test_an_update_offered_while_a_slot_plays_is_installed_after_it(update
     birth, _ = await bench.start_synced()
     start = time.time() + 2.0
     schedule = command("schedule", "s-update", ver=3, tz=420,
-                       slots=[slot("news", start, start + 5.0, stream_server.url("/live.mp3"))])
+                       slots=[slot("news", start, start + SLOT_S, stream_server.url("/live.mp3"))])
     sent = await bench.send(schedule)
     await bench.ack("s-update", AckStatus.DONE, after=sent)
     await bench.event(EventKind.PLAY_STARTED, "sched:news", after=sent, timeout=8.0)
@@ -331,7 +334,7 @@ async def test_an_update_offered_while_a_slot_plays_is_installed_after_it(update
     offered = await bench.send(_update("u-deferred", good))
     seen_deferred, deferred = await _status(bench, "u-deferred", UpdateState.DEFERRED, after=offered)
     assert deferred.reason == "playing_slot", deferred
-    seen_end, _ = await bench.event(EventKind.PLAY_STOPPED, "ended:news", after=offered, timeout=10.0)
+    seen_end, _ = await bench.event(EventKind.PLAY_STOPPED, "ended:news", after=offered, timeout=SLOT_S + 5.0)
     seen_installing, _ = await _status(bench, "u-deferred", UpdateState.INSTALLING, after=offered)
     assert seen_installing.t >= seen_end.t, "installed only once the slot had ended"
     await _confirmed(bench, "u-deferred", good, after=offered, old_session=birth.session)
