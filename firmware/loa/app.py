@@ -22,7 +22,7 @@ import json
 import random
 
 import asyncio
-from loa import FIRMWARE, VERSION, commands, files, hal, mqtt, unload
+from loa import FIRMWARE, commands, files, hal, mqtt, unload
 from loa.clock import Clock
 from loa.player import Player, PlayerError
 from loa.schedule import NO_VOLUME, Schedule, local_day
@@ -58,10 +58,8 @@ INBOX_BYTES = 9216
 # A command payload at least this large is followed by a collection, so that its decoding's
 # garbage does not stay between the blocks the session and the player hold.
 LARGE_COMMAND = 1024
-# Updates in flight (loa/update.py): its record on flash, and update statuses waiting for the
-# connection (the latest few: each is retained, only the last one stays on the broker).
+# The update under way (loa/update.py) keeps its record in this file.
 UPDATE_RECORD = "update.json"
-UPDATE_QUEUE = 4
 # A slot whose stream failed is tried again this often while the slot lasts.
 SLOT_RETRY_S = 30
 # Clock syncs: every 6 h (an ESP32 crystal drifts well under a second in that time), and
@@ -135,6 +133,7 @@ class Receiver:
         self.reported = False      # the first report since boot was sent
         self.update = None         # the update under way (loa/update.py Updater), or None
         self.update_status = []    # update statuses to send (retained)
+        self.update_waiting = False  # an update accepted while playing: started once nothing does
         # The two large buffers, allocated once and first, while the heap is in one piece:
         # the incoming MQTT packet (lent to every connection) and the player's stream ring.
         gc.collect()
@@ -390,6 +389,9 @@ class Receiver:
     def final(self, command_id, status, why=None):
         self._final(command_id, status, why)
 
+    def ack(self, command_id, status, why=None, dup=False):
+        self._ack(command_id, status, why, dup)
+
     def _final(self, command_id, status, why=None):
         """Remember a final outcome (before telling it), then acknowledge it."""
         try:
@@ -477,39 +479,19 @@ class Receiver:
             self.log("app: schedule", cmd["ver"], "with", len(cmd["slots"]), "slots")
             self._final(cid, "done")
         elif op == "update":
-            self._offer_update(cid, cmd)
+            from loa import offer  # loaded for the command, then let go
+
+            try:
+                offer.offer(self, cid, cmd["raw"])
+            except MemoryError:
+                self._final(cid, "failed", "no_memory")
+            finally:
+                del offer
+                unload("offer")
+                if self.update is None:
+                    unload("update")
 
     # -- updates (loa/update.py) --------------------------------------------------------------
-
-    def _offer_update(self, cid, cmd):
-        u = self.update
-        if u is not None:
-            if u.rec["id"] == cid:  # sent again while under way (or before the confirmation)
-                self._ack(cid, "accepted", dup=True)
-            else:
-                self._final(cid, "rejected", "update_busy")
-            return
-        if cmd["hw"] != self.cfg["hw"]:
-            self._final(cid, "rejected", "wrong_hardware")
-            return
-        offered = commands.version_tuple(cmd["ver"])
-        running = commands.version_tuple(VERSION)
-        if not cmd["down"] and offered is not None and running is not None and offered < running:
-            self._final(cid, "rejected", "downgrade")
-            return
-        try:
-            from loa import update
-
-            u = update.Updater(self, {"id": cid, "rel": cmd["rel"], "ver": cmd["ver"], "url": cmd["url"],
-                                      "jit": cmd["jit"], "slot": update.other_slot(self.slot), "st": "offered",
-                                      "got": 0})
-            del update
-        except MemoryError:
-            self._final(cid, "failed", "no_memory")
-            return
-        self._ack(cid, "accepted")
-        self.update = u
-        u.start(True)
 
     def resume_update(self):
         """At boot: carry on, confirm or report an update the record says is not final."""
@@ -521,19 +503,6 @@ class Receiver:
         del update
         if self.update is None:
             unload("update")
-
-    def queue_update_status(self, payload):
-        if len(self.update_status) >= UPDATE_QUEUE:
-            self.update_status.pop(0)
-        self.update_status.append(payload)
-
-    def defer_reason(self):
-        """Why an update must not install now (a bulletin or a schedule slot plays), or None."""
-        if self.src == "sched":
-            return "playing_slot"
-        if self.src == "cmd" and self.rank > 0:
-            return "playing_emergency" if self.rank > 1 else "playing_priority"
-        return None
 
     def _first_report(self):
         """The birth and the first report are out: a trial slot becomes the active one, and the
@@ -645,6 +614,9 @@ class Receiver:
                     await self._stop("ended")
                 if self.schedule.shed:
                     self.schedule.load()  # the URLs let go for a large command (on_message)
+                if self.update_waiting and self.src == "none":
+                    self.update_waiting = False
+                    self.resume_update()
                 await self._run_schedule()
                 self._check_board()
             except Exception as exc:  # a bug must not end commands and the schedule for good
@@ -895,6 +867,7 @@ def main(slot="dev", trial=False, config_path="config.json", state_path="state.j
     cfg = config.load(config_path)
     del config
     unload("config")  # needed again only for a config command
+    _signature_at_boot(cfg)
     board = hal.make(cfg)
     state = State(state_path)
     print("loa:", FIRMWARE, "slot", slot, "trial" if trial else "", "board", board.name,
@@ -907,6 +880,20 @@ def main(slot="dev", trial=False, config_path="config.json", state_path="state.j
 
             update.trial_ended("crashed")
         raise
+
+
+def _signature_at_boot(cfg):
+    """An update's signature check left for a boot (loa/update.py), done while the heap is
+    still free of the receiver's buffers and session."""
+    record = files.read_json(UPDATE_RECORD)
+    if record is None or record.get("check") != "boot":
+        return
+    del record
+    from loa import update
+
+    update.check_at_boot(cfg)
+    del update
+    unload("update")
 
 
 def _committer(slot):

@@ -31,15 +31,6 @@ PRIORITIES = ("normal", "priority", "emergency")  # the index is the rank
 # The settings a config command may change, with their bounds (None: a host name).
 SETTINGS = {"telemetry_interval": (10, 3600), "keepalive": (30, 1200), "ntp": None}
 
-# An update's release id (1 ... 2**31-1), version ("MAJOR.MINOR.PATCH", 0-9999 each, no leading
-# zeros), hardware family (lower-case words joined by "-") and jitter (s).
-RELEASE_MAX = 0x7FFFFFFF
-HARDWARE_MAX = const(40)
-JITTER_MAX = const(3600)
-# What pydantic's lax mode reads as a bool from a string.
-_TRUE = ("1", "on", "t", "true", "y", "yes")
-_FALSE = ("0", "off", "f", "false", "n", "no")
-
 # Unicode White_Space: what pydantic strips around a number given as a string.
 _STRIPPED = (" \t\n\r\x0b\x0c\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
              "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
@@ -113,57 +104,6 @@ def _integer(value):
         return None
     n = int(digits)
     return -n if negative else n
-
-
-def version_tuple(value):
-    """(major, minor, patch) of "MAJOR.MINOR.PATCH" (0-9999 each, no leading zeros), or None."""
-    if not isinstance(value, str) or len(value) > 14:
-        return None
-    parts = value.split(".")
-    if len(parts) != 3:
-        return None
-    out = []
-    for part in parts:
-        v = part.encode()
-        if not 0 < len(v) <= 4 or (len(v) > 1 and v[0] == 48):
-            return None
-        for c in v:
-            if not 48 <= c <= 57:
-                return None
-        out.append(int(part))
-    return tuple(out)
-
-
-def hardware_family(value):
-    """True for a hardware family: lower-case letters and digits in words joined by "-"."""
-    if not isinstance(value, str) or not 0 < len(value) <= HARDWARE_MAX:
-        return False
-    lead = 45
-    for c in value.encode():
-        if c == 45:
-            if lead == 45:
-                return False
-        elif not (97 <= c <= 122 or 48 <= c <= 57):
-            return False
-        lead = c
-    return lead != 45
-
-
-def _flag(value):
-    """``value`` as a bool the way pydantic's lax mode reads one, or None."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return value == 1
-    if isinstance(value, float) and value in (0.0, 1.0):
-        return value == 1.0
-    if isinstance(value, str):
-        text = value.lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-    return None
 
 
 def _bounded(value, low, high):
@@ -292,7 +232,8 @@ def usable_id(raw):
 
 def decode(payload):
     """A valid command as a dict {"id", "op", "pri" (rank), "ts", "exp", and by op "url",
-    "dur", "vol", "set", "ver", "tz", "slots"}, or Rejected saying why not."""
+    "dur", "vol", "set", "ver", "tz", "slots", and for "update" the "raw" JSON object), or
+    Rejected saying why not."""
     raw = parse(payload)
     cid = usable_id(raw)
     op = raw.get("op")
@@ -340,18 +281,7 @@ def decode(payload):
         if cmd["tz"] is None or cmd["slots"] is None:
             raise Rejected("bad_schedule", cid)
     elif op == "update":
-        cmd["rel"] = _bounded(_get(raw, "rel", "release_id"), 1, RELEASE_MAX)
-        cmd["ver"] = _get(raw, "ver", "release_version")
-        cmd["hw"] = _get(raw, "hw", "hardware")
-        if cmd["rel"] is None or version_tuple(cmd["ver"]) is None or not hardware_family(cmd["hw"]):
-            raise Rejected("malformed", cid)
-        cmd["url"] = _get(raw, "url", "url")
-        if not _stream_url(cmd["url"]):
-            raise Rejected("bad_url", cid)
-        cmd["jit"] = _bounded(_get(raw, "jit", "jitter_s", 0), 0, JITTER_MAX)
-        cmd["down"] = _flag(_get(raw, "down", "allow_downgrade", False))
-        if cmd["jit"] is None or cmd["down"] is None:
-            raise Rejected("malformed", cid)
+        cmd["raw"] = raw  # its own fields are checked by loa/offer.py, loaded only for it
     return cmd
 
 

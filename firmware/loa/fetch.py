@@ -12,8 +12,7 @@ import asyncio
 from micropython import const
 
 from loa import VERSION
-from loa.commands import version_tuple
-from loa.update import Failed
+from loa.update import Failed, version_tuple
 
 # Bytes read from the network and written to flash at a time.
 CHUNK = const(1024)

@@ -45,6 +45,91 @@ class Failed(Exception):
     """The update failed: ``args[0]`` is the reason (the ack's and the status's why)."""
 
 
+# Update statuses waiting for the connection (the latest few: each is retained, only the last
+# one stays on the broker).
+STATUS_QUEUE = const(4)
+
+
+def version_tuple(value):
+    """(major, minor, patch) of "MAJOR.MINOR.PATCH" (0-9999 each, no leading zeros), or None."""
+    if not isinstance(value, str) or len(value) > 14:
+        return None
+    parts = value.split(".")
+    if len(parts) != 3:
+        return None
+    out = []
+    for part in parts:
+        v = part.encode()
+        if not 0 < len(v) <= 4 or (len(v) > 1 and v[0] == 48):
+            return None
+        for c in v:
+            if not 48 <= c <= 57:
+                return None
+        out.append(int(part))
+    return tuple(out)
+
+
+def _trusted(cfg):
+    from loa import keys
+
+    trusted = [a2b_base64(k) for k in keys.TRUSTED]
+    del keys
+    unload("keys")
+    extra = cfg.get("release_key")
+    if extra:
+        trusted.append(a2b_base64(extra))
+    return [k for k in trusted if len(k) == 32]
+
+
+def check_signature(cfg, text, log=print):
+    """Whether manifest.sig (SIG_FILE) is a trusted key's signature of the manifest: the
+    MANIFEST_FILE read into ``text`` (a buffer of its length). Imports loa/signature.py for
+    the check only. Raises MemoryError if the heap is too small for it."""
+    try:
+        sig = files.read_json(SIG_FILE, SIG_MAX) or {}
+        signature = a2b_base64(sig["signature"])
+        key_id = sig.get("key_id")
+    except Exception:
+        return False
+    del sig
+    keys = _trusted(cfg)
+    with open(MANIFEST_FILE, "rb") as f:
+        f.readinto(text)
+    gc.collect()
+    log("update: checking the signature, free heap", gc.mem_free())
+    from loa import signature as ed25519  # let go right after the check
+
+    try:
+        for key in keys:
+            if key_id and hexlify(sha256(key).digest()[:8]).decode() != key_id:
+                continue
+            if ed25519.verify(key, text, signature):
+                return True
+        return False
+    finally:
+        del ed25519, text
+        unload("signature")
+        gc.collect()
+
+
+def check_at_boot(cfg):
+    """The signature check an update left for this boot (no heap for it while running): done
+    now, before the receiver takes its heap; the update goes on with its outcome."""
+    rec = read_record()
+    if not rec or rec.get("check") != "boot" or rec.get("st") in FINAL:
+        return
+    del rec["check"]
+    try:
+        size = os.stat(MANIFEST_FILE)[6]
+        rec["signed"] = check_signature(cfg, bytearray(size)) if size <= MANIFEST_MAX else False
+    except MemoryError:
+        rec["signed"] = "no_memory"
+    except OSError:
+        rec["signed"] = False
+    files.write_json(RECORD, rec)
+    gc.collect()
+
+
 def read_record():
     return files.read_json(RECORD)
 
@@ -83,7 +168,10 @@ class Updater:
             msg["pct"] = pct
         if rec.get("why"):
             msg["why"] = rec["why"]
-        self.rx.queue_update_status(json.dumps(msg))
+        queue = self.rx.update_status
+        if len(queue) >= STATUS_QUEUE:
+            queue.pop(0)
+        queue.append(json.dumps(msg))
 
     def _final(self, st, why, ack, ack_why):
         self.state(st, why)
@@ -108,8 +196,8 @@ class Updater:
 
     # -- the task ---------------------------------------------------------------------------
 
-    def start(self, fresh):
-        self.task = asyncio.create_task(self.run(fresh))
+    def start(self):
+        self.task = asyncio.create_task(self.run())
 
     def alive(self):
         self.rx._alive("update")
@@ -134,25 +222,26 @@ class Updater:
             self.alive()
             await asyncio.sleep_ms(WAIT_MS)
 
-    async def run(self, fresh):
+    async def run(self):
         rx = self.rx
+        rec = self.rec
         if rx.supervisor is not None:
             rx.supervisor.register("update", TASK_LIMIT_MS)
         try:
-            rec = self.rec
+            fresh = rec["st"] == "offered"
             if fresh:
-                self.state("offered")
                 jitter = rec.get("jit", 0)
                 if jitter:
                     await self.sleep(int(random.uniform(0, jitter) * 1000))
             await self.until_quiet()
-            await self._verify_manifest()
+            if not await self._verify_manifest():
+                return  # checked at the next boot (the receiver resets now)
             from loa import fetch
 
             fetch.check_manifest(self, MANIFEST_FILE)
             gc.collect()
             slot = rec["slot"]
-            if fresh or rec["st"] == "offered":
+            if fresh:
                 fetch.remove_tree(slot + "/loa")  # whatever an older update left there
             self.state("downloading", pct=fetch.percent(self, 0))
             await fetch.download(self, slot)
@@ -165,7 +254,16 @@ class Updater:
         except Failed as exc:
             self.fail(exc.args[0])
         except MemoryError:
-            self.fail("no_memory")
+            if rec.get("st") in ("offered", "downloading") and not rec.get("reset"):
+                # A heap too fragmented now (a stream and a large schedule came before): once,
+                # the update goes on after a reset, in a heap in one piece.
+                gc.collect()
+                rec["reset"] = True
+                files.write_json(RECORD, rec)
+                rx.log("update: no heap for the update now: going on after a reset")
+                rx.reboot = True
+            else:
+                self.fail("no_memory")
         except Exception as exc:  # a flash that cannot be written
             rx.log("update: error", repr(exc))
             self.fail("storage" if isinstance(exc, OSError) else "download")
@@ -177,68 +275,59 @@ class Updater:
 
     async def _verify_manifest(self):
         """Fetch manifest.json (into MANIFEST_FILE) and manifest.sig, and check the manifest's
-        exact bytes against the trusted keys. Raises Failed("signature")."""
+        exact bytes against the trusted keys. Raises Failed("signature"); returns False when the
+        heap is too small for the check now: it is then done at the next boot (check_at_boot),
+        before the receiver takes its heap, and the update goes on after it."""
+        rec = self.rec
+        signed = rec.get("signed")
+        if signed is True:
+            return True  # checked at boot, from the files on flash
+        if signed is not None:
+            raise Failed("signature" if signed is False else "no_memory")
         from loa import fetch  # the HTTP code is let go during the check
 
         size = await fetch.save(self, "manifest.json", MANIFEST_FILE, MANIFEST_MAX)
         await fetch.save(self, "manifest.sig", SIG_FILE, SIG_MAX)
         del fetch
         unload("fetch")
-        try:
-            sig = files.read_json(SIG_FILE, SIG_MAX) or {}
-            signature = a2b_base64(sig["signature"])
-            key_id = sig.get("key_id")
-        except Exception:
-            raise Failed("signature")
-        del sig
-        keys = self._trusted()
         await self.until_quiet()
         rx = self.rx
         # From here to the end of the check nothing awaits, so no stream can start meanwhile:
         # the manifest is read into the player's idle ring (no block of its size needed), and
         # the schedule's URLs (read back from flash by the control task) make room for the
         # check's 28 KiB.
-        text = rx.player.lend_ring()[:size]
         rx.schedule.shed_urls()
-        good = False
-        with open(MANIFEST_FILE, "rb") as f:
-            f.readinto(text)
-        gc.collect()
-        rx.log("update: checking the signature, free heap", gc.mem_free())
-        from loa import signature as ed25519  # let go right after the check
-
         try:
-            for key in keys:
-                if key_id and hexlify(sha256(key).digest()[:8]).decode() != key_id:
-                    continue
-                if ed25519.verify(key, text, signature):
-                    good = True
-                    break
-        finally:
-            del ed25519, text
-            unload("signature")
+            good = check_signature(rx.cfg, rx.player.lend_ring()[:size], rx.log)
+        except MemoryError:
             gc.collect()
+            rec["check"] = "boot"
+            files.write_json(RECORD, rec)
+            rx.log("update: no heap for the signature check now: checking it at the next boot")
+            rx.reboot = True
+            return False
         if not good:
             raise Failed("signature")
-
-    def _trusted(self):
-        from loa import keys
-
-        trusted = [a2b_base64(k) for k in keys.TRUSTED]
-        del keys
-        unload("keys")
-        extra = self.rx.cfg.get("release_key")
-        if extra:
-            trusted.append(a2b_base64(extra))
-        return [k for k in trusted if len(k) == 32]
+        if rx.schedule.shed:
+            rx.schedule.load()  # the URLs back before the download takes its heap
+        return True
 
     # -- the switch -----------------------------------------------------------------------------
+
+    def _defer_reason(self):
+        """Why not install now (a bulletin or a schedule slot plays), or None."""
+        rx = self.rx
+        if rx.src == "sched":
+            return "playing_slot"
+        if rx.src == "cmd" and rx.rank > 0:
+            return "playing_emergency" if rx.rank > 1 else "playing_priority"
+        return None
 
     async def _install(self, slot):
         """Once no bulletin or slot plays: the trial mark, then the reset (loa/app.py)."""
         rx = self.rx
         while True:
-            why = rx.defer_reason()
+            why = self._defer_reason()
             if why is None:
                 break
             if self.rec["st"] != "deferred" or self.rec["why"] != why:
@@ -269,7 +358,7 @@ def resume(rx):
             why = "watchdog" if rx.board.reset_cause() == "watchdog" else "reset"
         u.rolled_back(why)
         return None
-    u.start(False)
+    u.start()
     return u
 
 

@@ -4,6 +4,7 @@
     python -m tests.firmware.heap_peaks --heapsize 144k
     python -m tests.firmware.heap_peaks --smallest      # the smallest heap it still runs in
     python -m tests.firmware.heap_peaks --modem         # with loa/modem.py in the heap too
+    python -m tests.firmware.heap_peaks --update        # then a firmware update (protocol 1.2)
 
 One receiver (the real firmware, compiled to .mpy, on the simulated board) against the
 production Mosquitto over TLS with the broker's certificate checked, through the worst case
@@ -16,7 +17,10 @@ reachable; garbage is collected when an allocation needs it, so the smallest hea
 sequence still runs in (``--smallest``, in steps of 4 KiB) is what it really needs, holes
 included. The receiver runs on the host's network (the unix port has no modem): ``--modem``
 imports the 4G link's module (loa/modem.py) before main.py runs, so that its heap is counted as
-on a receiver on the ``ppp`` link.
+on a receiver on the ``ppp`` link. ``--update`` goes on with a firmware update offered while
+the stream still plays (it waits), then the stream stopped: the manifest's signature check and
+the download with the schedule held, until the receiver resets into the new version; and that
+version's first run up to its confirmation.
 """
 
 from __future__ import annotations
@@ -65,6 +69,12 @@ class Sampler:
         self._thread.start()
         return self
 
+    def restart(self) -> None:
+        """Go on sampling the device's process after it was started again."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(2)
@@ -107,8 +117,20 @@ exec(code)
 """
 
 
-def worst_case(heapsize: str, directory: Path, *,
-               modem: bool = False) -> tuple[bool, list[tuple[str, dict[str, int]]], str]:
+def signed_release(directory: Path) -> tuple[Path, str]:
+    """Release 1.4.0 built from firmware/ and signed with a key made here: (bundle, public key)."""
+    from fleet_service.firmware import bundle, keys
+    from tests.firmware.test_update import HARDWARE, NEW, _source
+
+    out = directory / "bundle"
+    bundle.build(_source(directory / "src", NEW), out, hardware=HARDWARE, min_version="0.1.0")
+    private, _, key = keys.generate(directory / "key")
+    bundle.sign(out, private)
+    return out, keys.public_base64(key)
+
+
+def worst_case(heapsize: str, directory: Path, *, modem: bool = False,
+               update: bool = False) -> tuple[bool, list[tuple[str, dict[str, int]]], str]:
     """Run the worst case at ``heapsize``: whether it all went through, the heap per phase, and
     the receiver's console output."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -119,6 +141,9 @@ def worst_case(heapsize: str, directory: Path, *,
         service = Service(broker, RID)
         cfg = device_config(broker, RID, "pw-heap", tls=True, port=broker.tls_port, ca="ca.crt",
                             server_name="localhost", ntp="", keepalive=30, ping_timeout=5)
+        release = signed_release(directory / "release") if update else None
+        if release is not None:
+            cfg["release_key"] = release[1]
         device = Device(directory / "flash", cfg)
         shutil.copy(broker.ca_file, device.root / "ca.crt")
         if modem:
@@ -161,9 +186,11 @@ def worst_case(heapsize: str, directory: Path, *,
                 observer.wait("state", lambda m, s=session: m["state"] == "online" and m["session"] == s, timeout=30)
                 observer.wait("telemetry", lambda m, s=session: m["session"] == s, timeout=10)
                 time.sleep(1)
+            if release is not None:
+                run_update(device, sampler, service, observer, release[0], modem, heapsize)
             sampler.phase("after")
             time.sleep(1)
-            ok = "MemoryError" not in device.output and "no memory" not in device.output
+            ok = not any(s in device.output for s in ("MemoryError", "no memory", "no_memory"))
         except AssertionError:
             ok = False
         finally:
@@ -172,6 +199,41 @@ def worst_case(heapsize: str, directory: Path, *,
             service.close()
             observer.close()
         return ok, sampler.report(), device.output
+
+
+def run_update(device: Device, sampler: Sampler, service: Service, observer: Observer, release: Path,
+               modem: bool, heapsize: str) -> None:
+    """The update steps of ``--update`` (see the module's docstring)."""
+    from tests.support.release_server import ReleaseServer
+
+    with ReleaseServer(release, {RID: "pw-heap"}, cut_every=20000) as server:
+        sampler.phase("an update offered while playing (waits)")
+        service.send("update", "up-heap", rel=1, ver="1.4.0", hw="esp32-a7670", url=server.url)
+        assert acks(observer, "up-heap")[0]["st"] == "accepted"
+        time.sleep(2)
+        sampler.phase("signature check, download (stopped, schedule held)")
+        service.send("stop", "stop-1")
+        # Each reset (into the new version, or to go on in a heap in one piece) is a power-up
+        # again, until the new version has confirmed itself.
+        for run in range(1, 5):
+            assert device.wait(90) == 0, device.output
+            sampler.stop()
+            if modem:  # the slot to run next imports its own modem.py first
+                slots = json.loads((device.root / "slots.json").read_text()) if (device.root / "slots.json").exists() else {}
+                slot = slots.get("trial") or slots.get("active") or "a"
+                text = re.sub(r'insert\(0, "[ab]"\)', f'insert(0, "{slot}")', (device.root / "main.py").read_text())
+                (device.root / "main.py").write_text(text)
+            before = list(device.lines)
+            device.start(heapsize)
+            device.lines[:0] = before  # one console for every run, so that the phases stay where they are
+            sampler.phase(f"after reset {run}")
+            sampler.restart()
+            try:
+                observer.wait("update", lambda m: m["st"] == "confirmed", timeout=60)
+                break
+            except AssertionError:
+                continue
+        time.sleep(2)
 
 
 def kib(n: int) -> str:
@@ -184,10 +246,11 @@ def main() -> None:
     parser.add_argument("--smallest", action="store_true",
                         help="find the smallest heap (in KiB, steps of 4) it runs in")
     parser.add_argument("--modem", action="store_true", help="with loa/modem.py in the heap, as on the ppp link")
+    parser.add_argument("--update", action="store_true", help="then a firmware update, and the new version's first run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="loa-heap-") as tmp:
         if not args.smallest:
-            ok, report, output = worst_case(args.heapsize, Path(tmp), modem=args.modem)
+            ok, report, output = worst_case(args.heapsize, Path(tmp), modem=args.modem, update=args.update)
             print(f"heap {args.heapsize}: {'went through' if ok else 'FAILED'}")
             for name, h in report:
                 print(f"  {name:45} used ≤ {kib(h['max_used'])}, free ≥ {kib(h['min_free'])}, "
@@ -196,14 +259,14 @@ def main() -> None:
                 print(output)
             return
         low, high = 96, int(args.heapsize.rstrip("k"))  # KiB: assumed failing, checked first
-        ok, _, output = worst_case(f"{high}k", Path(tmp) / f"h{high}", modem=args.modem)
+        ok, _, output = worst_case(f"{high}k", Path(tmp) / f"h{high}", modem=args.modem, update=args.update)
         print(f"heap {high}k: {'went through' if ok else 'failed'}", flush=True)
         if not ok:
             print(output)
             return
         while high - low > 4:
             mid = (low + high) // 2 // 4 * 4
-            ok, _, _ = worst_case(f"{mid}k", Path(tmp) / f"h{mid}", modem=args.modem)
+            ok, _, _ = worst_case(f"{mid}k", Path(tmp) / f"h{mid}", modem=args.modem, update=args.update)
             print(f"heap {mid}k: {'went through' if ok else 'failed'}", flush=True)
             if ok:
                 high = mid
