@@ -493,13 +493,13 @@ class Receiver:
 
     # -- updates (loa/update.py) --------------------------------------------------------------
 
-    def resume_update(self):
-        """At boot: carry on, confirm or report an update the record says is not final."""
+    def resume_update(self, boot=True):
+        """Carry on, confirm or report an update the record says is not final."""
         if files.read_json(UPDATE_RECORD) is None:
             return
         from loa import update
 
-        self.update = update.resume(self)
+        self.update = update.resume(self, boot)
         del update
         if self.update is None:
             unload("update")
@@ -614,9 +614,9 @@ class Receiver:
                     await self._stop("ended")
                 if self.schedule.shed:
                     self.schedule.load()  # the URLs let go for a large command (on_message)
-                if self.update_waiting and self.src == "none":
+                if self.update_waiting and self.src == "none" and self.reported:
                     self.update_waiting = False
-                    self.resume_update()
+                    self.resume_update(False)
                 await self._run_schedule()
                 self._check_board()
             except Exception as exc:  # a bug must not end commands and the schedule for good

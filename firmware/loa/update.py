@@ -342,10 +342,11 @@ class Updater:
         rx.reboot = True
 
 
-def resume(rx):
-    """At boot, with a record that is not final: the new version on its first run (confirmed
-    after its first report, loa/app.py), the old one after a trial that did not confirm
-    (rolled back), or an update cut by a reset before the switch (carried on)."""
+def resume(rx, boot=True):
+    """With a record that is not final: the new version on its first run (confirmed after its
+    first report, loa/app.py), the old one after a trial that did not confirm (rolled back), or
+    an update cut by a reset before the switch: carried on, at boot only once the receiver has
+    reported (loa/app.py), so that it does not take the heap beside the first connection."""
     rec = read_record()
     if not rec or rec.get("st") in FINAL or not isinstance(rec.get("id"), str):
         return None
@@ -357,6 +358,9 @@ def resume(rx):
         if not why:
             why = "watchdog" if rx.board.reset_cause() == "watchdog" else "reset"
         u.rolled_back(why)
+        return None
+    if boot:
+        rx.update_waiting = True
         return None
     u.start()
     return u
