@@ -4,7 +4,6 @@ loop, a small fleet, users of two communes, and receivers scripted at the MQTT l
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from fleet_service.protocol.codec import CommandError
 from fleet_service.registry import service as registry
 from fleet_service.registry.schemas import ReceiverCreate, RegionCreate, StationCreate
 from fleet_service.runtime import Runtime
+from tests.support.receiver_session import receiver_session
 from tests.support.service import running_service, service_settings
 
 
@@ -79,13 +79,7 @@ class ScriptedReceiver:
     @asynccontextmanager
     async def online(self) -> AsyncIterator[ScriptedReceiver]:
         base = f"loa/v1/rx/{self.receiver_id}"
-        will = aiomqtt.Will(f"{base}/state", json.dumps({"v": 1, "state": "offline", "session": self.session,
-                                                         "reason": "lost"}), qos=1, retain=True)
-        async with aiomqtt.Client("127.0.0.1", self.port, identifier=self.receiver_id, username=self.receiver_id,
-                                  password=self.password, will=will, keepalive=30) as client:
-            await client.subscribe(f"{base}/cmd", qos=1)
-            await client.publish(f"{base}/state", json.dumps({"v": 1, "state": "online", "session": self.session,
-                                                              "reason": "boot", "fw": "test"}), qos=1, retain=True)
+        async with receiver_session(self.port, self.receiver_id, self.password, self.session, fw="test") as client:
             task = asyncio.create_task(self._serve(client, base))
             try:
                 yield self

@@ -13,6 +13,8 @@ from typing import Any
 
 import aiomqtt
 
+from tests.support.receiver_session import receiver_session
+
 HARDWARE = "esp32-a7670"
 # How a receiver carries out an update: the steps it reports, and its answer.
 CONFIRMS = [("offered", {}), ("downloading", {"pct": 50, "got": 4000}), ("downloaded", {"got": 8000}),
@@ -45,14 +47,8 @@ class UpdatingReceiver:
     @asynccontextmanager
     async def online(self) -> AsyncIterator[UpdatingReceiver]:
         base = f"loa/v1/rx/{self.receiver_id}"
-        will = aiomqtt.Will(f"{base}/state", json.dumps({"v": 1, "state": "offline", "session": self.session,
-                                                         "reason": "lost"}), qos=1, retain=True)
-        async with aiomqtt.Client("127.0.0.1", self.port, identifier=self.receiver_id, username=self.receiver_id,
-                                  password=self.password, will=will, keepalive=30) as client:
-            await client.subscribe(f"{base}/cmd", qos=1)
-            await client.publish(f"{base}/state", json.dumps({
-                "v": 1, "state": "online", "session": self.session, "reason": "boot", "fw": self.firmware,
-                "hw": HARDWARE}), qos=1, retain=True)
+        async with receiver_session(self.port, self.receiver_id, self.password, self.session, fw=self.firmware,
+                                    hw=HARDWARE) as client:
             task = asyncio.create_task(self._serve(client, base))
             updates = [asyncio.create_task(self._update(client, base, command, resumed=True))
                        for command in list(self._under_way.values())]
