@@ -33,6 +33,7 @@ SETTLE_BATCH = 100
 SETTLE_AFTER_S = 0.1
 RETRY_MIN_S = 1.0
 RETRY_MAX_S = 60.0
+STOP_GRACE_S = 5.0  # what a stopping worker gives the entry in hand
 
 # A side effect: (subject, payload) -> None, raising when it could not be applied. Called in a
 # worker thread: broker adapters block.
@@ -65,16 +66,23 @@ class OutboxDispatcher:
         self._changed = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._tasks = [asyncio.create_task(self._run(), name="outbox")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        # Let the entry in hand finish and its outcome be recorded: cancelled in between,
+        # an applied entry would stay pending and be applied again by the next worker.
+        self._stopping = True
+        self._wake.set()
+        _, running = await asyncio.wait(self._tasks, timeout=STOP_GRACE_S) if self._tasks else ((), ())
+        for task in running:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self._stopping = False
 
     def wake(self) -> None:
         if self._loop is not None:
@@ -115,7 +123,7 @@ class OutboxDispatcher:
             return Progress(all(e.done_at is not None for e in entries), True, errors)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL_S)
             except TimeoutError:
@@ -136,6 +144,8 @@ class OutboxDispatcher:
             outcomes: list[Outcome] = []
             since = loop.time()
             for entry_id, kind, subject, payload, attempts in entries:
+                if self._stopping:
+                    break
                 key = repo.order_key(kind, subject)
                 if key in failed:
                     continue  # keep the order on this subject: it waits for the retry
@@ -147,7 +157,7 @@ class OutboxDispatcher:
                     await self._record(outcomes)
                     outcomes, since = [], loop.time()
             await self._record(outcomes)
-            if len(entries) < BATCH or failed:
+            if len(entries) < BATCH or failed or self._stopping:
                 return
 
     async def _record(self, outcomes: list[Outcome]) -> None:

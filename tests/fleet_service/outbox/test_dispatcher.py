@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -97,6 +98,30 @@ async def test_a_failed_entry_is_retried_and_holds_back_what_follows(session_fac
         await dispatcher.stop()
     assert broker.applied == [("set", "rx-1:pw"), ("removed", "rx-1:")]
     assert [r.attempts for r in entries(session_factory)] == [3, 1]
+
+
+async def test_a_stopping_worker_records_the_entry_it_was_applying(session_factory):
+    # Cancelled between applying and recording, the entry would stay pending and the next
+    # worker would apply it a second time.
+    applying, release = threading.Event(), threading.Event()
+
+    def slow_login_removed(subject: str, payload: Mapping[str, Any]) -> None:
+        applying.set()
+        release.wait(5)
+
+    dispatcher = OutboxDispatcher(session_factory, {OutboxKind.RECEIVER_LOGIN_REMOVED: slow_login_removed})
+    await dispatcher.start()
+    record(session_factory, (OutboxKind.RECEIVER_LOGIN_REMOVED, "rx-1", None),
+           (OutboxKind.RECEIVER_LOGIN_REMOVED, "rx-2", None))
+    dispatcher.wake()
+    await until(applying.is_set)
+    stopping = asyncio.create_task(dispatcher.stop())
+    await asyncio.sleep(0.2)
+    release.set()
+    await stopping
+    first, second = entries(session_factory)
+    assert first.done_at is not None and first.attempts == 1
+    assert second.done_at is None and second.attempts == 0  # left for the next worker
 
 
 async def test_the_cli_waits_for_a_live_worker_and_not_for_a_dead_one(session_factory):
