@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # built by the worker's composition (fleet_service/worker/com
     from fleet_service.ingest.service import IngestService
     from fleet_service.mqtt.adapter import MqttAdapter
     from fleet_service.outbox.dispatcher import OutboxDispatcher
+    from fleet_service.rollouts.driver import RolloutDriver
     from fleet_service.schedules.sync import ScheduleSync
     from fleet_service.telemetry.service import TelemetryService
 
@@ -38,6 +39,7 @@ class Runtime:
     schedules: ScheduleSync | None = None
     telemetry: TelemetryService | None = None
     outbox: OutboxDispatcher | None = None
+    rollouts: RolloutDriver | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:

@@ -33,7 +33,10 @@ def token_with_owner(session: Session, token_hash: str) -> tuple[ApiToken, User,
         .outerjoin(Region, User.region_id == Region.id)
         .where(ApiToken.token_hash == token_hash)
     ).first()
-    return None if found is None else found.tuple()
+    if found is None:
+        return None
+    token, user, path = found
+    return token, user, path
 
 
 def get_token(session: Session, token_id: int) -> ApiToken | None:

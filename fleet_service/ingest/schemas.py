@@ -55,6 +55,11 @@ class IngestStatusOut(BaseModel):
     # Side effects on the broker applied from the outbox, and failed attempts (retried).
     outbox_applied: int = 0
     outbox_failures: int = 0
+    # Firmware rollouts driven by this worker: update offers made, receivers' update reports
+    # written, and checks or writes that failed (retried at the next turn).
+    rollout_offers: int = 0
+    rollout_reports: int = 0
+    rollout_failures: int = 0
     tracked_receivers: int
     stale_messages: int
     unobserved_outages: int

@@ -15,6 +15,8 @@ import typer
 
 from fleet_service import cli_support
 from fleet_service.cli_support import ApiUrl, Token, parse_time, print_table
+from fleet_service.rollouts.plan import ALL_DAYS
+from fleet_service.schedules.schemas import DAY_NAMES, days_of
 from fleet_service.timefmt import local_text
 
 rollouts_app = typer.Typer(no_args_is_help=True)
@@ -63,14 +65,22 @@ def wave_line(wave: dict[str, Any], current: int) -> str:
     return line
 
 
+def window_text(window: dict[str, Any] | None) -> str:
+    if not window:
+        return "mọi lúc / any time"
+    text = f"{window['start']}–{window['end']}"
+    if window.get("days", ALL_DAYS) != ALL_DAYS:
+        text += f" ({', '.join(days_of(window['days']))})"
+    return text
+
+
 def rollout_lines(rollout: dict[str, Any]) -> list[str]:
-    window = rollout["window"]
     lines = [
         f"Đợt cập nhật / rollout {rollout['id']} \"{rollout['name']}\": {rollout['version']} ({rollout['hardware']}) "
         f"— {STATE_TEXT.get(rollout['state'], rollout['state'])}",
         f"  tạo bởi / by {rollout['creator_name']} {local_text(parse_time(rollout['created_at']))}; "
         f"máy thu / receivers: {rollout['target_summary']}; "
-        f"khung giờ / window: {window['start'] + '–' + window['end'] if window else 'mọi lúc / any time'}; "
+        f"khung giờ / window: {window_text(rollout['window'])}; "
         f"{rollout['per_minute']} máy/phút / a minute",
     ]
     if rollout["state_reason"]:
@@ -84,11 +94,19 @@ def rollout_lines(rollout: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _window(text: str) -> dict[str, str]:
+def _window(text: str, days: str | None) -> dict[str, Any]:
     start, sep, end = text.partition("-")
     if not sep:
         raise typer.BadParameter(f"'{text}': HH:MM-HH:MM, e.g. 22:00-04:00")
-    return {"start": start.strip(), "end": end.strip()}
+    window: dict[str, Any] = {"start": start.strip(), "end": end.strip()}
+    if days:
+        names = [d.strip().lower() for d in days.split(",") if d.strip()]
+        unknown = [d for d in names if d not in DAY_NAMES]
+        if unknown or not names:
+            raise typer.BadParameter(f"'{days}': ngày trong tuần / days of the week, e.g. mon,wed,sat "
+                                     f"({','.join(DAY_NAMES)})", param_hint="--days")
+        window["days"] = sum(1 << DAY_NAMES.index(d) for d in set(names))
+    return window
 
 
 @rollouts_app.command("create")
@@ -103,6 +121,8 @@ def create(
     waves: Annotated[str, typer.Option(help="Các đợt / waves: counts or percentages, e.g. 3,10%,100%")] = "3,10%,100%",
     window: Annotated[str | None, typer.Option(help="Khung giờ bảo trì / maintenance window, local time, "
                                                     "e.g. 22:00-04:00 (default: any time)")] = None,
+    days: Annotated[str | None, typer.Option(help="Các ngày khung giờ mở / days the window opens, "
+                                                  "e.g. mon,wed,sat (default: every day)")] = None,
     success: Annotated[int, typer.Option(help="% xác nhận để sang đợt sau / % confirmed before the next wave")] = 90,
     error: Annotated[int, typer.Option(help="% lỗi thì tự tạm dừng / % failed that pauses the rollout")] = 20,
     min_finished: Annotated[int, typer.Option(help="Số máy xong tối thiểu để xét ngưỡng / finished receivers "
@@ -127,8 +147,10 @@ def create(
         "waves": [w.strip() for w in waves.split(",") if w.strip()], "success_percent": success,
         "error_percent": error, "min_finished": min_finished, "per_minute": per_minute, "jitter_s": jitter,
         "step_timeout_s": step_timeout, "force": force}
+    if days and not window:
+        raise typer.BadParameter("--days cần --window / --days needs --window", param_hint="--days")
     if window:
-        body["window"] = _window(window)
+        body["window"] = _window(window, days)
     with cli_support.client(api, token) as client:
         rollout = cli_support.call(client, "POST", "/rollouts", json=body)
     for line in rollout_lines(rollout):

@@ -11,7 +11,7 @@ from fleet_service.db import RowId
 from fleet_service.errors import BilingualValueError
 from fleet_service.protocol.messages import URL_MAX, Priority, ScheduleSlot, SCHEDULE_MAX_SLOTS
 
-_DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class SlotIn(BaseModel):
@@ -20,7 +20,7 @@ class SlotIn(BaseModel):
     start: str = Field(examples=["05:30"], description="HH:MM or HH:MM:SS, Vietnam time")
     end: str = Field(examples=["06:00"])
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        default_factory=lambda: list(_DAY_NAMES), description="days of the week it plays")
+        default_factory=lambda: list(DAY_NAMES), description="days of the week it plays")
     url: str = Field(max_length=URL_MAX)
     priority: Priority = Priority.NORMAL
     valid_from: date | None = None
@@ -42,7 +42,7 @@ class SlotIn(BaseModel):
 
     @property
     def day_mask(self) -> int:
-        return sum(1 << _DAY_NAMES.index(day) for day in set(self.days))
+        return sum(1 << DAY_NAMES.index(day) for day in set(self.days))
 
     def protocol_slot(self, slot_id: str) -> ScheduleSlot:
         return ScheduleSlot(slot_id=slot_id, start=self.start, end=self.end, days=self.day_mask, url=self.url,
@@ -110,4 +110,4 @@ class ReceiverScheduleOut(BaseModel):
 
 
 def days_of(mask: int) -> list[str]:
-    return [name for i, name in enumerate(_DAY_NAMES) if mask & (1 << i)]
+    return [name for i, name in enumerate(DAY_NAMES) if mask & (1 << i)]

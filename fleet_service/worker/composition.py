@@ -235,7 +235,7 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
     await schedules.start()
     await rollouts.start()
     runtime.ingest, runtime.mqtt, runtime.commands, runtime.outbox = ingest, adapter, commands, outbox
-    runtime.schedules = schedules
+    runtime.schedules, runtime.rollouts = schedules, rollouts
     runtime.broker_accounts = accounts
     task = asyncio.create_task(adapter.run(), name="mqtt-adapter")
     try:
@@ -250,7 +250,7 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
         await asyncio.gather(task, return_exceptions=True)
         runtime.outbox = None
         await outbox.stop()
-        runtime.commands = None
+        runtime.commands, runtime.rollouts = None, None
         await rollouts.stop()
         await schedules.stop()
         await commands.stop()

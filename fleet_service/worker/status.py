@@ -29,7 +29,7 @@ REPORT_NAME = "leader"
 
 def ingest_status_here(runtime: Runtime) -> IngestStatusOut | None:
     """The figures of this process's own MQTT side; None where it does not run."""
-    ingest, mqtt, outbox = runtime.ingest, runtime.mqtt, runtime.outbox
+    ingest, mqtt, outbox, rollouts = runtime.ingest, runtime.mqtt, runtime.outbox, runtime.rollouts
     if ingest is None:
         return None
     counters: dict[str, object] = ingest.counters.as_dict()
@@ -40,6 +40,9 @@ def ingest_status_here(runtime: Runtime) -> IngestStatusOut | None:
         mqtt_client_id=mqtt.client_id if mqtt else None,
         outbox_applied=outbox.counters.applied if outbox else 0,
         outbox_failures=outbox.counters.failures if outbox else 0,
+        rollout_offers=rollouts.offered if rollouts else 0,
+        rollout_reports=rollouts.reports if rollouts else 0,
+        rollout_failures=rollouts.failures if rollouts else 0,
         tracked_receivers=len(ingest.tracker),
         stale_messages=ingest.tracker.stale_messages,
         unobserved_outages=ingest.tracker.unobserved_outages,

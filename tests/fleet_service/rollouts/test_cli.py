@@ -82,6 +82,14 @@ def test_create_follow_and_steer_a_rollout(served) -> None:
     assert output.count("Đợt cập nhật / rollout 1") == 1
     code, output = run("rollouts", "show", "9", *api)
     assert code == 1 and "no rollout 9" in output
+    code, output = run("rollouts", "create", "--release", str(release_id), "--window", "22:00-04:00",
+                       "--days", "sat,Mon", *api)
+    assert code == 0 and "khung giờ / window: 22:00–04:00 (mon, sat)" in output, output
+    code, output = run("rollouts", "create", "--release", str(release_id), "--window", "22:00-04:00",
+                       "--days", "mon,thurs", *api)
+    assert code == 2 and "days of the week" in output
+    code, output = run("rollouts", "create", "--release", str(release_id), "--days", "mon", *api)
+    assert code == 2 and "--days needs --window" in output
 
 
 def test_a_wave_line_counts_what_is_under_way() -> None:

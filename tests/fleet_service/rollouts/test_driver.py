@@ -25,6 +25,7 @@ from fleet_service.rollouts.models import Rollout, RolloutTarget
 from fleet_service.rollouts.schemas import RolloutCreate, WindowIn
 from fleet_service.runtime import Runtime
 from fleet_service.timefmt import LOCAL_ZONE
+from fleet_service.worker.status import ingest_status_here
 from tests.fleet_service.rollouts.receivers import CONFIRMS, FAILS, SILENT, UpdatingReceiver
 from tests.fleet_service.rollouts.test_service import ADMIN, add_release
 from tests.support.fleet import SmallFleet, provision_fleet
@@ -111,6 +112,11 @@ async def test_a_rollout_completes_wave_by_wave_the_canary_first(db_url):
             ops = Counter(session.scalars(select(Command.op)))
             issuers = set(session.scalars(select(Command.issuer_name)))
         assert ops == {"update": 4} and issuers == {"admin"}
+        # The worker's own figures, as GET /ingest/status gives them.
+        status = ingest_status_here(s.runtime)
+        assert status is not None
+        assert (status.rollout_offers, status.rollout_failures) == (4, 0)
+        assert status.rollout_reports >= 8  # offered, downloading, …, confirmed: batched, several each
 
 
 async def test_failures_past_the_error_threshold_pause_the_rollout_until_retried(sqlite_url):
