@@ -40,7 +40,7 @@ from fleet_service.protocol.messages import Ack, AckStatus, CommandOp, Priority,
 from fleet_service.registry.models import Receiver, ReceiverStatus
 from fleet_service.rollouts.models import FINAL_TARGET_STATES, Rollout, RolloutState, RolloutTarget, TargetState
 from fleet_service.rollouts.plan import Pace, Thresholds, Verdict, WaveTally, Window, judge
-from fleet_service.rollouts.service import withdraw_release
+from fleet_service.rollouts.service import firmware_names, withdraw_release
 from fleet_service.uptime.models import ReceiverLiveState
 
 log = logging.getLogger(__name__)
@@ -335,7 +335,7 @@ class RolloutDriver:
             stopped = withdraw_release(session, release.id, now)
             log.info("rollouts %s stopped: release %s was withdrawn", stopped, release.version)
             return []
-        self._time_out(session, rollout, now)
+        self._time_out(session, rollout, release, now)
         self._drop_removed(session, rollout, now)
         if rollout.state != RolloutState.RUNNING.value:
             return []
@@ -343,12 +343,28 @@ class RolloutDriver:
             return []
         return self._offer(session, rollout, release, born, now)
 
-    def _time_out(self, session: Session, rollout: Rollout, now: datetime) -> None:
+    def _time_out(self, session: Session, rollout: Rollout, release: FirmwareRelease, now: datetime) -> None:
         stuck = (RolloutTarget.rollout_id == rollout.id, RolloutTarget.state.in_(TIMED_STEPS),
                  RolloutTarget.state_at < now - timedelta(seconds=rollout.step_timeout_s))
         # Read first: a write every second that changes nothing would still take SQLite's lock.
         if session.scalar(select(RolloutTarget.receiver_id).where(*stuck).limit(1)) is None:
             return
+        # A receiver whose confirmation was lost (its retained status gone with a broker that
+        # kept nothing) but that has been heard running the release since: its trial would
+        # have ended long before the step's time-out, so it runs the release for good.
+        running_it = session.scalars(
+            select(RolloutTarget.receiver_id)
+            .join(ReceiverLiveState, ReceiverLiveState.receiver_id == RolloutTarget.receiver_id)
+            .where(*stuck, ReceiverLiveState.firmware.in_(firmware_names(release.version)),
+                   ReceiverLiveState.heard_at > RolloutTarget.state_at)).all()
+        if running_it:
+            session.execute(
+                update(RolloutTarget)
+                .where(RolloutTarget.rollout_id == rollout.id, RolloutTarget.receiver_id.in_(running_it))
+                .values(state=TargetState.CONFIRMED.value, percent=100, reason="seen_running", state_at=now)
+                .execution_options(synchronize_session=False))
+            log.info("rollout %d: %d receivers seen running %s without their confirmation: confirmed",
+                     rollout.id, len(running_it), release.version)
         timed_out = session.execute(
             update(RolloutTarget).where(*stuck)
             .values(state=TargetState.FAILED.value, reason="timeout", state_at=now)

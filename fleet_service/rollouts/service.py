@@ -35,6 +35,11 @@ def reported_version(firmware: str | None) -> str | None:
     return firmware.removeprefix(FIRMWARE_PREFIX) if firmware is not None else None
 
 
+def firmware_names(version: str) -> tuple[str, str]:
+    """What a receiver running ``version`` may report as its firmware."""
+    return version, FIRMWARE_PREFIX + version
+
+
 @dataclass(frozen=True, slots=True)
 class Actor:
     user_id: int | None

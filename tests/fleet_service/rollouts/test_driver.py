@@ -211,6 +211,28 @@ async def test_a_silent_receiver_times_out(sqlite_url):
         assert s.states(rollout_id)["rx-0"] == "confirmed"
 
 
+async def test_a_receiver_heard_running_the_release_without_its_confirmation_counts_as_confirmed(sqlite_url):
+    # Its last status (rebooting) was the last word heard: a broker that lost the retained
+    # confirmation, say. Reborn running the release, it is confirmed at the step's time-out;
+    # one reborn on its old version times out.
+    async with setup(sqlite_url, receivers=2) as s:
+        rollout_id = s.create(waves=["100%"], success_percent=50, min_finished=2, error_percent=50)
+        with session_scope(s.runtime.sessions) as session:  # the API's least is a minute
+            session.execute(update(Rollout).where(Rollout.id == rollout_id).values(step_timeout_s=3))
+        receivers = [s.receiver(rid, steps=CONFIRMS[:-1]) for rid in ("rx-0", "rx-1")]
+        async with contextlib.AsyncExitStack() as stack:
+            await all_online(receivers, stack)
+            await wait_until(lambda: set(s.states(rollout_id).values()) == {"rebooting"}, timeout=10,
+                             what="both rebooting")
+        receivers[0].firmware = "loa-fw-1.4.0"
+        async with contextlib.AsyncExitStack() as stack:
+            await all_online(receivers, stack)
+            await wait_until(lambda: s.rollout(rollout_id).state == "completed", timeout=15, what="completed")
+        targets = s.targets(rollout_id)
+        assert (targets["rx-0"].state, targets["rx-0"].reason) == ("confirmed", "seen_running")
+        assert (targets["rx-1"].state, targets["rx-1"].reason) == ("failed", "timeout")
+
+
 async def test_a_withdrawn_release_stops_the_rollout(sqlite_url):
     async with setup(sqlite_url, receivers=3) as s:
         rollout_id = s.create(waves=["1", "100%"], success_percent=100, min_finished=1)
