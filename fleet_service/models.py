@@ -1,5 +1,6 @@
 """Every table, imported in one place so that Alembic and create-time checks see them all."""
 
+from fleet_service.alerts.models import AlertCondition, Incident, RuleOverride, Silence
 from fleet_service.audit.models import AuditEntry
 from fleet_service.auth.models import ApiToken, User
 from fleet_service.commands.models import Command, CommandTarget
@@ -14,6 +15,7 @@ from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
 from fleet_service.worker.models import WorkerLease
 
 __all__ = [
+    "AlertCondition",
     "ApiToken",
     "AuditEntry",
     "Base",
@@ -23,6 +25,7 @@ __all__ = [
     "FirmwareDownload",
     "FirmwareRelease",
     "FirmwareReleaseFile",
+    "Incident",
     "OutboxEntry",
     "Receiver",
     "ReceiverCredential",
@@ -31,8 +34,10 @@ __all__ = [
     "Region",
     "Rollout",
     "RolloutTarget",
+    "RuleOverride",
     "Schedule",
     "ScheduleSlotRow",
+    "Silence",
     "Station",
     "StationAssignment",
     "User",

@@ -1,0 +1,1 @@
+"""Alerts to maintenance crews: rules over the live state, incidents, silences."""

@@ -1,0 +1,358 @@
+"""Evaluating the alert rules: the leading worker's workflow (docs/alerts.md).
+
+Every EVAL_INTERVAL_S the rules are evaluated over every active receiver's live state, in a
+worker thread, and the timers are kept in ``alert_conditions``:
+
+- a condition that starts holding is recorded with when it began;
+- one that holds for the rule's pending time raises an incident, unless the receiver already
+  has an unresolved one for that rule (``incidents.open_key`` is unique while unresolved);
+- one that stops holding starts its hold-down, and one that holds again within it goes on as
+  if it had not stopped (a flapping link is one incident);
+- one that has stopped for the whole hold-down is forgotten, and its incident resolved.
+
+Many receivers of one station, or of one commune (a station's region), whose condition began
+within GROUP_WINDOW_S of each other and reached the pending time together, become one grouped
+incident, of which their own are members: the crew is told once ("12 of 14 receivers in xã
+Hùng Sơn lost their connection at 14:02"). An incident under a silence is recorded but not
+notified (``suppressed_by``).
+
+Nothing lives only in this process: a restart, or another worker taking the lead, evaluates
+the same tables and the same live state and raises nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_service.alerts.models import AlertCondition, Incident, IncidentScope, IncidentState, RuleOverride, Silence
+from fleet_service.alerts.rules import DEFAULT_RULES, TITLES, LiveRow, Rule, RuleKind, evaluate
+from fleet_service.db import session_scope, utcnow
+from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
+from fleet_service.timefmt import local_text
+from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
+
+log = logging.getLogger(__name__)
+
+EVAL_INTERVAL_S = 2.0
+# Receivers of one group whose condition began this close together failed together.
+GROUP_WINDOW_S = 120
+# A group is at least this many receivers, and at least this share of the group's receivers.
+GROUP_MIN_RECEIVERS = 3
+GROUP_MIN_SHARE = 0.5
+
+
+@dataclass(slots=True)
+class Place:
+    """Where a receiver is: its station and the station's region (the commune)."""
+
+    station_id: int | None
+    station_name: str | None
+    region_id: int | None
+    region_name: str | None
+    region_path: str
+
+
+@dataclass(slots=True)
+class TurnResult:
+    raised: list[int] = field(default_factory=list)     # incidents raised, to be notified
+    suppressed: list[int] = field(default_factory=list)  # raised, but silenced or in a group
+    resolved: list[int] = field(default_factory=list)
+
+
+def effective_rules(overrides: Iterable[RuleOverride], region_path: str) -> dict[RuleKind, Rule]:
+    """The defaults, then the whole service's overrides, then each region's down the path: the
+    nearest region wins, field by field."""
+    ids = [int(p) for p in region_path.split("/") if p]
+    depth = {0: -1, **{region_id: i for i, region_id in enumerate(ids)}}
+    rules = dict(DEFAULT_RULES)
+    for override in sorted((o for o in overrides if o.region_key in depth), key=lambda o: depth[o.region_key]):
+        try:
+            kind = RuleKind(override.kind)
+        except ValueError:
+            continue
+        rules[kind] = rules[kind].with_overrides({
+            "severity": override.severity, "pending_s": override.pending_s, "hold_s": override.hold_s,
+            "threshold": override.threshold, "enabled": override.enabled})
+    return rules
+
+
+def _silenced(silences: list[Silence], kind: RuleKind, receiver_id: str, place: Place) -> Silence | None:
+    ids = {int(p) for p in place.region_path.split("/") if p}
+    for silence in silences:
+        if silence.kinds and kind.value not in silence.kinds:
+            continue
+        if (silence.receiver_id == receiver_id or (silence.station_id is not None and silence.station_id == place.station_id)
+                or (silence.region_id is not None and silence.region_id in ids)):
+            return silence
+    return None
+
+
+def _value_text(value: object) -> str | None:
+    return None if value is None else str(value)[:64]
+
+
+def receiver_summary(kind: RuleKind, receiver_id: str, place: Place, since: datetime) -> str:
+    vi, en = TITLES[kind]
+    where = ", ".join(p for p in (place.station_name, place.region_name) if p)
+    return f"{vi} / {en}: {receiver_id}{' (' + where + ')' if where else ''} từ / since {local_text(since)}"
+
+
+def group_summary(kind: RuleKind, count: int, total: int, where: str, since: datetime) -> str:
+    vi, en = TITLES[kind]
+    return (f"{vi} / {en}: {count}/{total} máy thu ở / receivers in {where} từ / since {local_text(since)}"
+            f" — có thể mất điện hoặc mất sóng 4G cả khu vực / likely a power or 4G cell outage"
+            if kind is RuleKind.OFFLINE else
+            f"{vi} / {en}: {count}/{total} máy thu ở / receivers in {where} từ / since {local_text(since)}")
+
+
+class Evaluation:
+    """One turn over the whole fleet, in one transaction."""
+
+    def __init__(self, session: Session, now: datetime) -> None:
+        self.session = session
+        self.now = now
+        self.result = TurnResult()
+
+    def run(self) -> TurnResult:
+        session, now = self.session, self.now
+        overrides = list(session.scalars(select(RuleOverride)))
+        silences = list(session.scalars(select(Silence).where(Silence.starts_at <= now, Silence.ends_at > now)))
+        rows, places = self._live_rows()
+        offline_since: dict[str, datetime] = {rid: start for rid, start in session.execute(
+            select(ConnectivityInterval.receiver_id, ConnectivityInterval.start_at)
+            .where(ConnectivityInterval.end_at.is_(None), ConnectivityInterval.state == "offline"))}
+        conditions = {(c.kind, c.receiver_id): c for c in session.scalars(select(AlertCondition))}
+        rules_by_path: dict[str, dict[RuleKind, Rule]] = {}
+        firing: list[tuple[AlertCondition, Rule, Place]] = []
+        seen: set[tuple[str, str]] = set()
+        for row in rows:
+            place = places[row.receiver_id]
+            rules = rules_by_path.get(place.region_path)
+            if rules is None:
+                rules = rules_by_path[place.region_path] = effective_rules(overrides, place.region_path)
+            findings = evaluate(row, rules, now, offline_since.get(row.receiver_id))
+            for kind, rule in rules.items():
+                key = (kind.value, row.receiver_id)
+                condition = conditions.get(key)
+                finding = findings.get(kind)
+                if finding is not None:
+                    seen.add(key)
+                    if condition is None:
+                        since = min(finding.since or now, now)
+                        condition = AlertCondition(kind=kind.value, receiver_id=row.receiver_id, active_since=since,
+                                                   seen_at=now, value=_value_text(finding.value))
+                        session.add(condition)
+                        conditions[key] = condition
+                    else:
+                        condition.seen_at, condition.cleared_at = now, None
+                        condition.value = _value_text(finding.value)
+                    if condition.incident_id is None and now - condition.active_since >= timedelta(seconds=rule.pending_s):
+                        firing.append((condition, rule, place))
+                elif condition is not None:
+                    seen.add(key)
+                    self._clearing(condition, rule)
+        # Conditions of receivers no longer evaluated (revoked, retired) or rules gone: forgotten.
+        for key, condition in conditions.items():
+            if key not in seen:
+                self._forget(condition)
+        session.flush()
+        self._raise(firing, silences, places)
+        return self.result
+
+    def _live_rows(self) -> tuple[list[LiveRow], dict[str, Place]]:
+        rows: list[LiveRow] = []
+        places: dict[str, Place] = {}
+        query = (
+            select(ReceiverLiveState.receiver_id, ReceiverLiveState.online, ReceiverLiveState.heard_at,
+                   ReceiverLiveState.telemetry_at, ReceiverLiveState.temperature_c, ReceiverLiveState.supply_v,
+                   ReceiverLiveState.signal_dbm, ReceiverLiveState.amplifier, ReceiverLiveState.stream,
+                   ReceiverLiveState.clock_skew_s,
+                   Station.id, Station.name, Region.id, Region.name, Region.path)
+            .join(Receiver, Receiver.id == ReceiverLiveState.receiver_id)
+            .outerjoin(Station, Station.id == Receiver.station_id)
+            .outerjoin(Region, Region.id == Station.region_id)
+            .where(Receiver.status == ReceiverStatus.ACTIVE.value))
+        for (rid, online, heard, tele, temp, supply, signal, amp, stream, skew,
+             station_id, station_name, region_id, region_name, path) in self.session.execute(query):
+            rows.append(LiveRow(rid, online, heard, tele, temp, supply, signal, amp, stream, skew))
+            places[rid] = Place(station_id, station_name, region_id, region_name, path or "/")
+        return rows, places
+
+    def _clearing(self, condition: AlertCondition, rule: Rule) -> None:
+        if condition.cleared_at is None:
+            condition.cleared_at = self.now
+        # Held down before it was raised too: a link that drops for a minute every few minutes
+        # adds up to one incident once its first drop is the pending time old.
+        if self.now - condition.cleared_at >= timedelta(seconds=rule.hold_s):
+            self._forget(condition)
+
+    def _forget(self, condition: AlertCondition) -> None:
+        if condition.incident_id is not None:
+            self._resolve(condition.incident_id)
+        self.session.delete(condition)
+
+    def _resolve(self, incident_id: int) -> None:
+        incident = self.session.get(Incident, incident_id)
+        if incident is None or incident.state == IncidentState.RESOLVED.value:
+            return
+        incident.state, incident.resolved_at, incident.open_key = IncidentState.RESOLVED.value, self.now, None
+        self.result.resolved.append(incident.id)
+        parent_id = incident.parent_id
+        if parent_id is not None:
+            self.session.flush()
+            members_open = self.session.scalar(select(Incident.id).where(
+                Incident.parent_id == parent_id, Incident.state != IncidentState.RESOLVED.value).limit(1))
+            if members_open is None:
+                self._resolve(parent_id)
+
+    def _raise(self, firing: list[tuple[AlertCondition, Rule, Place]], silences: list[Silence],
+               places: dict[str, Place]) -> None:
+        if not firing:
+            return
+        groups = self._groups(firing, places)
+        grouped: dict[tuple[str, str], Incident] = {}
+        for (kind, scope, subject_id), members in groups.items():
+            parent = self._group_incident(kind, scope, subject_id, members, silences, places)
+            if parent is not None:
+                for condition, _, _ in members:
+                    grouped[(condition.kind, condition.receiver_id)] = parent
+        for condition, rule, place in firing:
+            parent = grouped.get((condition.kind, condition.receiver_id))
+            kind = RuleKind(condition.kind)
+            silence = _silenced(silences, kind, condition.receiver_id, place)
+            suppressed_by = f"group:{parent.id}" if parent is not None else (f"silence:{silence.id}" if silence else None)
+            incident = self._open(Incident(
+                kind=kind.value, severity=rule.severity.value, scope=IncidentScope.RECEIVER.value,
+                receiver_id=condition.receiver_id, station_id=place.station_id, region_id=place.region_id,
+                region_path=place.region_path, open_key=f"{kind.value}:rx:{condition.receiver_id}",
+                parent_id=parent.id if parent is not None else None, suppressed_by=suppressed_by,
+                summary=receiver_summary(kind, condition.receiver_id, place, condition.active_since)[:500],
+                value=condition.value, started_at=condition.active_since, opened_at=self.now))
+            if incident is not None:
+                condition.incident_id = incident.id
+
+    def _groups(self, firing: list[tuple[AlertCondition, Rule, Place]],
+                places: dict[str, Place]) -> dict[tuple[RuleKind, str, int], list[tuple[AlertCondition, Rule, Place]]]:
+        """Firing conditions that fail together: by commune first, else by station."""
+        by_region: dict[tuple[RuleKind, int], list[tuple[AlertCondition, Rule, Place]]] = defaultdict(list)
+        for item in firing:
+            if item[2].region_id is not None:
+                by_region[(RuleKind(item[0].kind), item[2].region_id)].append(item)
+        receivers_in_region: dict[int, int] = defaultdict(int)
+        receivers_in_station: dict[int, int] = defaultdict(int)
+        for place in places.values():
+            if place.region_id is not None:
+                receivers_in_region[place.region_id] += 1
+            if place.station_id is not None:
+                receivers_in_station[place.station_id] += 1
+        groups: dict[tuple[RuleKind, str, int], list[tuple[AlertCondition, Rule, Place]]] = {}
+        taken: set[tuple[str, str]] = set()
+        for (kind, region_id), items in by_region.items():
+            together = _together(items)
+            if _enough(len(together), receivers_in_region[region_id]):
+                groups[(kind, IncidentScope.REGION.value, region_id)] = together
+                taken.update((c.kind, c.receiver_id) for c, _, _ in together)
+        by_station: dict[tuple[RuleKind, int], list[tuple[AlertCondition, Rule, Place]]] = defaultdict(list)
+        for item in firing:
+            if item[2].station_id is not None and (item[0].kind, item[0].receiver_id) not in taken:
+                by_station[(RuleKind(item[0].kind), item[2].station_id)].append(item)
+        for (kind, station_id), items in by_station.items():
+            together = _together(items)
+            if _enough(len(together), receivers_in_station[station_id]):
+                groups[(kind, IncidentScope.STATION.value, station_id)] = together
+        return groups
+
+    def _group_incident(self, kind: RuleKind, scope: str, subject_id: int,
+                        members: list[tuple[AlertCondition, Rule, Place]], silences: list[Silence],
+                        places: dict[str, Place]) -> Incident | None:
+        place = members[0][2]
+        total = sum(1 for p in places.values()
+                    if (p.region_id if scope == IncidentScope.REGION.value else p.station_id) == subject_id)
+        since = min(c.active_since for c, _, _ in members)
+        where = (place.region_name if scope == IncidentScope.REGION.value else place.station_name) or str(subject_id)
+        severity = min((rule.severity for _, rule, _ in members), key=lambda s: list(type(s)).index(s))
+        open_key = f"{kind.value}:{scope}:{subject_id}"
+        existing = self.session.scalar(select(Incident).where(Incident.open_key == open_key))
+        if existing is not None:
+            return existing  # late members join the group already raised
+        silence = _silenced(silences, kind, "", place) if scope == IncidentScope.REGION.value else None
+        return self._open(Incident(
+            kind=kind.value, severity=severity.value, scope=scope,
+            station_id=place.station_id if scope == IncidentScope.STATION.value else None,
+            region_id=place.region_id, region_path=place.region_path, open_key=open_key,
+            suppressed_by=f"silence:{silence.id}" if silence else None,
+            summary=group_summary(kind, len(members), total, where, since)[:500],
+            detail={"receivers": sorted(c.receiver_id for c, _, _ in members), "of": total},
+            started_at=since, opened_at=self.now))
+
+    def _open(self, incident: Incident) -> Incident | None:
+        """Insert, unless the subject already has an unresolved incident for the rule."""
+        try:
+            with self.session.begin_nested():
+                self.session.add(incident)
+                self.session.flush()
+        except IntegrityError:
+            return self.session.scalar(select(Incident).where(Incident.open_key == incident.open_key))
+        (self.result.suppressed if incident.suppressed_by else self.result.raised).append(incident.id)
+        return incident
+
+
+def _together(items: list[tuple[AlertCondition, Rule, Place]]) -> list[tuple[AlertCondition, Rule, Place]]:
+    """The items whose condition began within GROUP_WINDOW_S of the earliest."""
+    first = min(c.active_since for c, _, _ in items)
+    return [item for item in items if item[0].active_since - first <= timedelta(seconds=GROUP_WINDOW_S)]
+
+
+def _enough(count: int, total: int) -> bool:
+    return count >= GROUP_MIN_RECEIVERS and total > 0 and count / total >= GROUP_MIN_SHARE
+
+
+def evaluate_once(sessions: sessionmaker[Session], now: datetime | None = None) -> TurnResult:
+    with session_scope(sessions) as session:
+        return Evaluation(session, now or utcnow()).run()
+
+
+class AlertEvaluator:
+    """Runs the evaluation every EVAL_INTERVAL_S in the leading worker. ``on_raised`` hears of
+    the incidents raised (the ids, after their commit): notifications follow from there."""
+
+    def __init__(self, sessions: sessionmaker[Session], *,
+                 on_raised: Callable[[TurnResult], None] | None = None, interval_s: float = EVAL_INTERVAL_S) -> None:
+        self._sessions = sessions
+        self._on_raised = on_raised
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self.turns = 0
+        self.failures = 0
+        self.raised = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="alert-evaluator")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                result = await asyncio.to_thread(evaluate_once, self._sessions)
+            except Exception:  # the database is down: the next turn evaluates again
+                self.failures += 1
+                log.exception("alert evaluation failed; evaluated again at the next turn")
+            else:
+                self.turns += 1
+                self.raised += len(result.raised)
+                if self._on_raised is not None and (result.raised or result.resolved):
+                    self._on_raised(result)
+            await asyncio.sleep(self._interval_s)

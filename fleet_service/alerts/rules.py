@@ -1,0 +1,182 @@
+"""Alert rules: what counts as a fault, how long it must last before a crew is told (pending),
+and how long it must have stopped before the incident closes by itself (hold-down).
+
+A rule here is a condition on a receiver's live state (``receiver_live_state``, which the
+leading worker keeps within a second of what the receivers say): evaluated again at every turn,
+so that a restart of any process forgets nothing and raises nothing twice. The shipped defaults
+below apply everywhere; a region may override any of them (``alert_rules``), the nearest region
+up the tree winning."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+
+class RuleKind(StrEnum):
+    OFFLINE = "offline"              # not connected for longer than the pending time
+    SILENT = "silent"                # connected, but no telemetry for longer than the threshold
+    AMP_FAULT = "amp_fault"          # the amplifier reports a fault
+    STREAM_ERROR = "stream_error"    # the stream player is in error
+    OVERHEAT = "overheat"            # temperature above the threshold
+    LOW_SUPPLY = "low_supply"        # supply voltage below the threshold
+    WEAK_SIGNAL = "weak_signal"      # 4G signal below the threshold
+    CLOCK_UNSYNCED = "clock_unsynced"  # clock off by more than the threshold
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    MAJOR = "major"
+    MINOR = "minor"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    kind: RuleKind
+    severity: Severity
+    pending_s: int
+    hold_s: int
+    threshold: float | None = None
+    enabled: bool = True
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Rule:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# Shipped defaults. Times are what a crew can act on without being paged by a 4G cell that
+# blinks: an offline receiver is told after 5 minutes, and its incident closes once it has been
+# back 3 minutes (a link that flaps within that stays one incident).
+DEFAULT_RULES: dict[RuleKind, Rule] = {rule.kind: rule for rule in (
+    Rule(RuleKind.OFFLINE, Severity.MAJOR, pending_s=300, hold_s=180),
+    Rule(RuleKind.SILENT, Severity.MINOR, pending_s=0, hold_s=120, threshold=600),
+    Rule(RuleKind.AMP_FAULT, Severity.CRITICAL, pending_s=30, hold_s=120),
+    Rule(RuleKind.STREAM_ERROR, Severity.MAJOR, pending_s=120, hold_s=120),
+    Rule(RuleKind.OVERHEAT, Severity.MAJOR, pending_s=300, hold_s=300, threshold=70.0),
+    Rule(RuleKind.LOW_SUPPLY, Severity.MAJOR, pending_s=300, hold_s=300, threshold=10.5),
+    Rule(RuleKind.WEAK_SIGNAL, Severity.MINOR, pending_s=900, hold_s=600, threshold=-105),
+    Rule(RuleKind.CLOCK_UNSYNCED, Severity.MINOR, pending_s=600, hold_s=300, threshold=5.0),
+)}
+
+# What operators and crews read: Vietnamese first, English alongside; what to check first.
+TITLES: dict[RuleKind, tuple[str, str]] = {
+    RuleKind.OFFLINE: ("Mất kết nối", "Offline"),
+    RuleKind.SILENT: ("Không gửi số liệu", "Connected but silent"),
+    RuleKind.AMP_FAULT: ("Lỗi bộ khuếch đại", "Amplifier fault"),
+    RuleKind.STREAM_ERROR: ("Lỗi luồng phát", "Stream error"),
+    RuleKind.OVERHEAT: ("Quá nhiệt", "Overheating"),
+    RuleKind.LOW_SUPPLY: ("Điện áp nguồn thấp", "Low supply voltage"),
+    RuleKind.WEAK_SIGNAL: ("Sóng 4G yếu", "Weak 4G signal"),
+    RuleKind.CLOCK_UNSYNCED: ("Lệch đồng hồ", "Clock not synchronised"),
+}
+CHECK_FIRST: dict[RuleKind, tuple[str, str]] = {
+    RuleKind.OFFLINE: ("Kiểm tra nguồn điện của trạm và sóng 4G", "Check the station's power and the 4G signal"),
+    RuleKind.SILENT: ("Khởi động lại máy thu", "Restart the receiver"),
+    RuleKind.AMP_FAULT: ("Kiểm tra bộ khuếch đại, cầu chì và dây loa", "Check the amplifier, its fuse and the speaker lines"),
+    RuleKind.STREAM_ERROR: ("Kiểm tra địa chỉ luồng và gói cước 4G", "Check the stream address and the 4G data plan"),
+    RuleKind.OVERHEAT: ("Kiểm tra thông gió của tủ thiết bị", "Check the cabinet's ventilation"),
+    RuleKind.LOW_SUPPLY: ("Kiểm tra bộ nguồn và ắc quy", "Check the power supply and the battery"),
+    RuleKind.WEAK_SIGNAL: ("Kiểm tra ăng-ten 4G", "Check the 4G antenna"),
+    RuleKind.CLOCK_UNSYNCED: ("Kiểm tra máy chủ thời gian (NTP)", "Check the time server (NTP)"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRow:
+    """What the rules read of one receiver's live state."""
+
+    receiver_id: str
+    online: bool
+    heard_at: datetime | None
+    telemetry_at: datetime | None
+    temperature_c: float | None
+    supply_v: float | None
+    signal_dbm: int | None
+    amplifier: str | None
+    stream: str | None
+    clock_skew_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A rule's condition holds: since when (None: from now) and the value seen."""
+
+    since: datetime | None
+    value: float | str | None = None
+
+
+def _threshold(rule: Rule) -> float:
+    assert rule.threshold is not None, f"{rule.kind} needs a threshold"
+    return rule.threshold
+
+
+def _offline(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+    if row.online:
+        return None
+    return Finding(offline_since or row.heard_at)
+
+
+def _silent(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+    last = row.telemetry_at or row.heard_at
+    if not row.online or last is None:
+        return None
+    if now - last <= timedelta(seconds=_threshold(rule)):
+        return None
+    return Finding(last + timedelta(seconds=_threshold(rule)), round((now - last).total_seconds()))
+
+
+def _amp_fault(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+    return Finding(None, row.amplifier) if row.online and row.amplifier == "fault" else None
+
+
+def _stream_error(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+    return Finding(None, row.stream) if row.online and row.stream == "error" else None
+
+
+def _overheat(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+    t = row.temperature_c
+    return Finding(None, t) if row.online and t is not None and t > _threshold(rule) else None
+
+
+def _low_supply(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+    v = row.supply_v
+    return Finding(None, v) if row.online and v is not None and v < _threshold(rule) else None
+
+
+def _weak_signal(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+    s = row.signal_dbm
+    return Finding(None, s) if row.online and s is not None and s < _threshold(rule) else None
+
+
+def _clock(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+    k = row.clock_skew_s
+    return Finding(None, k) if row.online and k is not None and abs(k) > _threshold(rule) else None
+
+
+# An offline receiver reports nothing: only OFFLINE holds for it, every other condition waits
+# (its last readings are not news).
+CONDITIONS: dict[RuleKind, Callable[[LiveRow, Rule, datetime, datetime | None], Finding | None]] = {
+    RuleKind.OFFLINE: _offline,
+    RuleKind.SILENT: _silent,
+    RuleKind.AMP_FAULT: _amp_fault,
+    RuleKind.STREAM_ERROR: _stream_error,
+    RuleKind.OVERHEAT: _overheat,
+    RuleKind.LOW_SUPPLY: _low_supply,
+    RuleKind.WEAK_SIGNAL: _weak_signal,
+    RuleKind.CLOCK_UNSYNCED: _clock,
+}
+
+
+def evaluate(row: LiveRow, rules: dict[RuleKind, Rule], now: datetime,
+             offline_since: datetime | None = None) -> dict[RuleKind, Finding]:
+    """The enabled rules whose condition holds for ``row`` now."""
+    found: dict[RuleKind, Finding] = {}
+    for kind, rule in rules.items():
+        if not rule.enabled:
+            continue
+        finding = CONDITIONS[kind](row, rule, now, offline_since)
+        if finding is not None:
+            found[kind] = finding
+    return found

@@ -1,0 +1,205 @@
+"""The alert rules evaluated over the live state as the leading worker keeps it: pending time,
+hold-down, one incident per rule and receiver, flapping, grouping, silences, regional
+overrides, and turns that start again from the database alone (a restart)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_service.alerts.evaluator import evaluate_once
+from fleet_service.alerts.models import AlertCondition, Incident, RuleOverride, Silence
+from fleet_service.db import session_scope
+from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
+from tests.support.fleet import SmallFleet, provision_fleet
+
+T0 = datetime(2026, 12, 4, 7, 0, tzinfo=timezone.utc)  # 14:00 in Hà Nội
+
+
+class Fleet:
+    """Receivers whose live state and ledger the test writes, as ingest would."""
+
+    def __init__(self, sessions: sessionmaker[Session], receivers: int = 4, stations: int = 2) -> None:
+        self.sessions = sessions
+        self.fleet: SmallFleet = provision_fleet(sessions, receivers=receivers, stations=stations)
+        for rid in self.fleet.credentials:
+            self.online(rid, T0 - timedelta(hours=1))
+
+    def _interval(self, session: Session, rid: str, state: str, at: datetime) -> None:
+        session.execute(update(ConnectivityInterval).where(
+            ConnectivityInterval.receiver_id == rid, ConnectivityInterval.end_at.is_(None)).values(end_at=at))
+        session.add(ConnectivityInterval(receiver_id=rid, station_id=self.fleet.station_of(rid), state=state,
+                                         start_at=at, start_cause="birth" if state == "online" else "will"))
+
+    def online(self, rid: str, at: datetime, **readings: object) -> None:
+        with session_scope(self.sessions) as session:
+            row = session.get(ReceiverLiveState, rid)
+            if row is None:
+                row = ReceiverLiveState(receiver_id=rid, online=False, updated_at=at)
+                session.add(row)
+            if not row.online:
+                self._interval(session, rid, "online", at)
+            row.online, row.heard_at, row.telemetry_at, row.updated_at = True, at, at, at
+            row.amplifier, row.stream = readings.pop("amplifier", "on"), readings.pop("stream", "playing")
+            for name, value in readings.items():
+                setattr(row, name, value)
+
+    def offline(self, rid: str, at: datetime) -> None:
+        with session_scope(self.sessions) as session:
+            row = session.get(ReceiverLiveState, rid)
+            assert row is not None
+            row.online, row.updated_at = False, at
+            self._interval(session, rid, "offline", at)
+
+    def turn(self, at: datetime, reporting: bool = True):  # type: ignore[no-untyped-def]
+        """One evaluation at ``at``; the receivers online have just reported, unless not ``reporting``."""
+        if reporting:
+            with session_scope(self.sessions) as session:
+                session.execute(update(ReceiverLiveState).where(ReceiverLiveState.online.is_(True))
+                                .values(heard_at=at, telemetry_at=at))
+        return evaluate_once(self.sessions, at)
+
+    def incidents(self) -> list[Incident]:
+        with session_scope(self.sessions) as session:
+            found = list(session.scalars(select(Incident).order_by(Incident.id)))
+            session.expunge_all()
+        return found
+
+
+@pytest.fixture
+def fleet(session_factory) -> Fleet:
+    return Fleet(session_factory)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_an_offline_receiver_is_raised_after_the_pending_time_once_and_resolved_after_the_hold_down(fleet):
+    fleet.offline("rx-0", at(0))
+    assert fleet.turn(at(60)).raised == [] and fleet.incidents() == []
+    result = fleet.turn(at(301))
+    incident, = fleet.incidents()
+    assert result.raised == [incident.id]
+    assert (incident.kind, incident.severity, incident.scope, incident.receiver_id) == ("offline", "major", "receiver", "rx-0")
+    assert incident.state == "open" and incident.started_at == at(0) and incident.suppressed_by is None
+    assert incident.summary.startswith("Mất kết nối / Offline: rx-0 (Đài 0, Hùng Sơn) từ / since 04/12/2026 14:00")
+    for seconds in (303, 305, 400):  # later turns, and a restarted worker, raise nothing more
+        assert fleet.turn(at(seconds)).raised == []
+    fleet.online("rx-0", at(500))
+    assert fleet.turn(at(501)).resolved == []  # back, but the hold-down has not run out
+    assert fleet.turn(at(500 + 181)).resolved == [incident.id]
+    incident, = fleet.incidents()
+    assert incident.state == "resolved" and incident.resolved_at == at(681) and incident.resolved_by is None
+    assert incident.open_key is None
+    with session_scope(fleet.sessions) as session:
+        assert session.scalars(select(AlertCondition)).all() == []
+    fleet.offline("rx-0", at(1000))  # a new outage is a new incident
+    fleet.turn(at(1000))
+    assert len(fleet.turn(at(1301)).raised) == 1 and len(fleet.incidents()) == 2
+
+
+def test_a_flapping_link_is_one_incident(fleet):
+    for minute in range(0, 20, 2):  # a minute down, a minute up, for twenty minutes
+        fleet.offline("rx-1", at(minute * 60))
+        fleet.turn(at(minute * 60 + 30))
+        fleet.online("rx-1", at(minute * 60 + 60))
+        fleet.turn(at(minute * 60 + 90))
+    incident, = fleet.incidents()
+    assert incident.kind == "offline" and incident.started_at == at(0) and incident.state == "open"
+    fleet.turn(at(20 * 60 + 181))
+    assert fleet.incidents()[0].state == "resolved"
+
+
+def test_a_blip_shorter_than_the_pending_time_is_never_raised(fleet):
+    fleet.offline("rx-0", at(0))
+    fleet.turn(at(30))
+    fleet.online("rx-0", at(60))
+    for seconds in range(90, 1200, 60):
+        fleet.turn(at(seconds))
+    assert fleet.incidents() == []
+
+
+def test_a_commune_losing_most_receivers_together_is_one_grouped_incident(session_factory):
+    fleet = Fleet(session_factory, receivers=6, stations=2)
+    for i, rid in enumerate(["rx-0", "rx-1", "rx-2", "rx-3", "rx-4"]):
+        fleet.offline(rid, at(i * 10))  # within a minute: the commune's power went out
+    result = fleet.turn(at(400))
+    incidents = fleet.incidents()
+    group = next(i for i in incidents if i.scope == "region")
+    members = [i for i in incidents if i.parent_id == group.id]
+    assert result.raised == [group.id] and sorted(result.suppressed) == sorted(m.id for m in members)
+    assert len(incidents) == 6 and len(members) == 5
+    assert all(m.suppressed_by == f"group:{group.id}" for m in members)
+    assert group.summary.startswith("Mất kết nối / Offline: 5/6 máy thu ở / receivers in Hùng Sơn từ / since "
+                                    "04/12/2026 14:00")
+    assert "likely a power or 4G cell outage" in group.summary
+    assert group.detail == {"receivers": ["rx-0", "rx-1", "rx-2", "rx-3", "rx-4"], "of": 6}
+    # They come back one by one: the group closes with the last of them.
+    for rid in ["rx-0", "rx-1", "rx-2", "rx-3"]:
+        fleet.online(rid, at(600))
+    fleet.turn(at(601))
+    fleet.turn(at(800))
+    assert {i.id: i.state for i in fleet.incidents()}[group.id] == "open"
+    fleet.online("rx-4", at(900))
+    fleet.turn(at(901))
+    fleet.turn(at(1100))
+    assert {i.state for i in fleet.incidents()} == {"resolved"}
+
+
+def test_receivers_failing_apart_are_not_grouped(session_factory):
+    fleet = Fleet(session_factory, receivers=6, stations=2)
+    for seconds in range(0, 1600, 100):
+        if seconds in (0, 600, 1200):  # one every ten minutes
+            fleet.offline(f"rx-{seconds // 600}", at(seconds))
+        fleet.turn(at(seconds))
+    assert sorted(i.scope for i in fleet.incidents()) == ["receiver"] * 3
+
+
+def test_a_silence_records_the_incident_without_notifying_it(fleet):
+    with session_scope(fleet.sessions) as session:
+        silence = Silence(station_id=fleet.fleet.station_of("rx-0"), reason="thay cột loa", starts_at=at(0),
+                          ends_at=at(3600), created_by="kythuat")
+        session.add(silence)
+        session.flush()
+        silence_id = silence.id
+    fleet.offline("rx-0", at(0))
+    result = fleet.turn(at(400))
+    incident, = fleet.incidents()
+    assert result.raised == [] and result.suppressed == [incident.id]
+    assert incident.suppressed_by == f"silence:{silence_id}"
+    fleet.offline("rx-1", at(3700))  # another station, after the silence: notified
+    assert len(fleet.turn(at(4100)).raised) == 1
+
+
+def test_thresholds_last_their_pending_time_and_a_region_may_override_them(fleet):
+    fleet.online("rx-0", at(0), temperature_c=74.0)
+    fleet.online("rx-1", at(0), temperature_c=74.0, amplifier="fault")
+    fleet.turn(at(10))
+    assert [i.kind for i in fleet.incidents()] == []
+    fleet.turn(at(40))  # an amplifier fault is critical after 30 s
+    assert [(i.receiver_id, i.kind, i.severity) for i in fleet.incidents()] == [("rx-1", "amp_fault", "critical")]
+    with session_scope(fleet.sessions) as session:  # the commune's cabinets run hot: 80 °C for it
+        session.add(RuleOverride(region_id=fleet.fleet.region_id, region_key=fleet.fleet.region_id,
+                                 kind="overheat", threshold=80.0, updated_by="kythuat"))
+    fleet.turn(at(400))
+    assert [i.kind for i in fleet.incidents()] == ["amp_fault"]
+    fleet.online("rx-0", at(500), temperature_c=82.5)
+    fleet.turn(at(500))
+    fleet.turn(at(801))
+    overheat = [i for i in fleet.incidents() if i.kind == "overheat"]
+    assert [(i.receiver_id, i.value) for i in overheat] == [("rx-0", "82.5")]
+
+
+def test_a_revoked_receiver_is_forgotten_and_its_incident_resolved(fleet):
+    from fleet_service.registry.models import Receiver
+
+    fleet.offline("rx-0", at(0))
+    fleet.turn(at(400))
+    with session_scope(fleet.sessions) as session:
+        session.execute(update(Receiver).where(Receiver.id == "rx-0").values(status="revoked"))
+    assert len(fleet.turn(at(402)).resolved) == 1
+    assert fleet.incidents()[0].state == "resolved"
