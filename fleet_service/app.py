@@ -182,6 +182,7 @@ def _include_docs(app: FastAPI) -> None:
 
 
 def _include_routers(app: FastAPI) -> None:
+    from fleet_service.alerts.endpoints import router as alerts_router
     from fleet_service.audit.endpoints import router as audit_router
     from fleet_service.auth.endpoints import router as auth_router
     from fleet_service.commands.endpoints import router as commands_router
@@ -196,5 +197,5 @@ def _include_routers(app: FastAPI) -> None:
 
     for router in (auth_router, registry_router, uptime_router, ingest_router, commands_router,
                    schedules_router, telemetry_router, audit_router, firmware_router, downloads_router,
-                   rollouts_router):
+                   rollouts_router, alerts_router):
         app.include_router(router, prefix="/api/v1")

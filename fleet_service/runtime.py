@@ -14,6 +14,7 @@ from fleet_service.config import Settings
 from fleet_service.db import make_engine, make_sessionmaker
 
 if TYPE_CHECKING:  # built by the worker's composition (fleet_service/worker/composition.py)
+    from fleet_service.alerts.evaluator import AlertEvaluator
     from fleet_service.commands.delivery import CommandDelivery
     from fleet_service.ingest.service import IngestService
     from fleet_service.mqtt.adapter import MqttAdapter
@@ -40,6 +41,7 @@ class Runtime:
     telemetry: TelemetryService | None = None
     outbox: OutboxDispatcher | None = None
     rollouts: RolloutDriver | None = None
+    alerts: AlertEvaluator | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:

@@ -60,6 +60,10 @@ class IngestStatusOut(BaseModel):
     rollout_offers: int = 0
     rollout_reports: int = 0
     rollout_failures: int = 0
+    # Alert rules: evaluations done, incidents raised (notified ones), turns that failed.
+    alert_turns: int = 0
+    alerts_raised: int = 0
+    alert_failures: int = 0
     tracked_receivers: int
     stale_messages: int
     unobserved_outages: int

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.embedded import EmbeddedBroker, LoginLimiter, LoginRules, TlsListener
+from fleet_service.alerts.evaluator import AlertEvaluator
 from fleet_service.broker_port import BrokerAccounts, RegistryOnlyAccounts
 from fleet_service.commands.delivery import CommandDelivery
 from fleet_service.commands.service import Created
@@ -219,6 +220,7 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
 
     schedules = ScheduleSync(runtime.sessions, submit=hand_over)
     rollouts = RolloutDriver(runtime.sessions, settings, submit=hand_over)
+    alerts = AlertEvaluator(runtime.sessions)
     subscribe(events, commands=commands, schedules=schedules, telemetry=runtime.telemetry, rollouts=rollouts)
     accounts = FleetAccounts(broker_accounts, ingest, loop)
     outbox = OutboxDispatcher(runtime.sessions, {
@@ -234,8 +236,9 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
     await outbox.start()
     await schedules.start()
     await rollouts.start()
+    await alerts.start()
     runtime.ingest, runtime.mqtt, runtime.commands, runtime.outbox = ingest, adapter, commands, outbox
-    runtime.schedules, runtime.rollouts = schedules, rollouts
+    runtime.schedules, runtime.rollouts, runtime.alerts = schedules, rollouts, alerts
     runtime.broker_accounts = accounts
     task = asyncio.create_task(adapter.run(), name="mqtt-adapter")
     try:
@@ -250,7 +253,8 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
         await asyncio.gather(task, return_exceptions=True)
         runtime.outbox = None
         await outbox.stop()
-        runtime.commands, runtime.rollouts = None, None
+        runtime.commands, runtime.rollouts, runtime.alerts = None, None, None
+        await alerts.stop()
         await rollouts.stop()
         await schedules.stop()
         await commands.stop()

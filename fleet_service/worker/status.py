@@ -29,7 +29,7 @@ REPORT_NAME = "leader"
 
 def ingest_status_here(runtime: Runtime) -> IngestStatusOut | None:
     """The figures of this process's own MQTT side; None where it does not run."""
-    ingest, mqtt, outbox, rollouts = runtime.ingest, runtime.mqtt, runtime.outbox, runtime.rollouts
+    ingest, mqtt, outbox, rollouts, alerts = runtime.ingest, runtime.mqtt, runtime.outbox, runtime.rollouts, runtime.alerts
     if ingest is None:
         return None
     counters: dict[str, object] = ingest.counters.as_dict()
@@ -43,6 +43,9 @@ def ingest_status_here(runtime: Runtime) -> IngestStatusOut | None:
         rollout_offers=rollouts.offered if rollouts else 0,
         rollout_reports=rollouts.reports if rollouts else 0,
         rollout_failures=rollouts.failures if rollouts else 0,
+        alert_turns=alerts.turns if alerts else 0,
+        alerts_raised=alerts.raised if alerts else 0,
+        alert_failures=alerts.failures if alerts else 0,
         tracked_receivers=len(ingest.tracker),
         stale_messages=ingest.tracker.stale_messages,
         unobserved_outages=ingest.tracker.unobserved_outages,

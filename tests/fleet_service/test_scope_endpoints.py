@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from fleet_service.alerts.models import Incident
 from fleet_service.auth import service as auth
 from fleet_service.auth.models import Role
 from fleet_service.db import utcnow
@@ -120,6 +121,18 @@ def _build(world: World) -> ScopeFleet:
     for n, target in enumerate(({"region_id": ids["D2"]}, {"region_id": ids["D23"]}, {"station_id": ids["sC24"]},
                                 {"receiver_ids": ["r-C3", "r-D23"]}, {"region_id": ids["P5"]}, {})):
         ok(client.post(f"{API}/rollouts", json={"name": f"Cập nhật {n}", "release_id": release_id, "target": target},
+                       headers=fleet.admin), 201)
+    with world.session() as s:  # incidents as the leading worker raises them
+        for name in ("D2", "C3", "D23", "C24", "P5"):
+            s.add(Incident(kind="offline", severity="major", scope="receiver", receiver_id=f"r-{name}",
+                           station_id=ids[f"s{name}"], region_id=ids[name], region_path=paths[name],
+                           open_key=f"offline:rx:r-{name}", summary=f"r-{name}", started_at=now, opened_at=now))
+        s.add(Incident(kind="offline", severity="major", scope="region", region_id=ids["C3"], region_path=paths["C3"],
+                       open_key=f"offline:region:{ids['C3']}", summary="C3", started_at=now, opened_at=now))
+    until = (now + timedelta(days=1)).isoformat()
+    for subject in ({"receiver_id": "r-C3"}, {"station_id": ids["sD23"]}, {"region_id": ids["D2"]},
+                    {"region_id": ids["P5"]}):
+        ok(client.post(f"{API}/silences", json={**subject, "reason": "bảo trì", "ends_at": until},
                        headers=fleet.admin), 201)
     return fleet
 
@@ -286,6 +299,38 @@ def check_rollouts(fleet: ScopeFleet, truth: Truth, scope: int, op: dict[str, st
             assert (one.status_code, mine.status_code) == (404, 404), (r, one.text)
 
 
+def check_incidents(fleet: ScopeFleet, truth: Truth, scope: int, op: dict[str, str], _admin: dict[str, str]) -> None:
+    def visible(incident: dict[str, Any]) -> bool:
+        if incident["receiver_id"] is not None:
+            return truth.receiver_in(scope, incident["receiver_id"])
+        return truth.region_in(scope, incident["region_id"])
+
+    admin_list = ok(_get(fleet, "/incidents", fleet.admin, members=True))
+    assert len(admin_list) == 6
+    assert ok(_get(fleet, "/incidents", op, members=True)) == [i for i in admin_list if visible(i)]
+    for i in admin_list:
+        _same_or_absent(fleet, f"/incidents/{i['id']}", visible(i), op)
+
+
+def check_silences(fleet: ScopeFleet, truth: Truth, scope: int, op: dict[str, str], _admin: dict[str, str]) -> None:
+    def visible(silence: dict[str, Any]) -> bool:
+        if silence["receiver_id"] is not None:
+            return truth.receiver_in(scope, silence["receiver_id"])
+        if silence["station_id"] is not None:
+            return truth.station_in(scope, silence["station_id"])
+        return truth.region_in(scope, silence["region_id"])
+
+    admin_list = ok(_get(fleet, "/silences", fleet.admin))
+    assert len(admin_list) == 4
+    assert ok(_get(fleet, "/silences", op)) == [s for s in admin_list if visible(s)]
+
+
+def check_alert_rules(fleet: ScopeFleet, truth: Truth, scope: int, op: dict[str, str], _admin: dict[str, str]) -> None:
+    assert ok(_get(fleet, "/alert-rules", op)) == ok(_get(fleet, "/alert-rules", fleet.admin))  # service-wide
+    for rid in truth.regions:
+        _same_or_absent(fleet, "/alert-rules", truth.region_in(scope, rid), op, region_id=rid)
+
+
 def checked_elsewhere(*_: Any) -> None:
     """Part of another check of this table (the list and the single object together)."""
 
@@ -328,6 +373,10 @@ SCOPED_READS: dict[str, Check] = {
     "/rollouts": check_rollouts,
     "/rollouts/{rollout_id}": checked_elsewhere,            # in check_rollouts
     "/rollouts/{rollout_id}/targets": checked_elsewhere,    # in check_rollouts
+    "/incidents": check_incidents,
+    "/incidents/{incident_id}": checked_elsewhere,          # in check_incidents
+    "/silences": check_silences,
+    "/alert-rules": check_alert_rules,
 }
 
 
