@@ -35,7 +35,7 @@ from simulators.firmware import FirmwareReceiver, unavailable_reason
 from simulators.ground_truth import GroundTruth
 from simulators.receiver import Context, ReceiverConfig, ReceiverStatus, VirtualReceiver
 from simulators.scenario import Fault, FaultKind, Scenario
-from simulators.update import UpdateFaults
+from simulators.update import Job, UpdateFaults
 
 # A board fault's reading, and the reading once it is over (simulators.scenario.FaultKind).
 FAULTY_READINGS: Mapping[FaultKind, dict[str, Any]] = {
@@ -383,6 +383,13 @@ class Fleet:
 
     def status(self, rid: str) -> ReceiverStatus:
         return self._rx(rid).status()
+
+    def update_job(self, rid: str) -> Job | None:
+        """The receiver's latest firmware update, kept after it ended as flash keeps it (its
+        state, the bytes it fetched, when it entered each state), or None: none yet, or a
+        receiver running the real firmware."""
+        rx = self._rx(rid)
+        return rx._update if isinstance(rx, VirtualReceiver) else None  # the receiver's flash, read only
 
     def sessions(self) -> dict[str, int]:
         """Current session counters (persist them to start the next run where this one ended)."""

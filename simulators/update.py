@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 
@@ -119,8 +120,8 @@ class Job:
     """One update on one receiver, from the accepted command to its final state. Kept after
     that, as flash keeps it, until the next update replaces it."""
 
-    __slots__ = ("command_id", "release_id", "version", "firmware", "url", "jitter", "state", "pct", "why", "got",
-                 "faults", "cuts_left", "task", "trial", "trial_timer", "reported", "ack_pending", "waiter")
+    __slots__ = ("command_id", "release_id", "version", "firmware", "url", "jitter", "_state", "entered", "pct", "why",
+                 "got", "faults", "cuts_left", "task", "trial", "trial_timer", "reported", "ack_pending", "waiter")
 
     def __init__(self, command_id: str, release_id: int, version: str, firmware: str, url: str, jitter: int,
                  faults: UpdateFaults | None) -> None:
@@ -130,6 +131,9 @@ class Job:
         self.firmware = firmware        # the name the new version reports in its births
         self.url = url.rstrip("/")
         self.jitter = jitter
+        # Wall-clock time each state was first entered: the update's ground truth, for
+        # benchmarks that compare it with what the service recorded.
+        self.entered: dict[UpdateState, float] = {}
         self.state = UpdateState.OFFERED
         self.pct: int | None = None
         self.why: str | None = None
@@ -142,6 +146,22 @@ class Job:
         self.reported = False           # the latest status went out
         self.ack_pending = False        # a final outcome decided while offline, for the next birth
         self.waiter: asyncio.Future[None] | None = None  # deferred: set when the broadcast ends
+
+    @property
+    def state(self) -> UpdateState:
+        return self._state
+
+    @state.setter
+    def state(self, value: UpdateState) -> None:
+        self._state = value
+        if value not in self.entered:
+            self.entered[value] = time.time()
+
+    @property
+    def cuts_made(self) -> int:
+        """Responses cut by the injected faults so far."""
+        faults = self.faults
+        return faults.cuts - self.cuts_left if faults is not None and faults.cut_after is not None else 0
 
     @property
     def under_way(self) -> bool:
@@ -306,7 +326,9 @@ class Download:
                 restart()
             cut_at = job.faults.cut_after if cuttable and job.cuts_left and job.faults is not None else None
             async for chunk in response.aiter_raw():
-                if cut_at is not None and self.brought + len(chunk) >= cut_at:
+                # Strictly beyond: a cut that fell on the file's last byte would leave nothing to
+                # resume, and the Range request past the end would be answered 416.
+                if cut_at is not None and self.brought + len(chunk) > cut_at:
                     chunk = chunk[:cut_at - self.brought]
                     job.cuts_left -= 1
                     cut = _Cut(f"cut after {cut_at} bytes")
