@@ -1,51 +1,124 @@
-"""Download queries: what a receiver may fetch, the files' bytes, and the bytes counted."""
+"""Download queries: what a receiver may fetch, a release's files, and the bytes counted."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, Insert, Table, bindparam, case, exists, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from fleet_service.downloads.models import FirmwareDownload
 from fleet_service.firmware.models import FirmwareRelease, FirmwareReleaseFile
+from fleet_service.registry.models import Receiver, ReceiverCredential, ReceiverStatus
 from fleet_service.rollouts.models import Rollout, RolloutTarget, TargetState
 
 # A receiver may fetch a release once a rollout has offered it (and until it finished with it).
 NOT_OFFERED = (TargetState.PENDING.value, TargetState.SKIPPED.value, TargetState.CANCELLED.value)
 
 
-def release(session: Session, release_id: int) -> FirmwareRelease | None:
-    return session.get(FirmwareRelease, release_id)
+@dataclass(frozen=True)
+class Access:
+    """What the database says of one request: whether the login is a live one of an active
+    receiver, the release's version (None: no such release), whether it was withdrawn, and
+    whether a rollout offers it to that receiver."""
+
+    login: bool
+    version: str | None
+    withdrawn: bool
+    offered: bool
 
 
-def offered(session: Session, receiver_id: str, release_id: int) -> bool:
-    query = (select(RolloutTarget.rollout_id).join(Rollout, Rollout.id == RolloutTarget.rollout_id)
-             .where(Rollout.release_id == release_id, RolloutTarget.receiver_id == receiver_id,
-                    RolloutTarget.state.not_in(NOT_OFFERED)).limit(1))
-    return session.scalar(query) is not None
+def _access_query():  # its row type as SQLAlchemy infers it
+    receiver, secret_hash, release = bindparam("receiver"), bindparam("secret_hash"), bindparam("release")
+    # The hash is looked up, not compared in constant time: it is the SHA-256 of a 160-bit
+    # random secret, so how long a lookup takes tells nothing that leads to a password.
+    login = exists().where(
+        ReceiverCredential.receiver_id == receiver, ReceiverCredential.secret_hash == secret_hash,
+        ReceiverCredential.revoked_at.is_(None), Receiver.id == ReceiverCredential.receiver_id,
+        Receiver.status == ReceiverStatus.ACTIVE.value)
+    version = select(FirmwareRelease.version).where(FirmwareRelease.id == release).scalar_subquery()
+    withdrawn = select(FirmwareRelease.withdrawn_at.is_not(None)).where(FirmwareRelease.id == release).scalar_subquery()
+    offered = exists().where(
+        Rollout.release_id == release, RolloutTarget.rollout_id == Rollout.id, RolloutTarget.receiver_id == receiver,
+        RolloutTarget.state.not_in([literal(state) for state in NOT_OFFERED]))
+    return select(login, version, withdrawn, offered)
 
 
-def file_digest(session: Session, release_id: int, path: str) -> tuple[str, int] | None:
-    row = session.execute(select(FirmwareReleaseFile.sha256, FirmwareReleaseFile.length)
-                          .where(FirmwareReleaseFile.release_id == release_id, FirmwareReleaseFile.path == path)).first()
-    return None if row is None else (row[0], row[1])
+# Built once: each request runs it as it is (SQLAlchemy keeps its compiled form).
+ACCESS_QUERY = _access_query()
 
 
-def file_content(session: Session, release_id: int, path: str) -> bytes | None:
-    return session.scalar(select(FirmwareReleaseFile.content)
-                          .where(FirmwareReleaseFile.release_id == release_id, FirmwareReleaseFile.path == path))
+def access(connection: Connection, receiver_id: str, secret_hash: str, release_id: int) -> Access:
+    """One statement, on a plain connection: it runs for every download request, where an ORM
+    session's own work would cost more than the query."""
+    login, version, withdrawn, offered = connection.execute(
+        ACCESS_QUERY, {"receiver": receiver_id, "secret_hash": secret_hash, "release": release_id}).one()
+    return Access(bool(login), version, bool(withdrawn), bool(offered))
 
 
-def count_served(session: Session, receiver_id: str, release_id: int, sent: int, now: datetime) -> None:
-    updated = session.execute(
-        update(FirmwareDownload)
-        .where(FirmwareDownload.receiver_id == receiver_id, FirmwareDownload.release_id == release_id)
-        .values(bytes_served=FirmwareDownload.bytes_served + sent, requests=FirmwareDownload.requests + 1,
-                last_at=now))
-    if getattr(updated, "rowcount", 0) == 0:
-        session.add(FirmwareDownload(receiver_id=receiver_id, release_id=release_id, bytes_served=sent, requests=1,
-                                     first_at=now, last_at=now))
+@dataclass(frozen=True)
+class StoredRelease:
+    """What a receiver may fetch of a release: manifest.json and manifest.sig as uploaded, and
+    each file (path → SHA-256, content). Never changes once uploaded."""
+
+    manifest: bytes
+    manifest_sha256: str
+    signature: bytes
+    files: dict[str, tuple[str, bytes]]
+
+
+def stored_release(session: Session, release_id: int) -> StoredRelease | None:
+    release = session.get(FirmwareRelease, release_id)
+    if release is None:
+        return None
+    files = {path: (digest, content) for path, digest, content in session.execute(
+        select(FirmwareReleaseFile.path, FirmwareReleaseFile.sha256, FirmwareReleaseFile.content)
+        .where(FirmwareReleaseFile.release_id == release_id))}
+    return StoredRelease(release.manifest, release.manifest_sha256, release.signature, files)
+
+
+@dataclass(frozen=True)
+class Served:
+    """Bytes sent to one receiver of one release in ``requests`` requests, between two times."""
+
+    receiver_id: str
+    release_id: int
+    bytes_served: int
+    requests: int
+    first_at: datetime
+    last_at: datetime
+
+
+@functools.cache
+def _served_upsert(dialect: str) -> Insert:
+    """INSERT … ON CONFLICT (receiver, release) DO UPDATE adding to the row, built once per
+    dialect: whichever process wrote the row before, two API processes never collide."""
+    table = cast(Table, FirmwareDownload.__table__)
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    new = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.receiver_id, table.c.release_id],
+        set_={"bytes_served": table.c.bytes_served + new.bytes_served,
+              "requests": table.c.requests + new.requests,
+              "first_at": case((new.first_at < table.c.first_at, new.first_at), else_=table.c.first_at),
+              "last_at": case((new.last_at > table.c.last_at, new.last_at), else_=table.c.last_at)})
+
+
+def add_served(session: Session, counts: Sequence[Served]) -> None:
+    """Adds to each receiver's row, creating it the first time: one statement for them all."""
+    if not counts:
+        return
+    # In the same order in every process: two flushes on PostgreSQL lock rows in one order and
+    # never deadlock.
+    rows = sorted(counts, key=lambda c: (c.receiver_id, c.release_id))
+    session.execute(_served_upsert(session.get_bind().dialect.name),
+                    [{"receiver_id": c.receiver_id, "release_id": c.release_id, "bytes_served": c.bytes_served,
+                      "requests": c.requests, "first_at": c.first_at, "last_at": c.last_at} for c in rows])
 
 
 def served(session: Session, release_id: int) -> dict[str, int]:

@@ -1,25 +1,30 @@
-"""Firmware to receivers: who may fetch what, the files' bytes from a cache on disk (each API
-process fills its own from the database, by content hash), and the bytes counted per receiver.
+"""Firmware to receivers: who may fetch what, a release's files, and the bytes counted per
+receiver.
 
-A receiver signs in with its own MQTT login (HTTP Basic): a revoked login is refused at the
-next request, and nobody else can fetch the firmware. Range requests are answered (a download
-cut by the 4G link resumes where it stopped)."""
+A receiver signs in with its own MQTT login (HTTP Basic) and may fetch a release a rollout
+offered it. Every request is decided from the database as it stands after the request came
+in, so a revoked login, a withdrawn release or a cancelled offer is refused at the next
+request, whichever API process answers it: one statement per request, requests that come
+together sharing a connection (fleet_service/downloads/serving.py). A release's files never
+change once uploaded: each process keeps the ones it serves."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
 
-from fleet_service.db import session_scope, utcnow
+from fleet_service.auth.security import token_hash
 from fleet_service.downloads import repository
+from fleet_service.downloads.repository import Served
 from fleet_service.errors import LoaError, NotAuthenticated, NotFound
 from fleet_service.firmware.schemas import MANIFEST_NAME, SIGNATURE_NAME
-from fleet_service.registry import service as registry
+
+# Longer user names are no receiver id (String(64) in the registry): refused without a query.
+MAX_RECEIVER_ID = 64
 
 
 class ReceiverNotAuthenticated(NotAuthenticated):
@@ -37,65 +42,73 @@ class Withdrawn(LoaError):
     code = "withdrawn"
 
 
-def sign_in(session: Session, receiver_id: str | None, password: str | None) -> str:
-    if not receiver_id or password is None or not registry.verify_receiver_password(session, receiver_id, password):
-        raise ReceiverNotAuthenticated("Máy thu chưa đăng nhập hoặc sai mật khẩu",
-                                       "the receiver's login is missing or wrong")
-    return receiver_id
+def not_authenticated() -> ReceiverNotAuthenticated:
+    return ReceiverNotAuthenticated("Máy thu chưa đăng nhập hoặc sai mật khẩu",
+                                    "the receiver's login is missing or wrong")
 
 
-def authorize(session: Session, receiver_id: str, release_id: int) -> None:
-    release = repository.release(session, release_id)
-    if release is None:
+@dataclass(frozen=True)
+class Ask:
+    """One request's question: may this login fetch from this release? The password is held
+    only as its SHA-256, what the registry stores."""
+
+    receiver_id: str
+    secret_hash: str
+    release_id: int
+
+
+def ask(receiver_id: str | None, password: str | None, release_id: int) -> Ask:
+    """Raises at once for a login that cannot be any receiver's."""
+    if not receiver_id or password is None or len(receiver_id) > MAX_RECEIVER_ID:
+        raise not_authenticated()
+    return Ask(receiver_id, token_hash(password), release_id)
+
+
+def authorize_many(connection: Connection, asks: Sequence[Ask]) -> list[LoaError | None]:
+    """For each question, None (it may fetch) or the error to answer, in the order of the
+    checks: its login, the release, its withdrawal, the offer. One statement each."""
+    return [_decide(a, repository.access(connection, a.receiver_id, a.secret_hash, a.release_id)) for a in asks]
+
+
+def _decide(a: Ask, access: repository.Access) -> LoaError | None:
+    if not access.login:
+        return not_authenticated()
+    if access.version is None:
+        return NotFound(f"Không có bản phát hành {a.release_id}", f"no release {a.release_id}")
+    if access.withdrawn:
+        return Withdrawn(f"Bản phát hành {access.version} đã bị thu hồi", f"release {access.version} was withdrawn")
+    if not access.offered:
+        return NotOffered(f"Bản phát hành {access.version} chưa được gửi cho máy thu {a.receiver_id}",
+                          f"release {access.version} has not been offered to receiver {a.receiver_id}")
+    return None
+
+
+# A release's servable files: path → (SHA-256, content), manifest.json and manifest.sig included.
+ReleaseFiles = dict[str, tuple[str, bytes]]
+
+
+def load_release(session: Session, release_id: int) -> ReleaseFiles:
+    """A release's files as stored, each checked against its SHA-256: a damaged copy in the
+    database is never served."""
+    stored = repository.stored_release(session, release_id)
+    if stored is None:
         raise NotFound(f"Không có bản phát hành {release_id}", f"no release {release_id}")
-    if release.withdrawn_at is not None:
-        raise Withdrawn(f"Bản phát hành {release.version} đã bị thu hồi", f"release {release.version} was withdrawn")
-    if not repository.offered(session, receiver_id, release_id):
-        raise NotOffered(f"Bản phát hành {release.version} chưa được gửi cho máy thu {receiver_id}",
-                         f"release {release.version} has not been offered to receiver {receiver_id}")
+    files = dict(stored.files)
+    files[MANIFEST_NAME] = (stored.manifest_sha256, stored.manifest)
+    files[SIGNATURE_NAME] = (hashlib.sha256(stored.signature).hexdigest(), stored.signature)
+    damaged = sorted(path for path, (digest, content) in files.items() if hashlib.sha256(content).hexdigest() != digest)
+    if damaged:
+        raise RuntimeError(f"release {release_id}: {', '.join(damaged)} do not match their SHA-256")
+    return files
 
 
-def cached_file(session: Session, cache_dir: Path, release_id: int, path: str) -> Path:
-    """The file on disk, named by its SHA-256: written once from the database (and checked
-    against its hash), then served by every request of this process."""
-    release = repository.release(session, release_id)
-    assert release is not None  # authorized
-    content: bytes | None
-    if path == MANIFEST_NAME:
-        digest, content = release.manifest_sha256, release.manifest
-    elif path == SIGNATURE_NAME:
-        digest, content = hashlib.sha256(release.signature).hexdigest(), release.signature
-    else:
-        found = repository.file_digest(session, release_id, path)
-        if found is None:
-            raise NotFound(f"Bản phát hành không có tệp '{path[:100]}'", f"the release has no file '{path[:100]}'")
-        digest, content = found[0], None
-    target = cache_dir / digest
-    if target.is_file():
-        return target
-    if content is None:
-        content = repository.file_content(session, release_id, path) or b""
-    if hashlib.sha256(content).hexdigest() != digest:  # the database's copy is damaged: never serve it
-        raise RuntimeError(f"release {release_id} file {path!r} does not match its SHA-256")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=cache_dir, prefix=".part-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(content)
-        os.replace(temporary, target)  # atomic: a concurrent request sees the whole file or none
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
+def release_file(files: ReleaseFiles, path: str) -> tuple[str, bytes]:
+    """(SHA-256, content) of ``manifest.json``, ``manifest.sig`` or one of the release's files."""
+    found = files.get(path)
+    if found is None:
+        raise NotFound(f"Bản phát hành không có tệp '{path[:100]}'", f"the release has no file '{path[:100]}'")
+    return found
 
 
-def record_served(sessions: sessionmaker[Session], receiver_id: str, release_id: int, sent: int) -> None:
-    now = utcnow()
-    for attempt in range(2):
-        try:
-            with session_scope(sessions) as session:
-                repository.count_served(session, receiver_id, release_id, sent, now)
-            return
-        except IntegrityError:  # the receiver's first two requests at once: the other inserted
-            if attempt:
-                raise
+def record_served(session: Session, counts: Sequence[Served]) -> None:
+    repository.add_served(session, counts)
