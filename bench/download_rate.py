@@ -2,17 +2,22 @@
 
 One invocation builds and signs a real release bundle from firmware/ (mpy-cross), stores it
 through the release service with ``--receivers`` receivers offered it in a rollout, and starts
-two servers on 127.0.0.1: the service's API (uvicorn, the app as ``loa serve`` builds it, MQTT
-off) and nginx (``sendfile on``, one worker, access log off) over a copy of the same files.
+two servers on 127.0.0.1: the service's API (uvicorn, one worker, the app as ``loa serve``
+builds it, MQTT off) and nginx (``sendfile on``, one worker, access log off) over a copy of the
+same files.
 Then, alternately and ``--repeat`` times, ``--clients`` client processes download the whole
 release (manifest, signature, every file) again and again for ``--seconds``, each as its own
 receiver with its own login (the service) or without one (nginx), over a kept-alive HTTP/1.1
 connection; every ``--resume-every``-th file is fetched in two Range requests, as a download
 cut by the 4G link resumes. Reported: bytes/s and requests/s of each, the ratio, and each
-server's CPU; and the bytes the service counted per receiver against what the clients got.
+server's CPU (nginx's worker included); and the bytes the service counted per receiver against
+what the clients got (the service writes its counts at its clean stop at the latest).
+``--py-spy FILE`` samples the service through its first phase and prints where it spends it
+(that phase is slowed by the sampling: not for a recorded run).
 
     python -m bench.download_rate                       # needs nginx: apt-get install nginx-light
     python -m bench.download_rate --repeat 3 --append bench/RESULTS.md
+    PY_SPY=/tmp/tools/bin/py-spy python -m bench.download_rate --repeat 1 --py-spy /tmp/download.txt
 
 Goal (issue "Firmware updates over 4G"): the service ≥ 0.5× nginx.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib.util
 import http.client
 import json
 import multiprocessing as mp
@@ -31,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +45,7 @@ from bench.harness import (
     ROOT,
     CpuSampler,
     add_run_options,
+    attach_py_spy,
     command_line,
     join_all,
     machine,
@@ -45,6 +53,7 @@ from bench.harness import (
     make_registry,
     results_section,
     wait_idle,
+    wait_py_spy,
 )
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -99,8 +108,7 @@ def start_api(workdir: Path, database: Path, port: int) -> subprocess.Popen[byte
             "from fleet_service.app import create_app\n"
             "from fleet_service.config import Settings\n"
             "from fleet_service.runtime import Runtime\n"
-            f"runtime = Runtime.from_settings(Settings(database_url='sqlite:///{database}', environment='local',"
-            f" firmware_cache_dir='{workdir / 'cache'}'))\n"
+            f"runtime = Runtime.from_settings(Settings(database_url='sqlite:///{database}', environment='local'))\n"
             f"uvicorn.run(create_app(runtime=runtime, mqtt=False), host='127.0.0.1', port={port}, log_level='warning')\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(workdir / "api.log", "wb") as log:
@@ -191,7 +199,7 @@ def run_phase(kind: str, port: int, base: str, setup: dict[str, Any], cfg: argpa
     for p in processes:
         p.start()
     time.sleep(1.0)
-    sampler = CpuSampler({"server": [server_pid], "clients": [p.pid for p in processes if p.pid]},
+    sampler = CpuSampler({"server": [server_pid, *children(server_pid)], "clients": [p.pid for p in processes if p.pid]},
                          interval_s=0.25, deadline_s=cfg.seconds + 60)
     sampler.start()
     t0 = time.monotonic()
@@ -212,6 +220,54 @@ def run_phase(kind: str, port: int, base: str, setup: dict[str, Any], cfg: argpa
             "rate": got / (t1 - t0), "cores": sampler.cores(t0, t1), "per_receiver": per_receiver}
 
 
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (nginx's master does no work: its worker does)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def http_implementation() -> str:
+    """What uvicorn parses HTTP with here ("auto": httptools when installed, else h11)."""
+    return "httptools" if importlib.util.find_spec("httptools") else "h11"
+
+
+# Frames of the process and event-loop plumbing, left out of the inclusive list.
+SPY_PLUMBING = ("asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.py", "<string>", "threading.py",
+                "concurrent/futures/thread.py", "uvicorn/server.py", "uvicorn/main.py")
+
+
+def spy_summary(path: str, top: int = 25) -> str:
+    """The functions on the stack in most samples of the service (inclusive) and those most
+    often on top (self), from py-spy's collapsed stacks."""
+    total = in_threads = 0
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            k = int(count)
+            total += k
+            frames = [frame.rsplit(":", 1)[0] for frame in stack.split(";")]
+            for frame in set(frames):
+                if not any(part in frame for part in SPY_PLUMBING):
+                    inclusive[frame] += k
+            own[frames[-1]] += k
+            if "Thread.run" in stack:
+                in_threads += k
+    if not total:
+        return "no samples"
+    lines = [f"py-spy: {total} samples of the service (the thread holding the GIL), {100 * in_threads / total:.1f}% "
+             "in worker threads (the access checks' queries, the counts' writes), the rest in the event loop", "",
+             "on the stack (inclusive):"]
+    lines += [f"  {100 * k / total:5.1f}%  {frame}" for frame, k in inclusive.most_common(top)]
+    lines += ["", "on top (self):"] + [f"  {100 * k / total:5.1f}%  {frame}" for frame, k in own.most_common(top)]
+    return "\n".join(lines)
+
+
 def served_by_service(database: Path, release_id: int) -> dict[str, int]:
     from fleet_service.db import make_engine, make_sessionmaker, session_scope
     from fleet_service.downloads import repository
@@ -225,13 +281,16 @@ def served_by_service(database: Path, release_id: int) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.download_rate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.download_rate", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--receivers", type=int, default=200, help="receivers offered the release (default 200)")
     parser.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase (default 10)")
     parser.add_argument("--repeat", type=int, default=3, help="phases of each server (default 3)")
     parser.add_argument("--resume-every", type=int, default=5,
                         help="every Nth file is fetched in two Range requests (default 5; 0: never)")
+    parser.add_argument("--py-spy", metavar="FILE", dest="py_spy",
+                        help="sample the service through its first phase with py-spy (PATH or $PY_SPY), the thread "
+                             "holding the GIL; collapsed stacks to FILE and a summary printed")
     add_run_options(parser, settle=20.0, keep=False)
     cfg = parser.parse_args(argv)
     if not Path(NGINX).exists():
@@ -239,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tests.support.ports import free_port, wait_for_port
 
-    command = command_line("bench.download_rate", argv)
+    command = command_line("bench.download_rate", argv, py_spy=bool(cfg.py_spy))
     info = machine()
     with tempfile.TemporaryDirectory(prefix="loa-bench-download-") as tmp:
         workdir = Path(tmp)
@@ -258,7 +317,12 @@ def main(argv: list[str] | None = None) -> int:
                                               (SERVICE, api_port, f"/api/v1/firmware/download/{setup['release_id']}",
                                                api.pid)):
                     wait_idle(cfg.settle, f"{kind} {number}")
+                    spy = None
+                    if cfg.py_spy and kind == SERVICE and number == 1:
+                        spy = attach_py_spy(pid, str(Path(cfg.py_spy).resolve()), rate=250, gil=True,
+                                            duration_s=cfg.seconds + 2)
                     phase = run_phase(kind, port, base, setup, cfg, pid)
+                    wait_py_spy(spy)
                     phase["round"] = number
                     phases.append(phase)
                     print(f"round {number} {kind}: {phase['rate'] / 1e6:.1f} MB/s, "
@@ -287,9 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         [machine_line(info, mosquitto=False, source=True),
          f"- release: a bundle built from firmware/ and signed, {len(setup['paths'])} files, "
          f"{setup['bundle_bytes']:,} bytes, stored by the release service; {cfg.receivers} receivers offered it",
-         f"- servers on 127.0.0.1: the service's API (uvicorn, SQLite, each request signed in with the receiver's "
-         f"own login, checked against its rollout, counted), nginx {_nginx_version()} (sendfile, one worker) over "
-         "the same files",
+         f"- servers on 127.0.0.1: the service's API (uvicorn, one worker, HTTP by {http_implementation()}, SQLite, "
+         "each request signed in with the receiver's own login, checked against its rollout, counted), "
+         f"nginx {_nginx_version()} (sendfile, one worker) over the same files",
          f"- load: {cfg.clients} client processes, each whole release per receiver on one kept-alive connection, "
          f"every {cfg.resume_every}th file in two Range requests; {cfg.seconds:g} s per phase, alternating, "
          f"{cfg.repeat} rounds"],
@@ -300,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
          f"{'yes' if counted == got else 'NO'} ({len(counted)} receivers, {sum(counted.values()):,} bytes)"],
         "\n".join(rows),
         append=cfg.append)
+    if cfg.py_spy and Path(cfg.py_spy).exists():
+        print(spy_summary(cfg.py_spy), flush=True)
     return 0
 
 
