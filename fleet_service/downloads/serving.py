@@ -249,6 +249,8 @@ class Downloads:
 
     async def flush(self) -> int:
         """Writes the bytes counted so far; returns how many receivers' rows it wrote."""
+        if not self.served.pending():  # idle: no trip to a thread twice a second
+            return 0
         return await anyio.to_thread.run_sync(self.served.flush, self.sessions)
 
     async def flush_every(self, interval_s: float) -> None:
