@@ -132,6 +132,11 @@ class Settings(BaseSettings):
         return value
     # --- end of firmware settings ---
 
+    # The API's address as people reach it from their phones, for the acknowledge links in
+    # alerts (<this>/api/v1/ack/<token>), e.g. https://loa.example. Empty:
+    # http://<api_host>:<api_port>.
+    public_url: str = Field(default="", max_length=160, pattern=r"^(https?://\S+)?$")
+
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Settings:
         if self.environment != "production":

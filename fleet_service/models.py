@@ -1,6 +1,7 @@
 """Every table, imported in one place so that Alembic and create-time checks see them all."""
 
-from fleet_service.alerts.models import AlertCondition, Incident, RuleOverride, Silence
+from fleet_service.alerts.models import (AlertCondition, Crew, CrewMember, Incident, Notification, RuleOverride,
+                                         Silence)
 from fleet_service.audit.models import AuditEntry
 from fleet_service.auth.models import ApiToken, User
 from fleet_service.commands.models import Command, CommandTarget
@@ -22,10 +23,13 @@ __all__ = [
     "Command",
     "CommandTarget",
     "ConnectivityInterval",
+    "Crew",
+    "CrewMember",
     "FirmwareDownload",
     "FirmwareRelease",
     "FirmwareReleaseFile",
     "Incident",
+    "Notification",
     "OutboxEntry",
     "Receiver",
     "ReceiverCredential",

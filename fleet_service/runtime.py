@@ -15,6 +15,7 @@ from fleet_service.db import make_engine, make_sessionmaker
 
 if TYPE_CHECKING:  # built by the worker's composition (fleet_service/worker/composition.py)
     from fleet_service.alerts.evaluator import AlertEvaluator
+    from fleet_service.alerts.notify import Notifier
     from fleet_service.commands.delivery import CommandDelivery
     from fleet_service.ingest.service import IngestService
     from fleet_service.mqtt.adapter import MqttAdapter
@@ -42,6 +43,7 @@ class Runtime:
     outbox: OutboxDispatcher | None = None
     rollouts: RolloutDriver | None = None
     alerts: AlertEvaluator | None = None
+    notifier: Notifier | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:

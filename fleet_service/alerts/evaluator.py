@@ -84,12 +84,16 @@ def effective_rules(overrides: Iterable[RuleOverride], region_path: str) -> dict
     return rules
 
 
-def _silenced(silences: list[Silence], kind: RuleKind, receiver_id: str, place: Place) -> Silence | None:
-    ids = {int(p) for p in place.region_path.split("/") if p}
+def matching_silence(silences: Iterable[Silence], kind: str, receiver_id: str | None, station_id: int | None,
+                     region_path: str) -> Silence | None:
+    """The silence that covers a rule's incident about a receiver, a station or a region (its
+    path), if any: one on the receiver, its station, or any region above."""
+    ids = {int(p) for p in region_path.split("/") if p}
     for silence in silences:
-        if silence.kinds and kind.value not in silence.kinds:
+        if silence.kinds and kind not in silence.kinds:
             continue
-        if (silence.receiver_id == receiver_id or (silence.station_id is not None and silence.station_id == place.station_id)
+        if ((receiver_id is not None and silence.receiver_id == receiver_id)
+                or (station_id is not None and silence.station_id == station_id)
                 or (silence.region_id is not None and silence.region_id in ids)):
             return silence
     return None
@@ -227,7 +231,7 @@ class Evaluation:
         for condition, rule, place in firing:
             parent = grouped.get((condition.kind, condition.receiver_id))
             kind = RuleKind(condition.kind)
-            silence = _silenced(silences, kind, condition.receiver_id, place)
+            silence = matching_silence(silences, kind.value, condition.receiver_id, place.station_id, place.region_path)
             suppressed_by = f"group:{parent.id}" if parent is not None else (f"silence:{silence.id}" if silence else None)
             incident = self._open(Incident(
                 kind=kind.value, severity=rule.severity.value, scope=IncidentScope.RECEIVER.value,
@@ -283,7 +287,8 @@ class Evaluation:
         existing = self.session.scalar(select(Incident).where(Incident.open_key == open_key))
         if existing is not None:
             return existing  # late members join the group already raised
-        silence = _silenced(silences, kind, "", place) if scope == IncidentScope.REGION.value else None
+        silence = matching_silence(silences, kind.value, None,
+                                   place.station_id if scope == IncidentScope.STATION.value else None, place.region_path)
         return self._open(Incident(
             kind=kind.value, severity=severity.value, scope=scope,
             station_id=place.station_id if scope == IncidentScope.STATION.value else None,

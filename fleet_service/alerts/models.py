@@ -118,3 +118,71 @@ class Silence(Base):
     ends_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     created_by: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Crew(Base):
+    """A maintenance crew of a region (NULL: the whole service's), told of the incidents in
+    its region that no crew further down takes. Its members take turns on call, a week each
+    from ``rotation_start``; ``escalation`` says who is told when an incident stays unacknowledged."""
+
+    __tablename__ = "crews"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    region_id: Mapped[int | None] = mapped_column(ForeignKey("regions.id", ondelete="CASCADE"), index=True)
+    rotation_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    rotation_days: Mapped[int] = mapped_column(Integer, default=7)
+    # [{"after_min": 0, "to": "on_call"}, {"after_min": 15, "to": "next"}, {"after_min": 30, "to": "engineers"}]
+    escalation: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # A critical incident nobody acknowledged is told again to whoever is on call this often.
+    reminder_min: Mapped[int] = mapped_column(Integer, default=60)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CrewMember(Base):
+    __tablename__ = "crew_members"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    crew_id: Mapped[int] = mapped_column(ForeignKey("crews.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # Place in the on-call rotation; engineers are not in it, they are escalated to.
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    engineer: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Where the member is told: apprise URLs (mailto://, tgram://, json:// for a Zalo or SMS
+    # gateway, smpp://). They hold credentials: never shown back in full.
+    channels: Mapped[list[str]] = mapped_column(JSON)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class NotificationState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"        # gave up after NOTIFY_GIVE_UP attempts
+    CANCELLED = "cancelled"  # acknowledged or resolved before it went out
+
+
+class Notification(Base):
+    """One message to one channel of one person about one incident: planned once (``dedupe_key``
+    is unique, so that no restart and no second worker sends it twice), then sent with retries.
+    It carries the message's one-tap acknowledge link: a random token kept only as its hash,
+    expiring, good once."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), index=True)
+    # raised, escalated, reminder, resolved
+    reason: Mapped[str] = mapped_column(String(16))
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    member_id: Mapped[int | None] = mapped_column(ForeignKey("crew_members.id", ondelete="SET NULL"), index=True)
+    recipient: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default=NotificationState.PENDING.value, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    available_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ack_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    ack_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ack_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

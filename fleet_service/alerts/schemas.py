@@ -97,3 +97,67 @@ class SilenceOut(BaseModel):
     ends_at: datetime
     created_by: str
     created_at: datetime
+
+
+class EscalationStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    after_min: int = Field(ge=0, le=7 * 24 * 60, description="minutes after the incident was raised")
+    to: str = Field(pattern="^(on_call|next|engineers|all)$",
+                    description="on_call, next (the next in the rotation), engineers, or all")
+
+
+class CrewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    region_id: int | None = Field(default=None, ge=1, le=ID_MAX, description="none: the whole service's crew")
+    rotation_start: datetime | None = Field(default=None, description="when the first member's turn began")
+    rotation_days: int = Field(default=7, ge=1, le=90)
+    escalation: list[EscalationStep] | None = Field(default=None, min_length=1, max_length=10)
+    reminder_min: int = Field(default=60, ge=0, le=7 * 24 * 60, description="0: no reminders")
+
+
+class MemberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    position: int = Field(default=0, ge=0, le=1000)
+    engineer: bool = False
+    channels: list[str] = Field(min_length=1, max_length=10,
+                                description="apprise URLs: mailto://, tgram://, json:// (Zalo or SMS gateway), smpp://")
+
+
+class MemberOut(BaseModel):
+    id: int
+    name: str
+    position: int
+    engineer: bool
+    channels: list[str] = Field(description="without passwords or tokens")
+    active: bool
+
+
+class CrewOut(BaseModel):
+    id: int
+    name: str
+    region_id: int | None
+    rotation_start: datetime
+    rotation_days: int
+    escalation: list[dict[str, Any]]
+    reminder_min: int
+    members: list[MemberOut]
+    on_call: str | None
+
+
+class NotificationOut(BaseModel):
+    id: int
+    incident_id: int
+    reason: str
+    recipient: str
+    channel: str = Field(description="without passwords or tokens")
+    state: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    acknowledged_with_link: bool

@@ -11,12 +11,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleet_service.alerts.evaluator import effective_rules
-from fleet_service.alerts.models import Incident, IncidentState, RuleOverride, Silence
+from fleet_service.alerts.models import Crew, CrewMember, Incident, IncidentState, Notification, RuleOverride, Silence
+from fleet_service.alerts.notify import DEFAULT_ESCALATION, on_call, redacted
 from fleet_service.alerts.rules import DEFAULT_RULES, RuleKind
-from fleet_service.alerts.schemas import IncidentOut, RuleIn, RuleOut, SilenceIn, SilenceOut
+from fleet_service.alerts.schemas import (CrewIn, CrewOut, IncidentOut, MemberIn, MemberOut, NotificationOut, RuleIn,
+                                          RuleOut, SilenceIn, SilenceOut)
 from fleet_service.db import utcnow
-from fleet_service.errors import Conflict, Forbidden, NotFound
+from fleet_service.errors import Conflict, Forbidden, Invalid, NotFound
 from fleet_service.registry import service as registry
+from fleet_service.registry.models import Region
 from fleet_service.scope import RegionScope
 
 # Fields of a rule a region may set.
@@ -214,3 +217,87 @@ def reset_rule(session: Session, kind: RuleKind, region_id: int | None, actor: A
         session.delete(override)
         session.flush()
     return next(r for r in rules_for(session, region_id, actor.scope) if r.kind is kind)
+
+
+# --- crews ------------------------------------------------------------------------------------
+
+def _crew_in_scope(crew: Crew, session: Session, scope: RegionScope) -> bool:
+    if crew.region_id is None:
+        return scope.whole_fleet
+    region = session.get(Region, crew.region_id)
+    return region is not None and scope.contains(region.path)
+
+
+def _check_channels(channels: list[str]) -> None:
+    import apprise
+
+    for channel in channels:
+        if not apprise.Apprise.instantiate(channel, suppress_exceptions=True):
+            raise Invalid(f"Kênh không hợp lệ: {redacted(channel)}",
+                          f"not a channel apprise can send to: {redacted(channel)}")
+
+
+def create_crew(session: Session, data: CrewIn, actor: Actor) -> Crew:
+    if data.region_id is None and actor.scope.restricted:
+        raise Forbidden("Chỉ quản trị toàn hệ thống mới lập đội chung", "only a whole-fleet admin makes the service's crew")
+    if data.region_id is not None:
+        registry.get_region(session, data.region_id, scope=actor.scope)
+    crew = Crew(name=data.name, region_id=data.region_id, rotation_start=data.rotation_start or utcnow(),
+                rotation_days=data.rotation_days, reminder_min=data.reminder_min,
+                escalation=[s.model_dump() for s in data.escalation] if data.escalation else DEFAULT_ESCALATION)
+    session.add(crew)
+    session.flush()
+    return crew
+
+
+def get_crew(session: Session, crew_id: int, scope: RegionScope) -> Crew:
+    crew = session.get(Crew, crew_id)
+    if crew is None or not _crew_in_scope(crew, session, scope):
+        raise NotFound(f"Không có đội {crew_id}", f"no crew {crew_id}")
+    return crew
+
+
+def list_crews(session: Session, scope: RegionScope) -> list[Crew]:
+    return [c for c in session.scalars(select(Crew).order_by(Crew.id)) if _crew_in_scope(c, session, scope)]
+
+
+def add_member(session: Session, crew_id: int, data: MemberIn, actor: Actor) -> CrewMember:
+    get_crew(session, crew_id, actor.scope)
+    _check_channels(data.channels)
+    member = CrewMember(crew_id=crew_id, name=data.name, position=data.position, engineer=data.engineer,
+                        channels=list(data.channels), active=True)
+    session.add(member)
+    session.flush()
+    return member
+
+
+def remove_member(session: Session, crew_id: int, member_id: int, actor: Actor) -> CrewMember:
+    get_crew(session, crew_id, actor.scope)
+    member = session.get(CrewMember, member_id)
+    if member is None or member.crew_id != crew_id:
+        raise NotFound(f"Không có thành viên {member_id}", f"no member {member_id} in crew {crew_id}")
+    member.active = False  # kept: the notifications sent to them still name them
+    return member
+
+
+def member_out(member: CrewMember) -> MemberOut:
+    return MemberOut(id=member.id, name=member.name, position=member.position, engineer=member.engineer,
+                     channels=[redacted(c) for c in member.channels], active=member.active)
+
+
+def crew_out(session: Session, crew: Crew) -> CrewOut:
+    members = list(session.scalars(select(CrewMember).where(CrewMember.crew_id == crew.id)
+                                   .order_by(CrewMember.position, CrewMember.id)))
+    current = on_call(crew, members, utcnow())
+    return CrewOut(id=crew.id, name=crew.name, region_id=crew.region_id, rotation_start=crew.rotation_start,
+                   rotation_days=crew.rotation_days, escalation=crew.escalation, reminder_min=crew.reminder_min,
+                   members=[member_out(m) for m in members], on_call=current.name if current else None)
+
+
+def notifications_of(session: Session, incident_id: int, scope: RegionScope) -> list[NotificationOut]:
+    incident = get_incident(session, incident_id, scope)
+    rows = session.scalars(select(Notification).where(Notification.incident_id == incident.id).order_by(Notification.id))
+    return [NotificationOut(id=n.id, incident_id=n.incident_id, reason=n.reason, recipient=n.recipient,
+                            channel=redacted(n.channel), state=n.state, attempts=n.attempts, last_error=n.last_error,
+                            created_at=n.created_at, sent_at=n.sent_at, acknowledged_with_link=n.ack_used_at is not None)
+            for n in rows]

@@ -64,6 +64,9 @@ class IngestStatusOut(BaseModel):
     alert_turns: int = 0
     alerts_raised: int = 0
     alert_failures: int = 0
+    # Notifications to the crews sent, and failed attempts (retried with backoff).
+    notifications_sent: int = 0
+    notification_failures: int = 0
     tracked_receivers: int
     stale_messages: int
     unobserved_outages: int

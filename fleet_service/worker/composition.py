@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.embedded import EmbeddedBroker, LoginLimiter, LoginRules, TlsListener
 from fleet_service.alerts.evaluator import AlertEvaluator
+from fleet_service.alerts.notify import Notifier
 from fleet_service.broker_port import BrokerAccounts, RegistryOnlyAccounts
 from fleet_service.commands.delivery import CommandDelivery
 from fleet_service.commands.service import Created
@@ -220,7 +221,8 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
 
     schedules = ScheduleSync(runtime.sessions, submit=hand_over)
     rollouts = RolloutDriver(runtime.sessions, settings, submit=hand_over)
-    alerts = AlertEvaluator(runtime.sessions)
+    notifier = Notifier(runtime.sessions, settings)
+    alerts = AlertEvaluator(runtime.sessions, on_raised=lambda _result: notifier.wake())
     subscribe(events, commands=commands, schedules=schedules, telemetry=runtime.telemetry, rollouts=rollouts)
     accounts = FleetAccounts(broker_accounts, ingest, loop)
     outbox = OutboxDispatcher(runtime.sessions, {
@@ -237,8 +239,9 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
     await schedules.start()
     await rollouts.start()
     await alerts.start()
+    await notifier.start()
     runtime.ingest, runtime.mqtt, runtime.commands, runtime.outbox = ingest, adapter, commands, outbox
-    runtime.schedules, runtime.rollouts, runtime.alerts = schedules, rollouts, alerts
+    runtime.schedules, runtime.rollouts, runtime.alerts, runtime.notifier = schedules, rollouts, alerts, notifier
     runtime.broker_accounts = accounts
     task = asyncio.create_task(adapter.run(), name="mqtt-adapter")
     try:
@@ -253,7 +256,8 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
         await asyncio.gather(task, return_exceptions=True)
         runtime.outbox = None
         await outbox.stop()
-        runtime.commands, runtime.rollouts, runtime.alerts = None, None, None
+        runtime.commands, runtime.rollouts, runtime.alerts, runtime.notifier = None, None, None, None
+        await notifier.stop()
         await alerts.stop()
         await rollouts.stop()
         await schedules.stop()

@@ -46,6 +46,8 @@ def ingest_status_here(runtime: Runtime) -> IngestStatusOut | None:
         alert_turns=alerts.turns if alerts else 0,
         alerts_raised=alerts.raised if alerts else 0,
         alert_failures=alerts.failures if alerts else 0,
+        notifications_sent=runtime.notifier.sent if runtime.notifier else 0,
+        notification_failures=runtime.notifier.failures if runtime.notifier else 0,
         tracked_receivers=len(ingest.tracker),
         stale_messages=ingest.tracker.stale_messages,
         unobserved_outages=ingest.tracker.unobserved_outages,

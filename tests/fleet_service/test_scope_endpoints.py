@@ -130,6 +130,9 @@ def _build(world: World) -> ScopeFleet:
         s.add(Incident(kind="offline", severity="major", scope="region", region_id=ids["C3"], region_path=paths["C3"],
                        open_key=f"offline:region:{ids['C3']}", summary="C3", started_at=now, opened_at=now))
     until = (now + timedelta(days=1)).isoformat()
+    for region in (None, "D2", "C3", "D23"):  # the service's own crew, and three regions'
+        ok(client.post(f"{API}/crews", json={"name": f"Đội {region}", "region_id": ids[region] if region else None},
+                       headers=fleet.admin), 201)
     for subject in ({"receiver_id": "r-C3"}, {"station_id": ids["sD23"]}, {"region_id": ids["D2"]},
                     {"region_id": ids["P5"]}):
         ok(client.post(f"{API}/silences", json={**subject, "reason": "bảo trì", "ends_at": until},
@@ -310,6 +313,18 @@ def check_incidents(fleet: ScopeFleet, truth: Truth, scope: int, op: dict[str, s
     assert ok(_get(fleet, "/incidents", op, members=True)) == [i for i in admin_list if visible(i)]
     for i in admin_list:
         _same_or_absent(fleet, f"/incidents/{i['id']}", visible(i), op)
+        _same_or_absent(fleet, f"/incidents/{i['id']}/notifications", visible(i), op)
+
+
+def check_crews(fleet: ScopeFleet, truth: Truth, scope: int, op: dict[str, str], _admin: dict[str, str]) -> None:
+    def visible(crew: dict[str, Any]) -> bool:
+        return crew["region_id"] is not None and truth.region_in(scope, crew["region_id"])
+
+    admin_list = ok(_get(fleet, "/crews", fleet.admin))
+    assert len(admin_list) == 4
+    assert ok(_get(fleet, "/crews", op)) == [c for c in admin_list if visible(c)]
+    for c in admin_list:
+        _same_or_absent(fleet, f"/crews/{c['id']}", visible(c), op)
 
 
 def check_silences(fleet: ScopeFleet, truth: Truth, scope: int, op: dict[str, str], _admin: dict[str, str]) -> None:
@@ -375,6 +390,12 @@ SCOPED_READS: dict[str, Check] = {
     "/rollouts/{rollout_id}/targets": checked_elsewhere,    # in check_rollouts
     "/incidents": check_incidents,
     "/incidents/{incident_id}": checked_elsewhere,          # in check_incidents
+    "/incidents/{incident_id}/notifications": checked_elsewhere,  # in check_incidents
+    "/crews": check_crews,
+    "/crews/{crew_id}": checked_elsewhere,                  # in check_crews
+    # The link is the credential: one incident, for the person it was sent to
+    # (tests/fleet_service/alerts/test_notify.py).
+    "/ack/{token}": not_region_data,
     "/silences": check_silences,
     "/alert-rules": check_alert_rules,
 }

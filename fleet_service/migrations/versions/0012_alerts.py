@@ -1,4 +1,5 @@
-"""Alerts: rule overrides per region, the conditions being timed, incidents and silences
+"""Alerts: rule overrides per region, the conditions being timed, incidents, silences, crews
+with their members and rotation, and the notifications sent to them
 
 Revision ID: 0012
 Revises: 0011
@@ -35,6 +36,35 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('alert_rule_overrides', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_alert_rule_overrides_region_id'), ['region_id'], unique=False)
+
+    op.create_table('crews',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('region_id', sa.Integer(), nullable=True),
+    sa.Column('rotation_start', UTCDateTime(), nullable=False),
+    sa.Column('rotation_days', sa.Integer(), nullable=False),
+    sa.Column('escalation', sa.JSON(), nullable=False),
+    sa.Column('reminder_min', sa.Integer(), nullable=False),
+    sa.Column('created_at', UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['region_id'], ['regions.id'], name=op.f('fk_crews_region_id_regions'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_crews'))
+    )
+    with op.batch_alter_table('crews', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_crews_region_id'), ['region_id'], unique=False)
+
+    op.create_table('crew_members',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('crew_id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('position', sa.Integer(), nullable=False),
+    sa.Column('engineer', sa.Boolean(), nullable=False),
+    sa.Column('channels', sa.JSON(), nullable=False),
+    sa.Column('active', sa.Boolean(), nullable=False),
+    sa.ForeignKeyConstraint(['crew_id'], ['crews.id'], name=op.f('fk_crew_members_crew_id_crews'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_crew_members'))
+    )
+    with op.batch_alter_table('crew_members', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_crew_members_crew_id'), ['crew_id'], unique=False)
 
     op.create_table('alert_silences',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -110,9 +140,43 @@ def upgrade() -> None:
     with op.batch_alter_table('alert_conditions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_alert_conditions_incident_id'), ['incident_id'], unique=False)
 
+    op.create_table('notifications',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('incident_id', sa.Integer(), nullable=False),
+    sa.Column('reason', sa.String(length=16), nullable=False),
+    sa.Column('dedupe_key', sa.String(length=200), nullable=False),
+    sa.Column('member_id', sa.Integer(), nullable=True),
+    sa.Column('recipient', sa.String(length=200), nullable=False),
+    sa.Column('channel', sa.Text(), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('available_at', UTCDateTime(), nullable=False),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.Column('created_at', UTCDateTime(), nullable=False),
+    sa.Column('sent_at', UTCDateTime(), nullable=True),
+    sa.Column('ack_token_hash', sa.String(length=64), nullable=True),
+    sa.Column('ack_expires_at', UTCDateTime(), nullable=True),
+    sa.Column('ack_used_at', UTCDateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['incident_id'], ['incidents.id'], name=op.f('fk_notifications_incident_id_incidents'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['member_id'], ['crew_members.id'], name=op.f('fk_notifications_member_id_crew_members'), ondelete='SET NULL'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_notifications')),
+    sa.UniqueConstraint('ack_token_hash', name=op.f('uq_notifications_ack_token_hash')),
+    sa.UniqueConstraint('dedupe_key', name=op.f('uq_notifications_dedupe_key'))
+    )
+    with op.batch_alter_table('notifications', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_notifications_incident_id'), ['incident_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_notifications_member_id'), ['member_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_notifications_state'), ['state'], unique=False)
+
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('notifications', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_notifications_state'))
+        batch_op.drop_index(batch_op.f('ix_notifications_member_id'))
+        batch_op.drop_index(batch_op.f('ix_notifications_incident_id'))
+
+    op.drop_table('notifications')
     with op.batch_alter_table('alert_conditions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_alert_conditions_incident_id'))
 
@@ -132,6 +196,14 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_alert_silences_ends_at'))
 
     op.drop_table('alert_silences')
+    with op.batch_alter_table('crew_members', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_crew_members_crew_id'))
+
+    op.drop_table('crew_members')
+    with op.batch_alter_table('crews', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_crews_region_id'))
+
+    op.drop_table('crews')
     with op.batch_alter_table('alert_rule_overrides', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_alert_rule_overrides_region_id'))
 
