@@ -28,15 +28,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.alerts.models import AlertCondition, Incident, IncidentScope, IncidentState, RuleOverride, Silence
-from fleet_service.alerts.rules import DEFAULT_RULES, TITLES, LiveRow, Rule, RuleKind, evaluate
+from fleet_service.alerts.rules import DEFAULT_RULES, TITLES, Context, LiveRow, Rule, RuleKind, evaluate
 from fleet_service.db import session_scope, utcnow
+from fleet_service.protocol.messages import ScheduleSlot
 from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
-from fleet_service.timefmt import local_text
+from fleet_service.rollouts.models import RolloutTarget, TargetState
+from fleet_service.schedules.service import receiver_slots
+from fleet_service.timefmt import LOCAL_ZONE, local_text
 from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
 
 log = logging.getLogger(__name__)
@@ -133,6 +136,8 @@ class Evaluation:
         offline_since: dict[str, datetime] = {rid: start for rid, start in session.execute(
             select(ConnectivityInterval.receiver_id, ConnectivityInterval.start_at)
             .where(ConnectivityInterval.end_at.is_(None), ConnectivityInterval.state == "offline"))}
+        failures = self._update_failures()
+        slots = self._slots_in_force(rows, places)
         conditions = {(c.kind, c.receiver_id): c for c in session.scalars(select(AlertCondition))}
         rules_by_path: dict[str, dict[RuleKind, Rule]] = {}
         firing: list[tuple[AlertCondition, Rule, Place]] = []
@@ -142,7 +147,8 @@ class Evaluation:
             rules = rules_by_path.get(place.region_path)
             if rules is None:
                 rules = rules_by_path[place.region_path] = effective_rules(overrides, place.region_path)
-            findings = evaluate(row, rules, now, offline_since.get(row.receiver_id))
+            rid = row.receiver_id
+            findings = evaluate(row, rules, now, Context(offline_since.get(rid), slots.get(rid), failures.get(rid)))
             for kind, rule in rules.items():
                 key = (kind.value, row.receiver_id)
                 condition = conditions.get(key)
@@ -178,17 +184,46 @@ class Evaluation:
             select(ReceiverLiveState.receiver_id, ReceiverLiveState.online, ReceiverLiveState.heard_at,
                    ReceiverLiveState.telemetry_at, ReceiverLiveState.temperature_c, ReceiverLiveState.supply_v,
                    ReceiverLiveState.signal_dbm, ReceiverLiveState.amplifier, ReceiverLiveState.stream,
-                   ReceiverLiveState.clock_skew_s,
+                   ReceiverLiveState.clock_skew_s, ReceiverLiveState.playing,
                    Station.id, Station.name, Region.id, Region.name, Region.path)
             .join(Receiver, Receiver.id == ReceiverLiveState.receiver_id)
             .outerjoin(Station, Station.id == Receiver.station_id)
             .outerjoin(Region, Region.id == Station.region_id)
             .where(Receiver.status == ReceiverStatus.ACTIVE.value))
-        for (rid, online, heard, tele, temp, supply, signal, amp, stream, skew,
+        for (rid, online, heard, tele, temp, supply, signal, amp, stream, skew, playing,
              station_id, station_name, region_id, region_name, path) in self.session.execute(query):
-            rows.append(LiveRow(rid, online, heard, tele, temp, supply, signal, amp, stream, skew))
+            rows.append(LiveRow(rid, online, heard, tele, temp, supply, signal, amp, stream, skew,
+                                playing.get("stream") if isinstance(playing, dict) else None))
             places[rid] = Place(station_id, station_name, region_id, region_name, path or "/")
         return rows, places
+
+    def _update_failures(self) -> dict[str, tuple[str, datetime]]:
+        """Receivers whose latest rollout target failed or rolled back: (reason, when)."""
+        latest = (select(RolloutTarget.receiver_id, func.max(RolloutTarget.rollout_id).label("rollout_id"))
+                  .group_by(RolloutTarget.receiver_id).subquery())
+        rows = self.session.execute(
+            select(RolloutTarget.receiver_id, RolloutTarget.state, RolloutTarget.reason, RolloutTarget.state_at)
+            .join(latest, (latest.c.receiver_id == RolloutTarget.receiver_id)
+                  & (latest.c.rollout_id == RolloutTarget.rollout_id))
+            .where(RolloutTarget.state.in_([TargetState.FAILED.value, TargetState.ROLLED_BACK.value])))
+        return {rid: (f"{state}: {reason}" if reason else state, at) for rid, state, reason, at in rows}
+
+    def _slots_in_force(self, rows: list[LiveRow], places: dict[str, Place]) -> dict[str, tuple[str, datetime]]:
+        """The scheduled slot in force now for each receiver that is online and silent (the only
+        ones a slot can raise anything for), and when this occurrence of it began."""
+        silent: list[tuple[str, int, str]] = []
+        for r in rows:
+            station_id = places[r.receiver_id].station_id
+            if r.online and station_id is not None and (r.playing_stream or r.stream) not in ("playing", "buffering"):
+                silent.append((r.receiver_id, station_id, places[r.receiver_id].region_path))
+        if not silent:
+            return {}
+        found: dict[str, tuple[str, datetime]] = {}
+        for rid, slots in receiver_slots(self.session, silent).items():
+            in_force = slot_in_force(slots, self.now)
+            if in_force is not None:
+                found[rid] = in_force
+        return found
 
     def _clearing(self, condition: AlertCondition, rule: Rule) -> None:
         if condition.cleared_at is None:
@@ -308,6 +343,23 @@ class Evaluation:
             return self.session.scalar(select(Incident).where(Incident.open_key == incident.open_key))
         (self.result.suppressed if incident.suppressed_by else self.result.raised).append(incident.id)
         return incident
+
+
+def slot_in_force(slots: Iterable[ScheduleSlot], now: datetime) -> tuple[str, datetime] | None:
+    """The slot in force at ``now`` by the stations' clock (Asia/Ho_Chi_Minh), and when this
+    occurrence of it began (UTC)."""
+    local = now.astimezone(LOCAL_ZONE)
+    day = local.date()
+    second = local.hour * 3600 + local.minute * 60 + local.second
+    for slot in slots:
+        start, end = slot.seconds()
+        if not (start <= second < end) or not slot.days & (1 << day.weekday()):
+            continue
+        if (slot.valid_from is not None and day < slot.valid_from) or (slot.valid_to is not None and day > slot.valid_to):
+            continue
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        return slot.slot_id, (midnight + timedelta(seconds=start)).astimezone(now.tzinfo)
+    return None
 
 
 def _together(items: list[tuple[AlertCondition, Rule, Place]]) -> list[tuple[AlertCondition, Rule, Place]]:

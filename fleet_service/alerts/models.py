@@ -61,6 +61,7 @@ class IncidentScope(StrEnum):
     RECEIVER = "receiver"
     STATION = "station"  # many receivers of one station at once
     REGION = "region"    # many receivers of one commune (a station's region) at once
+    SERVICE = "service"  # the service itself (a notification channel failing), for its admins
 
 
 class Incident(Base):

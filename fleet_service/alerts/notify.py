@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.alerts.evaluator import matching_silence
-from fleet_service.alerts.models import (Crew, CrewMember, Incident, IncidentState, Notification,
+from fleet_service.alerts.models import (Crew, CrewMember, Incident, IncidentScope, IncidentState, Notification,
                                          NotificationState, Silence)
 from fleet_service.alerts.rules import CHECK_FIRST, TITLES, RuleKind, Severity
 from fleet_service.config import Settings
@@ -338,6 +338,7 @@ class Notifier:
             if error is None:
                 notification.state, notification.sent_at, notification.last_error = NotificationState.SENT.value, utcnow(), None
                 self.sent += 1
+                channel_recovered(session, notification.channel, now)
                 return
             self.failures += 1
             notification.last_error = error[:2000]
@@ -345,11 +346,42 @@ class Notifier:
                 notification.state = NotificationState.FAILED.value
                 log.error("notification %d to %s given up after %d attempts: %s", notification.id,
                           redacted(notification.channel), notification.attempts, error)
+                channel_failing(session, notification, error, now)
                 return
             delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** (notification.attempts - 1))
             notification.available_at = now + timedelta(seconds=delay)
             log.warning("notification %d to %s failed (attempt %d), retrying in %.0f s: %s", notification.id,
                         redacted(notification.channel), notification.attempts, delay, error)
+
+
+def _channel_key(channel: str) -> str:
+    return f"{RuleKind.CHANNEL_FAILED.value}:{token_hash(channel)[:32]}"
+
+
+def channel_failing(session: Session, notification: Notification, error: str, now: datetime) -> None:
+    """A channel that failed every attempt raises an incident of its own, for the crew of the
+    whole service (its admins): a crew member nobody can reach is a fault like any other."""
+    key = _channel_key(notification.channel)
+    if session.scalar(select(Incident.id).where(Incident.open_key == key)) is not None:
+        return
+    vi, en = TITLES[RuleKind.CHANNEL_FAILED]
+    incident = Incident(kind=RuleKind.CHANNEL_FAILED.value, severity=Severity.MAJOR.value,
+                        scope=IncidentScope.SERVICE.value, region_path="/", open_key=key,
+                        summary=f"{vi} / {en}: {notification.recipient} — {redacted(notification.channel)}"[:500],
+                        value=error[:64], detail={"member_id": notification.member_id, "error": error[:1000]},
+                        started_at=notification.created_at, opened_at=now)
+    try:
+        with session.begin_nested():
+            session.add(incident)
+            session.flush()
+    except IntegrityError:
+        pass  # raised by another worker in the meantime
+
+
+def channel_recovered(session: Session, channel: str, now: datetime) -> None:
+    session.execute(update(Incident).where(Incident.open_key == _channel_key(channel))
+                    .values(state=IncidentState.RESOLVED.value, resolved_at=now, open_key=None)
+                    .execution_options(synchronize_session=False))
 
 
 def _link(session: Session, token: str, now: datetime) -> tuple[Notification, Incident]:

@@ -25,6 +25,10 @@ class RuleKind(StrEnum):
     LOW_SUPPLY = "low_supply"        # supply voltage below the threshold
     WEAK_SIGNAL = "weak_signal"      # 4G signal below the threshold
     CLOCK_UNSYNCED = "clock_unsynced"  # clock off by more than the threshold
+    NO_SOUND = "no_sound"            # a scheduled slot is in force and the receiver plays nothing
+    UPDATE_FAILED = "update_failed"  # its last firmware update failed or rolled back
+    # Not a rule over receivers: a notification channel that keeps failing (alerts.notify).
+    CHANNEL_FAILED = "channel_failed"
 
 
 class Severity(StrEnum):
@@ -58,6 +62,9 @@ DEFAULT_RULES: dict[RuleKind, Rule] = {rule.kind: rule for rule in (
     Rule(RuleKind.LOW_SUPPLY, Severity.MAJOR, pending_s=300, hold_s=300, threshold=10.5),
     Rule(RuleKind.WEAK_SIGNAL, Severity.MINOR, pending_s=900, hold_s=600, threshold=-105),
     Rule(RuleKind.CLOCK_UNSYNCED, Severity.MINOR, pending_s=600, hold_s=300, threshold=5.0),
+    # A slot that should be heard: a minute covers a stream that takes its time to start.
+    Rule(RuleKind.NO_SOUND, Severity.CRITICAL, pending_s=60, hold_s=60),
+    Rule(RuleKind.UPDATE_FAILED, Severity.MINOR, pending_s=0, hold_s=0),
 )}
 
 # What operators and crews read: Vietnamese first, English alongside; what to check first.
@@ -70,6 +77,9 @@ TITLES: dict[RuleKind, tuple[str, str]] = {
     RuleKind.LOW_SUPPLY: ("Điện áp nguồn thấp", "Low supply voltage"),
     RuleKind.WEAK_SIGNAL: ("Sóng 4G yếu", "Weak 4G signal"),
     RuleKind.CLOCK_UNSYNCED: ("Lệch đồng hồ", "Clock not synchronised"),
+    RuleKind.NO_SOUND: ("Không phát trong giờ phát sóng", "No sound during a scheduled slot"),
+    RuleKind.UPDATE_FAILED: ("Cập nhật phần mềm lỗi", "Firmware update failed"),
+    RuleKind.CHANNEL_FAILED: ("Kênh thông báo không gửi được", "Notification channel failing"),
 }
 CHECK_FIRST: dict[RuleKind, tuple[str, str]] = {
     RuleKind.OFFLINE: ("Kiểm tra nguồn điện của trạm và sóng 4G", "Check the station's power and the 4G signal"),
@@ -80,6 +90,11 @@ CHECK_FIRST: dict[RuleKind, tuple[str, str]] = {
     RuleKind.LOW_SUPPLY: ("Kiểm tra bộ nguồn và ắc quy", "Check the power supply and the battery"),
     RuleKind.WEAK_SIGNAL: ("Kiểm tra ăng-ten 4G", "Check the 4G antenna"),
     RuleKind.CLOCK_UNSYNCED: ("Kiểm tra máy chủ thời gian (NTP)", "Check the time server (NTP)"),
+    RuleKind.NO_SOUND: ("Kiểm tra địa chỉ luồng của lịch, gói cước 4G và bộ khuếch đại",
+                        "Check the slot's stream address, the 4G data plan and the amplifier"),
+    RuleKind.UPDATE_FAILED: ("Xem lý do trong đợt cập nhật (loa rollouts show)",
+                             "See the reason in the rollout (loa rollouts show)"),
+    RuleKind.CHANNEL_FAILED: ("Kiểm tra địa chỉ và tài khoản của kênh", "Check the channel's address and account"),
 }
 
 
@@ -97,6 +112,18 @@ class LiveRow:
     amplifier: str | None
     stream: str | None
     clock_skew_s: float | None
+    playing_stream: str | None = None  # its play status (reported on every change)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a receiver's rules need beyond its live state, from other tables."""
+
+    offline_since: datetime | None = None
+    # The scheduled slot in force now (its id and when this occurrence began), if any.
+    slot: tuple[str, datetime] | None = None
+    # Its last update's failure (reason and when), if its latest rollout target failed.
+    update_failure: tuple[str, datetime] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +139,13 @@ def _threshold(rule: Rule) -> float:
     return rule.threshold
 
 
-def _offline(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+def _offline(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
     if row.online:
         return None
-    return Finding(offline_since or row.heard_at)
+    return Finding(ctx.offline_since or row.heard_at)
 
 
-def _silent(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+def _silent(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
     last = row.telemetry_at or row.heard_at
     if not row.online or last is None:
         return None
@@ -127,37 +154,61 @@ def _silent(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | N
     return Finding(last + timedelta(seconds=_threshold(rule)), round((now - last).total_seconds()))
 
 
-def _amp_fault(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+def _amp_fault(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
     return Finding(None, row.amplifier) if row.online and row.amplifier == "fault" else None
 
 
-def _stream_error(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
-    return Finding(None, row.stream) if row.online and row.stream == "error" else None
+def _stream_error(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
+    # During a slot, NO_SOUND stands for it: one incident for one cause.
+    stream = row.playing_stream or row.stream
+    return Finding(None, stream) if row.online and stream == "error" and ctx.slot is None else None
 
 
-def _overheat(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+def _overheat(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
     t = row.temperature_c
     return Finding(None, t) if row.online and t is not None and t > _threshold(rule) else None
 
 
-def _low_supply(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+def _low_supply(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
     v = row.supply_v
     return Finding(None, v) if row.online and v is not None and v < _threshold(rule) else None
 
 
-def _weak_signal(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+def _weak_signal(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
     s = row.signal_dbm
     return Finding(None, s) if row.online and s is not None and s < _threshold(rule) else None
 
 
-def _clock(row: LiveRow, rule: Rule, now: datetime, offline_since: datetime | None) -> Finding | None:
+def _clock(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
     k = row.clock_skew_s
     return Finding(None, k) if row.online and k is not None and abs(k) > _threshold(rule) else None
 
 
-# An offline receiver reports nothing: only OFFLINE holds for it, every other condition waits
-# (its last readings are not news).
-CONDITIONS: dict[RuleKind, Callable[[LiveRow, Rule, datetime, datetime | None], Finding | None]] = {
+# Sound: what it plays (or the player's state in its report, from a receiver that has not sent
+# a play status yet).
+_SOUNDING = ("playing", "buffering")
+
+
+def _no_sound(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
+    if ctx.slot is None or not row.online:
+        return None
+    stream = row.playing_stream or row.stream
+    if stream in _SOUNDING:
+        return None
+    slot_id, began = ctx.slot
+    return Finding(began, f"{slot_id}: {stream or '?'}")
+
+
+def _update_failed(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
+    if ctx.update_failure is None:
+        return None
+    reason, at = ctx.update_failure
+    return Finding(at, reason)
+
+
+# An offline receiver reports nothing: only OFFLINE (and its last update's failure) holds for it,
+# every other condition waits (its last readings are not news).
+CONDITIONS: dict[RuleKind, Callable[[LiveRow, Rule, datetime, Context], Finding | None]] = {
     RuleKind.OFFLINE: _offline,
     RuleKind.SILENT: _silent,
     RuleKind.AMP_FAULT: _amp_fault,
@@ -166,17 +217,22 @@ CONDITIONS: dict[RuleKind, Callable[[LiveRow, Rule, datetime, datetime | None], 
     RuleKind.LOW_SUPPLY: _low_supply,
     RuleKind.WEAK_SIGNAL: _weak_signal,
     RuleKind.CLOCK_UNSYNCED: _clock,
+    RuleKind.NO_SOUND: _no_sound,
+    RuleKind.UPDATE_FAILED: _update_failed,
 }
 
 
+_NO_CONTEXT = Context()
+
+
 def evaluate(row: LiveRow, rules: dict[RuleKind, Rule], now: datetime,
-             offline_since: datetime | None = None) -> dict[RuleKind, Finding]:
+             ctx: Context = _NO_CONTEXT) -> dict[RuleKind, Finding]:
     """The enabled rules whose condition holds for ``row`` now."""
     found: dict[RuleKind, Finding] = {}
     for kind, rule in rules.items():
         if not rule.enabled:
             continue
-        finding = CONDITIONS[kind](row, rule, now, offline_since)
+        finding = CONDITIONS[kind](row, rule, now, ctx)
         if finding is not None:
             found[kind] = finding
     return found

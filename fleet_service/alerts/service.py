@@ -181,9 +181,15 @@ def rules_for(session: Session, region_id: int | None, scope: RegionScope) -> li
     return out
 
 
+def _evaluated(kind: RuleKind) -> None:
+    if kind not in DEFAULT_RULES:
+        raise Conflict(f"'{kind}' không phải quy tắc đặt được", f"'{kind}' is not a rule that can be set")
+
+
 def set_rule(session: Session, kind: RuleKind, region_id: int | None, data: RuleIn, actor: Actor) -> RuleOut:
     """Set some of a rule's fields for a region (None: the whole service, admins of the whole
     fleet only). Fields given as null are not changed; ``reset_rule`` clears them."""
+    _evaluated(kind)
     if region_id is None and actor.scope.restricted:
         raise Forbidden("Chỉ quản trị toàn hệ thống mới đặt quy tắc chung",
                         "only a whole-fleet admin sets the service-wide rules")
@@ -207,6 +213,7 @@ def set_rule(session: Session, kind: RuleKind, region_id: int | None, data: Rule
 
 def reset_rule(session: Session, kind: RuleKind, region_id: int | None, actor: Actor) -> RuleOut:
     """The region takes the rule from above again."""
+    _evaluated(kind)
     if region_id is None and actor.scope.restricted:
         raise Forbidden("Chỉ quản trị toàn hệ thống mới đặt quy tắc chung",
                         "only a whole-fleet admin sets the service-wide rules")

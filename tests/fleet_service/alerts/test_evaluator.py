@@ -203,3 +203,60 @@ def test_a_revoked_receiver_is_forgotten_and_its_incident_resolved(fleet):
         session.execute(update(Receiver).where(Receiver.id == "rx-0").values(status="revoked"))
     assert len(fleet.turn(at(402)).resolved) == 1
     assert fleet.incidents()[0].state == "resolved"
+
+
+def slot_around(fleet: Fleet, receiver_id: str, start: datetime, minutes: int) -> None:
+    """A schedule for the receiver's station with one slot from ``start`` (local time)."""
+    from fleet_service.schedules.models import Schedule, ScheduleSlotRow
+    from fleet_service.timefmt import LOCAL_ZONE
+
+    local = start.astimezone(LOCAL_ZONE)
+    end = local + timedelta(minutes=minutes)
+    with session_scope(fleet.sessions) as session:
+        schedule = Schedule(name="Bản tin sáng", target_kind="station", target_id=fleet.fleet.station_of(receiver_id),
+                            created_by="kythuat")
+        schedule.slots = [ScheduleSlotRow(start=local.strftime("%H:%M"), end=end.strftime("%H:%M"),
+                                          days=1 << local.weekday(), url="http://127.0.0.1:9/tin-sang.mp3",
+                                          priority="normal")]
+        session.add(schedule)
+
+
+def test_no_sound_during_a_slot_is_raised_and_a_stream_error_outside_one_waits_its_own_time(fleet):
+    slot_around(fleet, "rx-0", at(0), 30)  # rx-0 and rx-2 share the station
+    with session_scope(fleet.sessions) as session:
+        for rid, stream in (("rx-0", "error"), ("rx-2", "playing")):
+            row = session.get(ReceiverLiveState, rid)
+            row.playing = {"stream": stream, "source": "sched", "ref": "s1"}
+    fleet.turn(at(30))
+    assert fleet.incidents() == []  # a minute's grace for a stream to start
+    fleet.turn(at(90))
+    incident, = fleet.incidents()
+    assert (incident.kind, incident.receiver_id, incident.severity) == ("no_sound", "rx-0", "critical")
+    assert incident.started_at == at(0) and incident.value.endswith(": error")
+    assert incident.summary.startswith("Không phát trong giờ phát sóng / No sound during a scheduled slot: rx-0")
+    # The slot ends: no_sound clears; the stream error, now outside a slot, is its own rule.
+    fleet.turn(at(31 * 60))
+    fleet.turn(at(32 * 60))
+    kinds = {i.kind: i.state for i in fleet.incidents()}
+    assert kinds == {"no_sound": "resolved"}
+    fleet.turn(at(36 * 60))
+    assert {i.kind: i.state for i in fleet.incidents()} == {"no_sound": "resolved", "stream_error": "open"}
+
+
+def test_a_failed_update_is_raised_until_the_receiver_is_offered_again(fleet):
+    from fleet_service.rollouts.models import RolloutTarget
+    from tests.fleet_service.rollouts.test_service import ADMIN, add_release
+    from fleet_service.rollouts import service as rollouts
+    from fleet_service.rollouts.schemas import RolloutCreate
+
+    with session_scope(fleet.sessions) as session:
+        rollout_id = rollouts.create_rollout(session, RolloutCreate(name="1.4.0", release_id=add_release(session)), ADMIN).id
+        target = session.get(RolloutTarget, (rollout_id, "rx-3"))
+        target.state, target.reason, target.state_at = "rolled_back", "no_connect", at(0)
+    fleet.turn(at(1))
+    incident, = fleet.incidents()
+    assert (incident.kind, incident.receiver_id, incident.value) == ("update_failed", "rx-3", "rolled_back: no_connect")
+    with session_scope(fleet.sessions) as session:  # retried: it waits for its new offer
+        session.get(RolloutTarget, (rollout_id, "rx-3")).state = "pending"
+    fleet.turn(at(2))
+    assert fleet.incidents()[0].state == "resolved"

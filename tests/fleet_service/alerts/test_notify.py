@@ -58,6 +58,9 @@ class Setup:
                 session.add(ConnectivityInterval(receiver_id=receiver_id, station_id=self.fleet.station_of(receiver_id),
                                                  state="offline", start_at=at, start_cause="will"))
 
+    def get_incidents(self, headers: dict[str, str]):  # type: ignore[no-untyped-def]
+        return self.world.client.get(f"{API}/incidents", headers=headers)
+
     def incidents(self) -> list[Incident]:
         with self.world.session() as session:
             found = list(session.scalars(select(Incident).order_by(Incident.id)))
@@ -211,6 +214,23 @@ def test_a_channel_that_fails_is_retried_with_backoff_then_given_up(setup: Setup
     assert states[("An", "json")] == ("failed", NOTIFY_GIVE_UP)
     assert states[("An", "mailto")] == ("sent", 1)  # the other channel was not held back
     assert setup.hooks.posts == []
+    # The channel's own incident, for the whole service's admins.
+    # (Bình's and Chi's channels, escalated to meanwhile, failed the same way.)
+    channel, = [i for i in setup.incidents() if i.kind == "channel_failed" and i.summary.endswith("/an")]
+    assert (channel.scope, channel.state, channel.region_path) == ("service", "open", "/")
+    assert channel.summary == f"Kênh thông báo không gửi được / Notification channel failing: An — " \
+                              f"json://127.0.0.1:{setup.hooks.port}/an"
+    admin = setup.world.user("quantri", Role.ADMIN)
+    failing_channels = sum(i.kind == "channel_failed" for i in setup.incidents())
+    assert [i["kind"] for i in ok(setup.get_incidents(admin))].count("channel_failed") == failing_channels
+    assert [i["kind"] for i in ok(setup.get_incidents(setup.engineer))].count("channel_failed") == 0
+    # It works again: the next message through it resolves the channel's incident.
+    setup.hooks.failing = False
+    setup.set_online("rx-1", False, 200)
+    setup.evaluate(210)
+    notifier.turn(setup.t0 + timedelta(minutes=210))
+    assert len(setup.hooks.to("an")) == 1
+    assert channel.id in [i.id for i in setup.incidents() if i.state == "resolved"]
 
 
 def test_channels_are_shown_without_their_secrets() -> None:
