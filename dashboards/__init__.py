@@ -10,7 +10,7 @@ from pathlib import Path
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-from dashboards import connectivity_events, firmware, fleet_overview, quarterly_evaluation, station_detail
+from dashboards import alerts, connectivity_events, firmware, fleet_overview, quarterly_evaluation, station_detail
 
 HERE = Path(__file__).resolve().parent
 JSON_DIR = HERE / "json"
@@ -23,6 +23,7 @@ BUILDERS: dict[str, Callable[[], dash.Dashboard]] = {
     quarterly_evaluation.UID: quarterly_evaluation.build,
     firmware.UID: firmware.build,
     connectivity_events.UID: connectivity_events.build,
+    alerts.UID: alerts.build,
 }
 
 

@@ -9,6 +9,12 @@ SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), :'reader
 GRANT USAGE ON SCHEMA public TO :"reader";
 GRANT SELECT ON regions, stations, receivers, station_assignments, connectivity_intervals, receiver_live_state,
                 rollouts, rollout_targets TO :"reader";
+-- Alert incidents, and of their notifications who was told and how it went: not the channel
+-- (an apprise URL with its credentials), the error text that may quote it, or the acknowledge
+-- token. Nothing of crew_members, whose channels hold the same credentials.
+GRANT SELECT ON incidents TO :"reader";
+GRANT SELECT (id, incident_id, reason, member_id, recipient, state, attempts, available_at, created_at, sent_at)
+  ON notifications TO :"reader";
 -- Of a release, what it is; not its files.
 GRANT SELECT (id, version, hardware, min_version, uploaded_at, withdrawn_at) ON firmware_releases TO :"reader";
 -- Availability as the API defines it (migration 0008); the functions read the ledger as the reader.

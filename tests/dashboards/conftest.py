@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -35,6 +35,7 @@ class LedgerDatabase:
     reader_dsn: str       # libpq DSN of the read-only Grafana login
     sessions: sessionmaker[Session]
     registry: fleet_data.Registry
+    incidents: dict[str, int] = field(default_factory=dict)  # alert incidents' ids by name
 
 
 @dataclass
@@ -56,6 +57,7 @@ def ledger_db() -> Iterator[LedgerDatabase]:
         registry = fleet_data.create_registry(sessions)
         fleet_data.write_ledger(sessions, registry.station_of)
         fleet_data.write_firmware(sessions)
+        incidents = fleet_data.write_incidents(sessions, registry)
         base = ADMIN_DSN.rsplit("/", 1)[0]
         database = url.rsplit("/", 1)[1]
         psql = shutil.which("psql") or "/usr/bin/psql"
@@ -64,7 +66,7 @@ def ledger_db() -> Iterator[LedgerDatabase]:
                        timeout=60)
         host_part = base.split("://", 1)[1].split("@", 1)[-1]
         try:
-            yield LedgerDatabase(url, f"postgresql://{reader}:pw@{host_part}/{database}", sessions, registry)
+            yield LedgerDatabase(url, f"postgresql://{reader}:pw@{host_part}/{database}", sessions, registry, incidents)
         finally:
             engine.dispose()
             with psycopg.connect(f"{base}/{database}", autocommit=True) as conn:

@@ -250,3 +250,119 @@ def write_firmware(sessions: sessionmaker[Session]) -> int:
             session.add(RolloutTarget(rollout_id=rollout.id, receiver_id=rid, wave=0 if rid == "rx-s1a" else 1,
                                       state=state, state_at=at, attempts=1))
         return rollout.id
+
+
+# --- alert incidents ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IncidentRecord:
+    """One incident as the evaluator and the crews leave it; times as offsets from ``at``."""
+    name: str
+    kind: str
+    severity: str
+    receiver: str | None              # None: a grouped incident
+    at: datetime                      # opened (raised)
+    acknowledged_s: float | None = None
+    resolved_s: float | None = None
+    resolved_by: str | None = None    # None: cleared by itself
+    scope: str = "receiver"
+    region: str | None = None         # a region-wide group's commune (region code)
+    parent: str | None = None         # the group it belongs to
+    silenced: bool = False
+    started_before_s: float = 300     # the condition began this long before it was raised
+
+
+Q_ = QUARTER_START
+# Open now: a critical amplifier fault nobody took; Hùng Sơn's three receivers offline together,
+# one grouped incident that a crew took; an overheat; a weak signal under a silence; and a fault
+# of the receiver that serves no station.
+OPEN_INCIDENTS = [
+    IncidentRecord("amp-now", "amp_fault", "critical", "rx-s1b", DAY_START + 5 * HOUR),
+    IncidentRecord("hung-son-offline", "offline", "major", None, DAY_START + 10 * HOUR, acknowledged_s=600,
+                   scope="region", region="thai-nguyen.dai-tu.hung-son"),
+    *[IncidentRecord(f"member-{rid}", "offline", "major", rid, DAY_START + 10 * HOUR, acknowledged_s=600,
+                     parent="hung-son-offline") for rid in ("rx-s2", "rx-s3", "rx-s3-spare")],
+    IncidentRecord("hot-now", "overheat", "major", "rx-s1a", DAY_START + 12 * HOUR),
+    IncidentRecord("weak-silenced", "weak_signal", "minor", "rx-s1a", DAY_START + 3 * HOUR, silenced=True),
+    IncidentRecord("lab-now", "stream_error", "major", "rx-lab", DAY_START + 4 * HOUR),
+]
+# Dealt with: offline acknowledged after 1, 2, 5 and 20 minutes (and the group above after 10),
+# amplifier faults after 30 s and 90 s and one that cleared before anyone took it; then what
+# must not count: one raised before the quarter and resolved inside it counts, one entirely
+# before it or after it does not, nor one under a silence, nor one of the receiver without a
+# station.
+RESOLVED_INCIDENTS = [
+    IncidentRecord("off-1", "offline", "major", "rx-s1a", Q_ + 10 * DAY, 60, 600, "an.nguyen"),
+    IncidentRecord("off-2", "offline", "major", "rx-s1b", Q_ + 20 * DAY, 120, 1800, "binh.tran"),
+    IncidentRecord("off-3", "offline", "major", "rx-s2", Q_ + 30 * DAY, 300, 3600),
+    IncidentRecord("off-4", "offline", "major", "rx-s3", Q_ + 40 * DAY, 1200, 14400, "cuong.le"),
+    IncidentRecord("off-across-start", "offline", "major", "rx-s3", Q_ - 22 * HOUR, None, 90000),
+    IncidentRecord("amp-1", "amp_fault", "critical", "rx-s1b", Q_ + 50 * DAY, 90, 1000, "an.nguyen"),
+    IncidentRecord("amp-2", "amp_fault", "critical", "rx-s1b", Q_ + 60 * DAY, 30, 3000, "an.nguyen"),
+    IncidentRecord("amp-cleared", "amp_fault", "critical", "rx-s1a", Q_ + 61 * DAY, None, 200),
+    IncidentRecord("off-before", "offline", "major", "rx-s1a", Q_ - 30 * DAY, 10, 20, "an.nguyen"),
+    IncidentRecord("off-after", "offline", "major", "rx-s1a", QUARTER_END - HOUR, 7200, 10800, "an.nguyen"),
+    IncidentRecord("off-silenced", "offline", "major", "rx-s2", Q_ + 70 * DAY, 5, 99999, "an.nguyen", silenced=True),
+    IncidentRecord("lab-resolved", "offline", "major", "rx-lab", Q_ + 15 * DAY, 7, 8, "an.nguyen"),
+]
+# Who was told of the amplifier fault: two channels of one person, another person, and one
+# message still waiting (not told yet). The channels hold credentials Grafana must not read.
+NOTIFICATIONS = [  # (incident, reason, recipient, channel, state)
+    ("amp-now", "raised", "Nguyễn Văn An", "mailto://an:secret-pass@mail.example.vn", "sent"),
+    ("amp-now", "raised", "Nguyễn Văn An", "json://sms.example.vn/?token=secret-token", "sent"),
+    ("amp-now", "escalated", "Lê Văn Cường", "mailto://cuong:secret-pass@mail.example.vn", "sent"),
+    ("amp-now", "escalated", "Trần Thị Bình", "mailto://binh:secret-pass@mail.example.vn", "pending"),
+    ("off-1", "raised", "Nguyễn Văn An", "mailto://an:secret-pass@mail.example.vn", "sent"),
+]
+
+
+def region_id(path: str) -> int:
+    return int(path.rstrip("/").rsplit("/", 1)[1])
+
+
+def write_incidents(sessions: sessionmaker[Session], registry_: Registry) -> dict[str, int]:
+    """The incidents above, as the evaluator raises them and the crews acknowledge and resolve
+    them; returns their ids by name."""
+    from fleet_service.alerts.models import Incident, Notification
+
+    region_of_station: dict[int, int] = {}
+    with session_scope(sessions) as session:
+        for station in registry.list_stations(session):
+            region_of_station[station.id] = station.region_id
+    path_of = {region_id(p): p for p in registry_.region_paths.values()}
+    ids: dict[str, int] = {}
+    with session_scope(sessions) as session:
+        for record in OPEN_INCIDENTS + RESOLVED_INCIDENTS:
+            if record.receiver is not None:
+                station_id = registry_.station_of[record.receiver]
+                region = region_of_station.get(station_id) if station_id is not None else None
+                path = path_of[region] if region is not None else "/"
+            else:
+                path = registry_.region_paths[record.region or ""]
+                station_id, region = None, region_id(path)
+            acknowledged, resolved = (None if s is None else record.at + timedelta(seconds=s)
+                                      for s in (record.acknowledged_s, record.resolved_s))
+            parent = ids.get(record.parent) if record.parent else None
+            incident = Incident(
+                kind=record.kind, severity=record.severity, scope=record.scope, receiver_id=record.receiver,
+                station_id=station_id, region_id=region, region_path=path,
+                open_key=None if resolved else f"{record.kind}:{record.scope}:{record.receiver or record.region}",
+                state="resolved" if resolved else "acknowledged" if acknowledged else "open",
+                parent_id=parent,
+                suppressed_by=f"group:{parent}" if parent else "silence:1" if record.silenced else None,
+                summary=f"{record.kind} {record.receiver or record.region}",
+                # A group records its members and how many receivers its subject has.
+                detail=None if record.receiver else {
+                    "receivers": sorted(r.receiver or "" for r in OPEN_INCIDENTS if r.parent == record.name), "of": 3},
+                started_at=record.at - timedelta(seconds=record.started_before_s), opened_at=record.at,
+                acknowledged_at=acknowledged, acknowledged_by="tran.binh" if acknowledged else None,
+                resolved_at=resolved, resolved_by=record.resolved_by)
+            session.add(incident)
+            session.flush()
+            ids[record.name] = incident.id
+        for n, (name, reason, recipient, channel, state) in enumerate(NOTIFICATIONS):
+            at = next(r.at for r in OPEN_INCIDENTS + RESOLVED_INCIDENTS if r.name == name)
+            session.add(Notification(incident_id=ids[name], reason=reason, dedupe_key=f"{ids[name]}:{n}",
+                                     recipient=recipient, channel=channel, state=state, available_at=at,
+                                     created_at=at, sent_at=at if state == "sent" else None))
+    return ids

@@ -19,7 +19,8 @@ from psycopg.rows import dict_row
 from sqlalchemy import select
 
 import dashboards
-from dashboards import connectivity_events, firmware, fleet_overview, quarterly_evaluation, station_detail
+from dashboards import alerts, connectivity_events, firmware, fleet_overview, quarterly_evaluation, station_detail
+from fleet_service.alerts.rules import TITLES
 from fleet_service.db import session_scope
 from fleet_service.uptime.availability import Availability, Span
 from fleet_service.uptime.models import Connectivity, ConnectivityInterval
@@ -460,3 +461,178 @@ def _events_per_day(run: Run) -> None:
     expected = Counter((e.kind, int(_local_day(e.at).timestamp())) for e in _events(run))
     _assert_same(_series(run, "kind"), dict(expected))
     assert len({t for _, t in expected}) == 2  # the evening before is another day in Vietnam
+
+
+# --- expectations from the incidents written --------------------------------------------------
+
+def _region_of_station(run: Run) -> dict[int, int]:
+    with psycopg.connect(run.ledger.reader_dsn) as conn:
+        return dict(conn.execute("SELECT id, region_id FROM stations").fetchall())
+
+
+def _chosen(run: Run, record: fleet_data.IncidentRecord, station_ids: list[int] | None = None) -> bool:
+    """Whether the dashboard shows an incident for these stations: a receiver's when its
+    station is chosen, a commune-wide group's when a station of the commune is."""
+    chosen = run.station_ids if station_ids is None else station_ids
+    if record.receiver is not None:
+        return run.ledger.registry.station_of[record.receiver] in chosen
+    communes = {_region_of_station(run)[sid] for sid in chosen}
+    return fleet_data.region_id(run.ledger.registry.region_paths[record.region or ""]) in communes
+
+
+def _unresolved(run: Run, station_ids: list[int] | None = None) -> list[fleet_data.IncidentRecord]:
+    """Open and acknowledged incidents the dashboard lists: not a group's members."""
+    return [r for r in fleet_data.OPEN_INCIDENTS + fleet_data.RESOLVED_INCIDENTS
+            if r.resolved_s is None and r.parent is None and _chosen(run, r, station_ids)]
+
+
+def _percentile_cont(values: list[float], fraction: float) -> float | None:
+    """PostgreSQL's percentile_cont: linear between the two nearest ranks."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = fraction * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@case(alerts.UID, "Sự cố đang mở / Open incidents", QUARTER)
+def _open_counts(run: Run) -> None:
+    told = [r for r in _unresolved(run) if not r.silenced]
+    [row] = run.rows
+    assert row == {"Nghiêm trọng / Critical": sum(r.severity == "critical" for r in told),
+                   "Lớn / Major": sum(r.severity == "major" for r in told),
+                   "Nhỏ / Minor": sum(r.severity == "minor" for r in told),
+                   "Chưa ai nhận / Not acknowledged": sum(r.acknowledged_s is None for r in told),
+                   "Tạm im / Silenced": sum(r.silenced for r in _unresolved(run))}
+    # The commune's group counts once, not with its three receivers; rx-lab serves no station.
+    assert list(row.values()) == [1, 2, 0, 2, 1]
+
+
+@case(alerts.UID, "Sự cố chưa đóng / Incidents not resolved", QUARTER)
+def _open_table(run: Run) -> None:
+    ids = run.ledger.incidents
+    got = [(r["Số / No."], r["Mức độ / Severity"], r["Trạng thái / State"]) for r in run.rows]
+    assert got == [(ids["amp-now"], "critical", "open"), (ids["hot-now"], "major", "open"),
+                   (ids["hung-son-offline"], "major", "acknowledged"), (ids["weak-silenced"], "minor", "silenced")]
+    assert {r["Số / No."] for r in run.rows} == {ids[r.name] for r in _unresolved(run)}
+    rows = {r["Số / No."]: r for r in run.rows}
+    amp, group = rows[ids["amp-now"]], rows[ids["hung-son-offline"]]
+    assert amp["Sự cố / Rule"] == "Lỗi bộ khuếch đại / Amplifier fault"
+    assert amp["Đối tượng / Subject"] == "rx-s1b — Đài An Khánh"
+    record = next(r for r in fleet_data.OPEN_INCIDENTS if r.name == "amp-now")
+    assert amp["Từ / Since"].replace(tzinfo=UTC) == record.at - timedelta(seconds=record.started_before_s)
+    # Each person once, however many channels; a message not sent yet told nobody.
+    assert amp["Đã báo / Told"] == "Lê Văn Cường, Nguyễn Văn An"
+    assert amp["Người nhận / Acknowledged by"] is None and amp["Nhận lúc / Acknowledged at"] is None
+    assert group["Sự cố / Rule"] == "Mất kết nối / Offline"
+    assert group["Đối tượng / Subject"] == "thị trấn Hùng Sơn: 3/3 máy thu / receivers"
+    assert group["Người nhận / Acknowledged by"] == "tran.binh"
+    assert group["Nhận lúc / Acknowledged at"].replace(tzinfo=UTC) == fleet_data.DAY_START + timedelta(hours=10, minutes=10)
+    assert group["Đã báo / Told"] is None
+
+
+def _times(run: Run, station_ids: list[int] | None = None) -> dict[str, tuple[list[float], list[float], int]]:
+    """Per rule and for all: delays to acknowledge and to resolve (each within the range) of
+    the incidents crews were told of, and how many of those resolutions cleared by themselves."""
+    out: dict[str, tuple[list[float], list[float], int]] = defaultdict(lambda: ([], [], 0))
+    for r in fleet_data.OPEN_INCIDENTS + fleet_data.RESOLVED_INCIDENTS:
+        if r.parent is not None or r.silenced or not _chosen(run, r, station_ids):
+            continue
+        for key in (r.kind, "*"):
+            acks, resolves, by_itself = out[key]
+            if r.acknowledged_s is not None and _in_range(run, r.at + timedelta(seconds=r.acknowledged_s)):
+                acks.append(r.acknowledged_s)
+            if r.resolved_s is not None and _in_range(run, r.at + timedelta(seconds=r.resolved_s)):
+                resolves.append(r.resolved_s)
+                by_itself += r.resolved_by is None
+            out[key] = (acks, resolves, by_itself)
+    return {k: v for k, v in out.items() if v[0] or v[1]}
+
+
+def _assert_times(rows: list[dict[str, Any]], expected: dict[str, tuple[list[float], list[float], int]]) -> None:
+    title = {kind.value: f"{vi} / {en}" for kind, (vi, en) in TITLES.items()} | {"*": "Tất cả / All rules"}
+    order = [k for k in [*(kind.value for kind in TITLES), "*"] if k in expected]
+    assert [r["Sự cố / Rule"] for r in rows] == [title[k] for k in order]
+    for row, key in zip(rows, order, strict=True):
+        acks, resolves, by_itself = expected[key]
+        assert row["Đã nhận / Acknowledged"] == len(acks)
+        assert row["Đã đóng / Resolved"] == len(resolves)
+        assert row["Tự hết / Cleared by itself"] == by_itself
+        for column, values, fraction in [
+            ("Thời gian nhận, trung vị / To acknowledge, median", acks, 0.5),
+            ("Thời gian nhận, 90% / To acknowledge, 90th percentile", acks, 0.9),
+            ("Thời gian xử lý, trung vị / To resolve, median", resolves, 0.5),
+            ("Thời gian xử lý, 90% / To resolve, 90th percentile", resolves, 0.9),
+        ]:
+            want = _percentile_cont(values, fraction)
+            assert row[column] == (None if want is None else pytest.approx(want)), (key, column)
+
+
+@case(alerts.UID, "Thời gian nhận và xử lý / Time to acknowledge and resolve", QUARTER)
+def _time_to_acknowledge_resolve(run: Run) -> None:
+    expected = _times(run)
+    _assert_times(run.rows, expected)
+    by_rule = {r["Sự cố / Rule"]: r for r in run.rows}
+    offline, amp, every = (by_rule["Mất kết nối / Offline"], by_rule["Lỗi bộ khuếch đại / Amplifier fault"],
+                           by_rule["Tất cả / All rules"])
+    # Acknowledged after 1, 2, 5, 10 (the commune's group, once) and 20 minutes: median 5 min.
+    assert offline["Thời gian nhận, trung vị / To acknowledge, median"] == 300
+    assert offline["Thời gian nhận, 90% / To acknowledge, 90th percentile"] == pytest.approx(960)
+    # Resolved after 10 min, 30 min, 1 h, 4 h and 25 h (raised before the quarter): median 1 h.
+    assert offline["Thời gian xử lý, trung vị / To resolve, median"] == 3600
+    assert (offline["Đã đóng / Resolved"], offline["Tự hết / Cleared by itself"]) == (5, 2)
+    assert (amp["Thời gian nhận, trung vị / To acknowledge, median"], amp["Đã nhận / Acknowledged"]) == (60, 2)
+    assert amp["Thời gian xử lý, trung vị / To resolve, median"] == 1000
+    assert every["Thời gian nhận, trung vị / To acknowledge, median"] == 120
+    assert every["Thời gian xử lý, trung vị / To resolve, median"] == pytest.approx(2400)
+    assert every["Thời gian xử lý, 90% / To resolve, 90th percentile"] == pytest.approx(37080)
+
+
+def _run_sql(ledger: LedgerDatabase, uid: str, title: str, station_names: list[str],
+             time_range: TimeRange = QUARTER) -> list[dict[str, Any]]:
+    """A panel's query with some stations chosen (region "All")."""
+    panel = next(p for p in MODELS[uid]["panels"] if p["title"] == title)
+    ids = ledger.registry.station_ids
+    station = Variable("station", [str(ids[n]) for n in station_names], tuple(str(i) for i in ids.values()), True, True)
+    return _sql(ledger, expand_sql(panel["targets"][0]["rawSql"], time_range, [Variable("region", "/"), station]))
+
+
+@pytest.mark.parametrize("stations", [["Đài An Khánh"], ["Đài Hùng Sơn 2"], ["Đài Hùng Sơn", "Đài An Khánh"]])
+def test_incident_panels_follow_the_stations(ledger_db: LedgerDatabase, stations: list[str]) -> None:
+    ids = [ledger_db.registry.station_ids[n] for n in stations]
+    run = Run({}, [], QUARTER, ids, ledger_db, None)
+    listed = _run_sql(ledger_db, alerts.UID, "Sự cố chưa đóng / Incidents not resolved", stations)
+    assert sorted(r["Số / No."] for r in listed) == sorted(ledger_db.incidents[r.name] for r in _unresolved(run, ids))
+    # The commune's group belongs to each station of the commune, and to no other.
+    group = ledger_db.incidents["hung-son-offline"]
+    assert (group in {r["Số / No."] for r in listed}) == any("Hùng Sơn" in n for n in stations)
+    [counts] = _run_sql(ledger_db, alerts.UID, "Sự cố đang mở / Open incidents", stations)
+    # Each incident listed is counted once: by its severity, or as silenced.
+    assert sum(v for k, v in counts.items() if k != "Chưa ai nhận / Not acknowledged") == len(listed)
+    _assert_times(_run_sql(ledger_db, alerts.UID, "Thời gian nhận và xử lý / Time to acknowledge and resolve",
+                           stations), _times(run, ids))
+
+
+def test_time_to_acknowledge_resolve_counts_what_was_done_within_the_range(ledger_db: LedgerDatabase) -> None:
+    """A range holding only the group's acknowledgement: one acknowledgement, no resolution;
+    its three members, acknowledged with it, are not counted again."""
+    day = TimeRange(fleet_data.DAY_START, fleet_data.DAY_START + timedelta(days=1))
+    rows = _run_sql(ledger_db, alerts.UID, "Thời gian nhận và xử lý / Time to acknowledge and resolve",
+                    list(ledger_db.registry.station_ids), day)
+    assert [(r["Sự cố / Rule"], r["Đã nhận / Acknowledged"], r["Thời gian nhận, trung vị / To acknowledge, median"],
+             r["Đã đóng / Resolved"], r["Thời gian xử lý, trung vị / To resolve, median"]) for r in rows] == [
+        ("Mất kết nối / Offline", 1, 600, 0, None), ("Tất cả / All rules", 1, 600, 0, None)]
+
+
+def test_grafana_reads_no_notification_channel_or_crew(ledger_db: LedgerDatabase) -> None:
+    """Channels are apprise URLs with credentials: Grafana's login may read who was told, never
+    where (notifications.channel) nor the crews' members."""
+    with psycopg.connect(ledger_db.reader_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM notifications WHERE state = 'sent'").fetchone() == (4,)
+    for query in ["SELECT channel FROM notifications", "SELECT last_error FROM notifications",
+                  "SELECT ack_token_hash FROM notifications", "SELECT * FROM notifications",
+                  "SELECT channels FROM crew_members", "SELECT name FROM crews"]:
+        with psycopg.connect(ledger_db.reader_dsn) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(query)
