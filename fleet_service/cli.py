@@ -129,6 +129,11 @@ def _register_subcommands() -> None:
     app.add_typer(firmware_app, name="firmware", help="Bản phát hành firmware / firmware releases: build, sign, upload")
     from fleet_service.rollouts.cli import rollouts_app
     app.add_typer(rollouts_app, name="rollouts", help="Cập nhật firmware theo đợt / firmware rollouts: create, watch, pause")
+    from fleet_service.alerts.cli import alerts_app, crews_app, incidents_app, silences_app
+    app.add_typer(incidents_app, name="incidents", help="Sự cố / incidents: list, show, acknowledge, resolve")
+    app.add_typer(silences_app, name="silences", help="Tạm im cảnh báo khi bảo trì / silences for planned work")
+    app.add_typer(alerts_app, name="alerts", help="Quy tắc cảnh báo / alert rules: show, set, reset per region")
+    app.add_typer(crews_app, name="crews", help="Đội bảo trì / maintenance crews, on-call rotation, channels")
     app.command("status")(status)
 
 
