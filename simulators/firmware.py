@@ -102,8 +102,9 @@ class FirmwareReceiver:
     """One real receiver process, driven like a :class:`~simulators.receiver.VirtualReceiver`."""
 
     def __init__(self, receiver_id: str, password: str, config: ReceiverConfig, truth: GroundTruth,
-                 directory: Path) -> None:
+                 directory: Path, ntp: str = "") -> None:
         self.receiver_id = receiver_id
+        self.ntp = ntp  # host:port of the SNTP server it syncs its clock to; "": none
         self._password = password
         self._config = config
         self._truth = truth
@@ -146,7 +147,12 @@ class FirmwareReceiver:
             "telemetry_interval": float(config.telemetry_interval),
             "connect_timeout": max(1, round(config.connect_timeout)), "ack_timeout": max(1, round(config.ack_timeout)),
             "backoff_base": float(config.backoff_base), "backoff_cap": float(config.backoff_cap),
+            **self._ntp_config(),
         }))
+
+    def _ntp_config(self) -> dict[str, object]:
+        host, _, port = self.ntp.rpartition(":")
+        return {"ntp": host, "ntp_port": int(port)} if host else {"ntp": ""}
 
     def _link_changed(self, up: bool, cause: str) -> None:
         if up and not self.powered:

@@ -35,6 +35,7 @@ from simulators.firmware import FirmwareReceiver, unavailable_reason
 from simulators.ground_truth import GroundTruth
 from simulators.receiver import Context, ReceiverConfig, ReceiverStatus, VirtualReceiver
 from simulators.scenario import Fault, FaultKind, Scenario
+from simulators.sntp import SntpServer
 from simulators.update import Job, UpdateFaults
 
 # A board fault's reading, and the reading once it is over (simulators.scenario.FaultKind).
@@ -152,6 +153,7 @@ class Fleet:
         if firmware_receivers and firmware_dir is None:
             self._firmware_tmp = tempfile.TemporaryDirectory(prefix="loa-firmware-")
             firmware_dir = self._firmware_tmp.name
+        self._sntp: SntpServer | None = None
         self._receivers: dict[str, Receiver] = {}
         for rid, password in credentials.items():
             if rid in firmware_receivers:
@@ -181,8 +183,14 @@ class Fleet:
     async def start(self) -> None:
         """Power every receiver on (each connects after its modem attach delay)."""
         self._started = True
+        if self.firmware_receivers and self._sntp is None:
+            # The firmware receivers' clock reference: schedules play only by a synced clock,
+            # and no traffic leaves the machine, so the fleet serves the host's clock itself.
+            self._sntp = SntpServer().start()
         for rx in self._receivers.values():
             if isinstance(rx, FirmwareReceiver):
+                assert self._sntp is not None
+                rx.ntp = self._sntp.address
                 await rx.prepare()
             rx.power_on(ResetCause.POWER_ON)
 
@@ -202,6 +210,9 @@ class Fleet:
             if isinstance(rx, FirmwareReceiver):
                 await rx.close()
         self._cut_until.clear()
+        if self._sntp is not None:
+            self._sntp.stop()
+            self._sntp = None
         await self._ctx.aclose()
         await asyncio.sleep(0)  # let the transports close
         if self._firmware_tmp is not None:

@@ -129,6 +129,10 @@ EXPECTED_S = {
     "tests/fleet_service/commands/test_delivery.py": 1.5,
     "tests/fleet_service/rollouts/test_driver.py": 4.5,
     "tests/fleet_service/rollouts/test_cli.py": 2.0,
+    "tests/fleet_service/alerts/test_no_sound_firmware.py": 25.0,
+    "tests/fleet_service/alerts/test_worker.py": 12.0,
+    "tests/fleet_service/alerts/test_notify.py": 2.5,
+    "tests/fleet_service/alerts/test_cli.py": 1.0,
     "tests/fleet_service/schedules/test_schedules.py": 1.5,
     "tests/fleet_service/test_openapi.py": 0.5,
 }
