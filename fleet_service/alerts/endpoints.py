@@ -38,6 +38,8 @@ def list_incidents(
     kind: Annotated[list[RuleKind] | None, Query(description="only these rules")] = None,
     receiver_id: Annotated[str | None, Query(max_length=64)] = None,
     station_id: Annotated[int | None, Query(ge=1, le=ID_MAX)] = None,
+    region_id: Annotated[int | None, Query(ge=1, le=ID_MAX, description="only in this region's subtree")] = None,
+    parent_id: Annotated[int | None, Query(ge=1, le=ID_MAX, description="the members of this grouped incident")] = None,
     members: Annotated[bool, Query(description="also the members of grouped incidents")] = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=ID_MAX)] = 0,
@@ -46,7 +48,8 @@ def list_incidents(
     what is not dealt with yet."""
     rows = service.list_incidents(session, principal.scope, states=[s.value for s in state or []],
                                   kinds=[k.value for k in kind or []], receiver_id=receiver_id,
-                                  station_id=station_id, members=members, limit=limit, offset=offset)
+                                  station_id=station_id, region_id=region_id, parent_id=parent_id, members=members,
+                                  limit=limit, offset=offset)
     return [service.incident_out(i) for i in rows]
 
 

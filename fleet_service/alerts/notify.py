@@ -71,7 +71,8 @@ def on_call(crew: Crew, members: list[CrewMember], now: datetime, offset: int = 
     rota = sorted((m for m in members if m.active and not m.engineer), key=lambda m: (m.position, m.id))
     if not rota:
         return None
-    turns = int((now - crew.rotation_start).total_seconds() // (crew.rotation_days * 86400))
+    # Before the rotation starts, its first member's turn (not the last's, as a negative turn would).
+    turns = max(0, int((now - crew.rotation_start).total_seconds() // (crew.rotation_days * 86400)))
     return rota[(turns + offset) % len(rota)]
 
 

@@ -38,9 +38,11 @@ def incident_out(incident: Incident) -> IncidentOut:
 
 def list_incidents(session: Session, scope: RegionScope, *, states: Sequence[str] = (),
                    kinds: Sequence[str] = (), receiver_id: str | None = None, station_id: int | None = None,
-                   members: bool = False, limit: int = 100, offset: int = 0) -> list[Incident]:
+                   region_id: int | None = None, parent_id: int | None = None, members: bool = False,
+                   limit: int = 100, offset: int = 0) -> list[Incident]:
     """Newest first. Members of a grouped incident only with ``members`` (or when asked for one
-    receiver): the group stands for them."""
+    receiver, or for a group's members): the group stands for them. ``region_id``: what happened
+    in that region's subtree."""
     query = select(Incident).where(scope.path_clause(Incident.region_path))
     if states:
         query = query.where(Incident.state.in_(list(states)))
@@ -50,7 +52,12 @@ def list_incidents(session: Session, scope: RegionScope, *, states: Sequence[str
         query = query.where(Incident.receiver_id == receiver_id)
     if station_id is not None:
         query = query.where(Incident.station_id == station_id)
-    if not members and receiver_id is None:
+    if region_id is not None:
+        region = registry.get_region(session, region_id, scope=scope)
+        query = query.where(RegionScope(region.path).path_clause(Incident.region_path))
+    if parent_id is not None:
+        query = query.where(Incident.parent_id == parent_id)
+    if not members and receiver_id is None and parent_id is None:
         query = query.where(Incident.parent_id.is_(None))
     return list(session.scalars(query.order_by(Incident.opened_at.desc(), Incident.id.desc())
                                 .limit(limit).offset(offset)))

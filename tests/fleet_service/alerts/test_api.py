@@ -136,6 +136,10 @@ def test_a_grouped_incident_is_acknowledged_with_its_members(setup: Setup) -> No
     group, = listed
     assert group["scope"] == "region" and group["detail"]["of"] == 4
     assert len(ok(setup.get("/incidents", setup.crew, kind="offline", members=True))) == 5
+    members = ok(setup.get("/incidents", setup.crew, parent_id=group["id"]))
+    assert sorted(m["receiver_id"] for m in members) == ["rx-0", "rx-1", "rx-2", "rx-3"]
+    assert len(ok(setup.get("/incidents", setup.crew, region_id=setup.fleet.region_id, kind="offline"))) == 1
+    assert setup.get("/incidents", setup.outsider, region_id=setup.fleet.region_id).status_code == 404
     ok(setup.post(f"/incidents/{group['id']}/acknowledge", setup.crew))
     with setup.world.session() as session:
         states = {i.scope: i.state for i in session.scalars(select(Incident).where(Incident.kind == "offline"))}

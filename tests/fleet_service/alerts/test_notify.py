@@ -245,3 +245,15 @@ def test_a_member_with_a_channel_apprise_cannot_send_to_is_refused(setup: Setup)
     bad = setup.world.client.post(f"{API}/crews/{crew['id']}/members", headers=setup.engineer,
                                   json={"name": "Dũng", "channels": ["zalo-please://0912345678"]})
     assert bad.status_code == 422 and "not a channel apprise can send to" in bad.text
+
+
+def test_before_its_rotation_starts_the_first_member_is_on_call() -> None:
+    from fleet_service.alerts.models import Crew, CrewMember
+    from fleet_service.alerts.notify import on_call
+
+    start = utcnow()
+    crew = Crew(rotation_start=start, rotation_days=7)
+    members = [CrewMember(id=i, name=name, position=i, engineer=False, active=True) for i, name in enumerate("ABC")]
+    assert on_call(crew, members, start - timedelta(days=3)).name == "A"  # type: ignore[union-attr]
+    assert on_call(crew, members, start + timedelta(days=8)).name == "B"  # type: ignore[union-attr]
+    assert on_call(crew, members, start + timedelta(days=15), offset=1).name == "A"  # type: ignore[union-attr]
