@@ -49,13 +49,12 @@ def _access_query():  # its row type as SQLAlchemy infers it
     return select(login, version, withdrawn, offered)
 
 
-# Built once: each request runs it as it is (SQLAlchemy keeps its compiled form).
 ACCESS_QUERY = _access_query()
 
 
 def access(connection: Connection, receiver_id: str, secret_hash: str, release_id: int) -> Access:
-    """One statement, on a plain connection: it runs for every download request, where an ORM
-    session's own work would cost more than the query."""
+    """One statement, on a plain connection that the caller holds: it runs for every download
+    request, where an ORM session's own work would cost more than the query."""
     login, version, withdrawn, offered = connection.execute(
         ACCESS_QUERY, {"receiver": receiver_id, "secret_hash": secret_hash, "release": release_id}).one()
     return Access(bool(login), version, bool(withdrawn), bool(offered))

@@ -27,7 +27,7 @@ from datetime import datetime
 
 import anyio
 from fastapi import FastAPI
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.db import session_scope, utcnow
@@ -57,6 +57,7 @@ class AccessChecks:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._connection: Connection | None = None
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -89,37 +90,53 @@ class AccessChecks:
             thread.join(timeout_s)
 
     def _serve(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                return
-            # Those that came while the previous batch was decided: their queries start now,
-            # after they arrived.
-            batch = [first]
-            while len(batch) < MAX_BATCH:
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if first is None:
+                    return
+                # Those that came while the previous batch was decided: their queries start
+                # now, after they arrived.
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        waiting = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if waiting is None:
+                        stopping = True
+                        break
+                    batch.append(waiting)
                 try:
-                    waiting = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if waiting is None:
-                    stopping = True
-                    break
-                batch.append(waiting)
-            try:
-                outcomes: list[LoaError | None] | BaseException = self._decide([ask for ask, _, _ in batch])
-            except Exception as exc:  # the database: each request answers with it
-                outcomes = exc
-            for loop, answers in _by_loop(batch, outcomes).items():
-                with suppress(RuntimeError):  # that loop is closed: nobody waits any more
-                    loop.call_soon_threadsafe(_answer, answers)
+                    outcomes: list[LoaError | None] | BaseException = self._decide([ask for ask, _, _ in batch])
+                except Exception as exc:  # the database: each request answers with it
+                    outcomes = exc
+                for loop, answers in _by_loop(batch, outcomes).items():
+                    with suppress(RuntimeError):  # that loop is closed: nobody waits any more
+                        loop.call_soon_threadsafe(_answer, answers)
+        finally:
+            self._drop_connection()
 
     def _decide(self, asks: list[Ask]) -> list[LoaError | None]:
-        with self._engine.connect() as connection:  # read only: rolled back at the end
-            outcomes = service.authorize_many(connection, asks)
+        # One connection, held by this thread: no pool checkout per batch.
+        if self._connection is None:
+            self._connection = self._engine.connect()
+        try:
+            outcomes = service.authorize_many(self._connection, asks)
+            self._connection.rollback()  # the next batch reads what was committed since
+        except BaseException:
+            self._drop_connection()  # a broken one is not used again (SQLAlchemy invalidated it)
+            raise
         self.batches += 1
         self.asked += len(asks)
         return outcomes
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with suppress(Exception):
+                connection.close()
 
 
 # A request waiting for its answer: the question, where to answer, and its event loop.

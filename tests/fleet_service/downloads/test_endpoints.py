@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.app import create_app
@@ -253,10 +253,22 @@ def test_a_cancelled_offer_is_refused_at_once(setup: Setup, api: Api) -> None:
 
 def test_a_file_damaged_in_the_database_is_never_served(setup: Setup, api: Api) -> None:
     with session_scope(api.runtime.sessions) as session:
-        session.execute(update(FirmwareReleaseFile).values(content=b"x" + CONTENT[1:]))
+        session.execute(update(FirmwareReleaseFile).values(content=bytes([CONTENT[0] ^ 0xFF]) + CONTENT[1:]))
     with pytest.raises(RuntimeError, match="SHA-256"):
         api.get("rx-0")
     assert api.served() == {}
+
+
+def test_a_lost_database_connection_answers_503_once_and_is_replaced(setup: Setup, api: Api) -> None:
+    if not setup.db_url.startswith("postgresql"):
+        pytest.skip("a connection of SQLite cannot be cut from outside")
+    assert api.get("rx-0", range="bytes=0-99").status_code == 206
+    with _sessions(setup.db_url) as sessions, session_scope(sessions) as session:
+        session.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    cut = api.get("rx-0", range="bytes=0-99")
+    assert cut.status_code == 503 and cut.json()["error"]["code"] == "unavailable"
+    assert api.get("rx-0", range="bytes=0-99").status_code == 206
 
 
 def _asks(setup: Setup) -> list[Ask]:
