@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,13 +38,23 @@ from fleet_service.db import session_scope, utcnow
 from fleet_service.protocol.messages import ScheduleSlot
 from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
 from fleet_service.rollouts.models import RolloutTarget, TargetState
-from fleet_service.schedules.service import receiver_slots
+from fleet_service.schedules.models import Schedule, ScheduleSlotRow
+from fleet_service.schedules.service import receiver_slots, wire_slot
+from fleet_service.scope import RegionScope
 from fleet_service.timefmt import LOCAL_ZONE, local_text
 from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
 
 log = logging.getLogger(__name__)
 
-EVAL_INTERVAL_S = 2.0
+# Pending times are minutes: a turn every few seconds is on time, and costs little between.
+EVAL_INTERVAL_S = 5.0
+# A whole turn (every receiver) this often; the turns between look only at what may have changed.
+FULL_TURN_S = 300.0
+# Receiver ids per query.
+ID_CHUNK = 500
+# Live-state rows are stamped by the writer when it builds the batch, a little before they are
+# committed: a turn also looks this far before the previous turn began.
+CHANGE_MARGIN_S = 5.0
 # Receivers of one group whose condition began this close together failed together.
 GROUP_WINDOW_S = 120
 # A group is at least this many receivers, and at least this share of the group's receivers.
@@ -121,24 +131,35 @@ def group_summary(kind: RuleKind, count: int, total: int, where: str, since: dat
 
 
 class Evaluation:
-    """One turn over the whole fleet, in one transaction."""
+    """One turn, in one transaction: over the whole fleet (``changed_since`` None), or over the
+    receivers whose rules may have changed their mind since ``changed_since``: those whose live
+    state changed, those with a condition being timed, those silent for longer than any silent
+    rule allows, those a scheduled slot in force concerns, and those whose update failed since.
+    The leading worker runs a whole turn at its start and every FULL_TURN_S (a rule edited,
+    a receiver moved), the cheap one in between."""
 
-    def __init__(self, session: Session, now: datetime) -> None:
+    def __init__(self, session: Session, now: datetime, changed_since: datetime | None = None) -> None:
         self.session = session
         self.now = now
+        self.changed_since = changed_since
         self.result = TurnResult()
+        self.evaluated = 0
 
     def run(self) -> TurnResult:
         session, now = self.session, self.now
         overrides = list(session.scalars(select(RuleOverride)))
         silences = list(session.scalars(select(Silence).where(Silence.starts_at <= now, Silence.ends_at > now)))
-        rows, places = self._live_rows()
-        offline_since: dict[str, datetime] = {rid: start for rid, start in session.execute(
-            select(ConnectivityInterval.receiver_id, ConnectivityInterval.start_at)
-            .where(ConnectivityInterval.end_at.is_(None), ConnectivityInterval.state == "offline"))}
-        failures = self._update_failures()
-        slots = self._slots_in_force(rows, places)
         conditions = {(c.kind, c.receiver_id): c for c in session.scalars(select(AlertCondition))}
+        candidates = self._candidates(conditions, overrides)
+        rows, places = self._live_rows(candidates)
+        self.evaluated = len(rows)
+        offline_since: dict[str, datetime] = {}
+        failures: dict[str, tuple[str, datetime]] = {}
+        for chunk in self._chunks(None if candidates is None else [r.receiver_id for r in rows if not r.online]):
+            offline_since.update(self._offline_since(chunk))
+        for chunk in self._chunks(None if candidates is None else [r.receiver_id for r in rows]):
+            failures.update(self._update_failures(chunk))
+        slots = self._slots_in_force(rows, places)
         rules_by_path: dict[str, dict[RuleKind, Rule]] = {}
         firing: list[tuple[AlertCondition, Rule, Place]] = []
         seen: set[tuple[str, str]] = set()
@@ -170,16 +191,60 @@ class Evaluation:
                     seen.add(key)
                     self._clearing(condition, rule)
         # Conditions of receivers no longer evaluated (revoked, retired) or rules gone: forgotten.
+        # (Every receiver with a condition is a candidate, so an unseen one is one of these.)
         for key, condition in conditions.items():
             if key not in seen:
                 self._forget(condition)
         session.flush()
-        self._raise(firing, silences, places)
+        self._raise(firing, silences)
         return self.result
 
-    def _live_rows(self) -> tuple[list[LiveRow], dict[str, Place]]:
+    def _candidates(self, conditions: dict[tuple[str, str], AlertCondition],
+                    overrides: list[RuleOverride]) -> set[str] | None:
+        """The receivers to evaluate this turn; None: all of them."""
+        since = self.changed_since
+        if since is None:
+            return None
+        session, now = self.session, self.now
+        ids = {rid for _, rid in conditions}
+        ids.update(session.scalars(select(ReceiverLiveState.receiver_id).where(ReceiverLiveState.updated_at >= since)))
+        silent_after = min([o.threshold for o in overrides if o.kind == RuleKind.SILENT.value and o.threshold is not None]
+                           + [DEFAULT_RULES[RuleKind.SILENT].threshold or 0])
+        ids.update(session.scalars(select(ReceiverLiveState.receiver_id).where(
+            ReceiverLiveState.online.is_(True),
+            func.coalesce(ReceiverLiveState.telemetry_at, ReceiverLiveState.heard_at) < now - timedelta(seconds=silent_after))))
+        ids.update(session.scalars(select(RolloutTarget.receiver_id).where(RolloutTarget.state_at >= since)))
+        ids.update(self._under_slots_in_force())
+        return ids
+
+    def _under_slots_in_force(self) -> set[str]:
+        """The active receivers of every station and region a slot in force now belongs to."""
+        targets: set[tuple[str, int]] = set()
+        for kind, target_id, row in self.session.execute(
+                select(Schedule.target_kind, Schedule.target_id, ScheduleSlotRow).join(ScheduleSlotRow)):
+            if slot_in_force([wire_slot(row)], self.now) is not None:
+                targets.add((kind, target_id))
+        if not targets:
+            return set()
+        stations = [t for k, t in targets if k == "station"]
+        clauses: list[ColumnElement[bool]] = [Receiver.station_id.in_(stations)] if stations else []
+        for region_id in (t for k, t in targets if k == "region"):
+            path = self.session.scalar(select(Region.path).where(Region.id == region_id))
+            if path is not None:
+                clauses.append(RegionScope(path).receivers())
+        return set(self.session.scalars(select(Receiver.id).where(
+            Receiver.status == ReceiverStatus.ACTIVE.value, or_(*clauses)))) if clauses else set()
+
+    def _live_rows(self, only: set[str] | None) -> tuple[list[LiveRow], dict[str, Place]]:
         rows: list[LiveRow] = []
         places: dict[str, Place] = {}
+        if only is not None and not only:
+            return rows, places
+        for chunk in self._chunks(None if only is None else sorted(only)):
+            self._read_rows(chunk, rows, places)
+        return rows, places
+
+    def _read_rows(self, chunk: list[str] | None, rows: list[LiveRow], places: dict[str, Place]) -> None:
         query = (
             select(ReceiverLiveState.receiver_id, ReceiverLiveState.online, ReceiverLiveState.heard_at,
                    ReceiverLiveState.telemetry_at, ReceiverLiveState.temperature_c, ReceiverLiveState.supply_v,
@@ -190,17 +255,34 @@ class Evaluation:
             .outerjoin(Station, Station.id == Receiver.station_id)
             .outerjoin(Region, Region.id == Station.region_id)
             .where(Receiver.status == ReceiverStatus.ACTIVE.value))
+        if chunk is not None:
+            query = query.where(ReceiverLiveState.receiver_id.in_(chunk))
         for (rid, online, heard, tele, temp, supply, signal, amp, stream, skew, playing,
              station_id, station_name, region_id, region_name, path) in self.session.execute(query):
             rows.append(LiveRow(rid, online, heard, tele, temp, supply, signal, amp, stream, skew,
                                 playing.get("stream") if isinstance(playing, dict) else None))
             places[rid] = Place(station_id, station_name, region_id, region_name, path or "/")
-        return rows, places
 
-    def _update_failures(self) -> dict[str, tuple[str, datetime]]:
+    @staticmethod
+    def _chunks(ids: list[str] | None) -> list[list[str] | None]:
+        """None (everyone) as one query; ids a chunk at a time; nothing, no query."""
+        if ids is None:
+            return [None]
+        return [ids[i:i + ID_CHUNK] for i in range(0, len(ids), ID_CHUNK)]
+
+    def _offline_since(self, only: list[str] | None) -> dict[str, datetime]:
+        query = (select(ConnectivityInterval.receiver_id, ConnectivityInterval.start_at)
+                 .where(ConnectivityInterval.end_at.is_(None), ConnectivityInterval.state == "offline"))
+        if only is not None:
+            query = query.where(ConnectivityInterval.receiver_id.in_(only))
+        return {rid: start for rid, start in self.session.execute(query)}
+
+    def _update_failures(self, only: list[str] | None) -> dict[str, tuple[str, datetime]]:
         """Receivers whose latest rollout target failed or rolled back: (reason, when)."""
-        latest = (select(RolloutTarget.receiver_id, func.max(RolloutTarget.rollout_id).label("rollout_id"))
-                  .group_by(RolloutTarget.receiver_id).subquery())
+        latest_query = select(RolloutTarget.receiver_id, func.max(RolloutTarget.rollout_id).label("rollout_id"))
+        if only is not None:
+            latest_query = latest_query.where(RolloutTarget.receiver_id.in_(only))
+        latest = latest_query.group_by(RolloutTarget.receiver_id).subquery()
         rows = self.session.execute(
             select(RolloutTarget.receiver_id, RolloutTarget.state, RolloutTarget.reason, RolloutTarget.state_at)
             .join(latest, (latest.c.receiver_id == RolloutTarget.receiver_id)
@@ -252,14 +334,14 @@ class Evaluation:
             if members_open is None:
                 self._resolve(parent_id)
 
-    def _raise(self, firing: list[tuple[AlertCondition, Rule, Place]], silences: list[Silence],
-               places: dict[str, Place]) -> None:
+    def _raise(self, firing: list[tuple[AlertCondition, Rule, Place]], silences: list[Silence]) -> None:
         if not firing:
             return
-        groups = self._groups(firing, places)
+        totals = self._totals()
+        groups = self._groups(firing, totals)
         grouped: dict[tuple[str, str], Incident] = {}
         for (kind, scope, subject_id), members in groups.items():
-            parent = self._group_incident(kind, scope, subject_id, members, silences, places)
+            parent = self._group_incident(kind, scope, subject_id, members, silences, totals)
             if parent is not None:
                 for condition, _, _ in members:
                     grouped[(condition.kind, condition.receiver_id)] = parent
@@ -278,25 +360,31 @@ class Evaluation:
             if incident is not None:
                 condition.incident_id = incident.id
 
+    def _totals(self) -> dict[tuple[str, int], int]:
+        """Active receivers with a live state per station and per commune (a station's region)."""
+        totals: dict[tuple[str, int], int] = {}
+        for station_id, region_id, count in self.session.execute(
+                select(Station.id, Station.region_id, func.count(Receiver.id))
+                .join(Receiver, Receiver.station_id == Station.id)
+                .join(ReceiverLiveState, ReceiverLiveState.receiver_id == Receiver.id)
+                .where(Receiver.status == ReceiverStatus.ACTIVE.value).group_by(Station.id, Station.region_id)):
+            totals[(IncidentScope.STATION.value, station_id)] = count
+            key = (IncidentScope.REGION.value, region_id)
+            totals[key] = totals.get(key, 0) + count
+        return totals
+
     def _groups(self, firing: list[tuple[AlertCondition, Rule, Place]],
-                places: dict[str, Place]) -> dict[tuple[RuleKind, str, int], list[tuple[AlertCondition, Rule, Place]]]:
+                totals: dict[tuple[str, int], int]) -> dict[tuple[RuleKind, str, int], list[tuple[AlertCondition, Rule, Place]]]:
         """Firing conditions that fail together: by commune first, else by station."""
         by_region: dict[tuple[RuleKind, int], list[tuple[AlertCondition, Rule, Place]]] = defaultdict(list)
         for item in firing:
             if item[2].region_id is not None:
                 by_region[(RuleKind(item[0].kind), item[2].region_id)].append(item)
-        receivers_in_region: dict[int, int] = defaultdict(int)
-        receivers_in_station: dict[int, int] = defaultdict(int)
-        for place in places.values():
-            if place.region_id is not None:
-                receivers_in_region[place.region_id] += 1
-            if place.station_id is not None:
-                receivers_in_station[place.station_id] += 1
         groups: dict[tuple[RuleKind, str, int], list[tuple[AlertCondition, Rule, Place]]] = {}
         taken: set[tuple[str, str]] = set()
         for (kind, region_id), items in by_region.items():
             together = _together(items)
-            if _enough(len(together), receivers_in_region[region_id]):
+            if _enough(len(together), totals.get((IncidentScope.REGION.value, region_id), 0)):
                 groups[(kind, IncidentScope.REGION.value, region_id)] = together
                 taken.update((c.kind, c.receiver_id) for c, _, _ in together)
         by_station: dict[tuple[RuleKind, int], list[tuple[AlertCondition, Rule, Place]]] = defaultdict(list)
@@ -305,16 +393,15 @@ class Evaluation:
                 by_station[(RuleKind(item[0].kind), item[2].station_id)].append(item)
         for (kind, station_id), items in by_station.items():
             together = _together(items)
-            if _enough(len(together), receivers_in_station[station_id]):
+            if _enough(len(together), totals.get((IncidentScope.STATION.value, station_id), 0)):
                 groups[(kind, IncidentScope.STATION.value, station_id)] = together
         return groups
 
     def _group_incident(self, kind: RuleKind, scope: str, subject_id: int,
                         members: list[tuple[AlertCondition, Rule, Place]], silences: list[Silence],
-                        places: dict[str, Place]) -> Incident | None:
+                        totals: dict[tuple[str, int], int]) -> Incident | None:
         place = members[0][2]
-        total = sum(1 for p in places.values()
-                    if (p.region_id if scope == IncidentScope.REGION.value else p.station_id) == subject_id)
+        total = totals.get((scope, subject_id), len(members))
         since = min(c.active_since for c, _, _ in members)
         where = (place.region_name if scope == IncidentScope.REGION.value else place.station_name) or str(subject_id)
         severity = min((rule.severity for _, rule, _ in members), key=lambda s: list(type(s)).index(s))
@@ -372,9 +459,10 @@ def _enough(count: int, total: int) -> bool:
     return count >= GROUP_MIN_RECEIVERS and total > 0 and count / total >= GROUP_MIN_SHARE
 
 
-def evaluate_once(sessions: sessionmaker[Session], now: datetime | None = None) -> TurnResult:
+def evaluate_once(sessions: sessionmaker[Session], now: datetime | None = None,
+                  changed_since: datetime | None = None) -> TurnResult:
     with session_scope(sessions) as session:
-        return Evaluation(session, now or utcnow()).run()
+        return Evaluation(session, now or utcnow(), changed_since).run()
 
 
 class AlertEvaluator:
@@ -401,15 +489,26 @@ class AlertEvaluator:
             self._task = None
 
     async def _run(self) -> None:
+        last_full: float | None = None
+        changed_since: datetime | None = None
         while True:
+            started = utcnow()
+            full = last_full is None or asyncio.get_running_loop().time() - last_full >= FULL_TURN_S
             try:
-                result = await asyncio.to_thread(evaluate_once, self._sessions)
+                # A turn looks at what changed since the previous one began, with a margin for
+                # live-state rows written while that turn was reading.
+                result = await asyncio.to_thread(evaluate_once, self._sessions, started,
+                                                 None if full else changed_since)
             except Exception:  # the database is down: the next turn evaluates again
                 self.failures += 1
                 log.exception("alert evaluation failed; evaluated again at the next turn")
+                last_full = None  # and whole, since what changed meanwhile is not known
             else:
                 self.turns += 1
                 self.raised += len(result.raised)
+                if full:
+                    last_full = asyncio.get_running_loop().time()
+                changed_since = started - timedelta(seconds=CHANGE_MARGIN_S)
                 if self._on_raised is not None and (result.raised or result.resolved):
                     self._on_raised(result)
             await asyncio.sleep(self._interval_s)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet_service.alerts.evaluator import evaluate_once
+from fleet_service.alerts.evaluator import CHANGE_MARGIN_S, evaluate_once
 from fleet_service.alerts.models import AlertCondition, Incident, RuleOverride, Silence
 from fleet_service.db import session_scope
 from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
@@ -22,8 +22,12 @@ T0 = datetime(2026, 12, 4, 7, 0, tzinfo=timezone.utc)  # 14:00 in Hà Nội
 class Fleet:
     """Receivers whose live state and ledger the test writes, as ingest would."""
 
-    def __init__(self, sessions: sessionmaker[Session], receivers: int = 4, stations: int = 2) -> None:
+    def __init__(self, sessions: sessionmaker[Session], receivers: int = 4, stations: int = 2,
+                 incremental: bool = False) -> None:
         self.sessions = sessions
+        # As the worker turns: whole the first time, then only what may have changed.
+        self.incremental = incremental
+        self.last_turn: datetime | None = None
         self.fleet: SmallFleet = provision_fleet(sessions, receivers=receivers, stations=stations)
         for rid in self.fleet.credentials:
             self.online(rid, T0 - timedelta(hours=1))
@@ -60,7 +64,9 @@ class Fleet:
             with session_scope(self.sessions) as session:
                 session.execute(update(ReceiverLiveState).where(ReceiverLiveState.online.is_(True))
                                 .values(heard_at=at, telemetry_at=at))
-        return evaluate_once(self.sessions, at)
+        since = self.last_turn - timedelta(seconds=CHANGE_MARGIN_S) if self.incremental and self.last_turn else None
+        self.last_turn = at
+        return evaluate_once(self.sessions, at, since)
 
     def incidents(self) -> list[Incident]:
         with session_scope(self.sessions) as session:
@@ -69,9 +75,15 @@ class Fleet:
         return found
 
 
+@pytest.fixture(params=["whole", "incremental"])
+def incremental(request: pytest.FixtureRequest) -> bool:
+    """Every scenario twice: with whole turns, and with the worker's turns over what changed."""
+    return request.param == "incremental"
+
+
 @pytest.fixture
-def fleet(session_factory) -> Fleet:
-    return Fleet(session_factory)
+def fleet(session_factory, incremental: bool) -> Fleet:
+    return Fleet(session_factory, incremental=incremental)
 
 
 def at(seconds: float) -> datetime:
@@ -123,8 +135,8 @@ def test_a_blip_shorter_than_the_pending_time_is_never_raised(fleet):
     assert fleet.incidents() == []
 
 
-def test_a_commune_losing_most_receivers_together_is_one_grouped_incident(session_factory):
-    fleet = Fleet(session_factory, receivers=6, stations=2)
+def test_a_commune_losing_most_receivers_together_is_one_grouped_incident(session_factory, incremental):
+    fleet = Fleet(session_factory, receivers=6, stations=2, incremental=incremental)
     for i, rid in enumerate(["rx-0", "rx-1", "rx-2", "rx-3", "rx-4"]):
         fleet.offline(rid, at(i * 10))  # within a minute: the commune's power went out
     result = fleet.turn(at(400))
@@ -150,8 +162,8 @@ def test_a_commune_losing_most_receivers_together_is_one_grouped_incident(sessio
     assert {i.state for i in fleet.incidents()} == {"resolved"}
 
 
-def test_receivers_failing_apart_are_not_grouped(session_factory):
-    fleet = Fleet(session_factory, receivers=6, stations=2)
+def test_receivers_failing_apart_are_not_grouped(session_factory, incremental):
+    fleet = Fleet(session_factory, receivers=6, stations=2, incremental=incremental)
     for seconds in range(0, 1600, 100):
         if seconds in (0, 600, 1200):  # one every ten minutes
             fleet.offline(f"rx-{seconds // 600}", at(seconds))
