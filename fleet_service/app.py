@@ -195,7 +195,9 @@ def _include_routers(app: FastAPI) -> None:
     from fleet_service.rollouts.endpoints import router as rollouts_router
     from fleet_service.uptime.endpoints import router as uptime_router
 
-    for router in (auth_router, registry_router, uptime_router, ingest_router, commands_router,
-                   schedules_router, telemetry_router, audit_router, firmware_router, downloads_router,
-                   rollouts_router, alerts_router):
+    # The firmware downloads first: FastAPI tries routes in order, and receivers fetching a
+    # release make most of the requests during a rollout.
+    for router in (downloads_router, auth_router, registry_router, uptime_router, ingest_router, commands_router,
+                   schedules_router, telemetry_router, audit_router, firmware_router, rollouts_router,
+                   alerts_router):
         app.include_router(router, prefix="/api/v1")
