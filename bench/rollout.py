@@ -449,8 +449,7 @@ def run(cfg: argparse.Namespace, workdir: Path) -> Run:
         try:
             service = start_service(workdir, registry, broker.port, auth.service_password,
                                     telemetry_interval=cfg.telemetry_interval,
-                                    env={"LOA_FIRMWARE_KEYS": str(release.public_key),
-                                         "LOA_FIRMWARE_CACHE_DIR": str(workdir / "firmware-cache")})
+                                    env={"LOA_FIRMWARE_KEYS": str(release.public_key)})
             from fleet_service.firmware import bundle, keys
 
             started = time.monotonic()

@@ -98,9 +98,6 @@ class Settings(BaseSettings):
     # --- end of telemetry settings ---
 
     # --- firmware releases (docs/firmware-updates.md) ---
-    # Where each API process keeps the release files it serves to receivers, named by SHA-256
-    # (filled from the database on first use; safe to delete).
-    firmware_cache_dir: str = "./firmware-cache"
     # The public keys a release's signature must verify against: one, or two while the signing
     # key is being replaced. Comma-separated; each the key's 32 bytes in base64 (as
     # `loa firmware keygen` prints them) or the path of its .pub file.

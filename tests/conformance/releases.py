@@ -78,7 +78,7 @@ class ReleaseServer:
         url = f"sqlite:///{self.directory / 'loa.db'}"
         upgrade(url)
         runtime = self._runtime = Runtime.from_settings(Settings(
-            database_url=url, environment="test", firmware_cache_dir=str(self.directory / "cache")))
+            database_url=url, environment="test"))
         _, _, fleet_public = keys.generate(self.directory / "fleet")
         _, _, stranger_public = keys.generate(self.directory / "stranger")
         self.fleet_key = keys.public_base64(fleet_public)
