@@ -58,8 +58,12 @@ INBOX_BYTES = 9216
 # A command payload at least this large is followed by a collection, so that its decoding's
 # garbage does not stay between the blocks the session and the player hold.
 LARGE_COMMAND = 1024
-# The update under way (loa/update.py) keeps its record in this file.
+# The update under way (loa/update.py) keeps its record in this file. An update waiting for a
+# stream to end starts beside it once this much of the heap is free (loa/update.py FETCH_ROOM).
 UPDATE_RECORD = "update.json"
+UPDATE_ROOM = 28672
+# An update command kept across the reset that makes room for its checks (Receiver._offer).
+UPDATE_COMMAND = "update.cmd"
 # A slot whose stream failed is tried again this often while the slot lasts.
 SLOT_RETRY_S = 30
 # Clock syncs: every 6 h (an ESP32 crystal drifts well under a second in that time), and
@@ -134,6 +138,7 @@ class Receiver:
         self.update = None         # the update under way (loa/update.py Updater), or None
         self.update_status = []    # update statuses to send (retained)
         self.update_waiting = False  # an update accepted while playing: started once nothing does
+        self.update_later = None   # (id, fields, may reset) of an update command not yet checked (_offer)
         # The two large buffers, allocated once and first, while the heap is in one piece:
         # the incoming MQTT packet (lent to every connection) and the player's stream ring.
         gc.collect()
@@ -479,19 +484,52 @@ class Receiver:
             self.log("app: schedule", cmd["ver"], "with", len(cmd["slots"]), "slots")
             self._final(cid, "done")
         elif op == "update":
-            from loa import offer  # loaded for the command, then let go
-
-            try:
-                offer.offer(self, cid, cmd["raw"])
-            except MemoryError:
-                self._final(cid, "failed", "no_memory")
-            finally:
-                del offer
-                unload("offer")
-                if self.update is None:
-                    unload("update")
+            self._offer(cid, cmd["raw"])
 
     # -- updates (loa/update.py) --------------------------------------------------------------
+
+    def _update_needs_room(self):
+        """No heap to carry on the update: once, after a reset (its steps at boot,
+        loa/update.py); else it is tried again at the next tick."""
+        unload("update")
+        gc.collect()
+        rec = files.read_json(UPDATE_RECORD)
+        if self.src == "none" and rec is not None and not rec.get("reset") and rec.get("st") in ("offered", "downloading"):
+            rec["reset"] = True
+            rec["boot"] = True
+            files.write_json(UPDATE_RECORD, rec)
+            self.log("app: no heap for the update now: going on after a reset")
+            self.update_waiting = False
+            self.reboot = True
+
+    def _keep_offer(self, cid, raw):
+        try:
+            files.write_json(UPDATE_COMMAND, {"id": cid, "raw": raw})
+            return True
+        except (OSError, MemoryError):
+            return False
+
+    def _offer(self, cid, raw, retry=True):
+        from loa import offer  # loaded for the command, then let go
+
+        try:
+            offer.offer(self, cid, raw)
+        except MemoryError:
+            if self.src != "none" and self.update_later is None:
+                # No heap for its checks beside the stream: checked again once it ends.
+                self.update_later = (cid, raw, retry)
+                self.log("app: update", cid, "checked once the stream ends")
+            elif retry and self._keep_offer(cid, raw):
+                # Nothing plays and still no heap: once, checked first after a reset.
+                self.reboot = True
+                self.log("app: update", cid, "checked after a reset")
+            else:
+                self._final(cid, "failed", "no_memory")
+        finally:
+            del offer
+            unload("offer")
+            if self.update is None:
+                unload("update")
 
     def resume_update(self, boot=True):
         """Carry on, confirm or report an update the record says is not final."""
@@ -614,9 +652,17 @@ class Receiver:
                     await self._stop("ended")
                 if self.schedule.shed:
                     self.schedule.load()  # the URLs let go for a large command (on_message)
-                if self.update_waiting and self.src == "none" and self.reported:
-                    self.update_waiting = False
-                    self.resume_update(False)
+                if self.update_later is not None and self.src == "none" and self.reported:
+                    cid, raw, retry = self.update_later
+                    self.update_later = None
+                    gc.collect()
+                    self._offer(cid, raw, retry)
+                if self.update_waiting and self.reported and (self.src == "none" or gc.mem_free() >= UPDATE_ROOM):
+                    try:
+                        self.resume_update(False)
+                        self.update_waiting = False
+                    except MemoryError:
+                        self._update_needs_room()
                 await self._run_schedule()
                 self._check_board()
             except Exception as exc:  # a bug must not end commands and the schedule for good
@@ -848,11 +894,29 @@ async def _main(board, cfg, state, log, on_first_online=None, config_path="confi
     start = getattr(board, "start", None)
     if start is not None:
         start()
+    tasks = [asyncio.create_task(supervisor.run())]
     receiver = Receiver(board, cfg, state, supervisor, log, config_path, slot, trial)
     receiver.on_first_online = on_first_online
+    record = files.read_json(UPDATE_RECORD)
+    if record is not None and record.get("boot"):
+        # An update's check and download before the receiver's tasks and session (update.py).
+        record = None
+        from loa import update
+
+        await update.steps_at_boot(receiver)
+        del update
+        unload("update")
+        gc.collect()
+    record = files.read_json(UPDATE_COMMAND)
+    if record is not None:  # checked first, once, in this heap (Receiver._offer)
+        import os
+
+        os.remove(UPDATE_COMMAND)
+        if isinstance(record.get("id"), str) and isinstance(record.get("raw"), dict):
+            receiver.update_later = (record["id"], record["raw"], False)
+    record = None
     receiver.resume_update()
-    tasks = [asyncio.create_task(supervisor.run()), asyncio.create_task(receiver.control()),
-             asyncio.create_task(receiver.keep_time())]
+    tasks += [asyncio.create_task(receiver.control()), asyncio.create_task(receiver.keep_time())]
     try:
         await receiver.run()
     finally:
@@ -867,7 +931,6 @@ def main(slot="dev", trial=False, config_path="config.json", state_path="state.j
     cfg = config.load(config_path)
     del config
     unload("config")  # needed again only for a config command
-    _signature_at_boot(cfg)
     board = hal.make(cfg)
     state = State(state_path)
     print("loa:", FIRMWARE, "slot", slot, "trial" if trial else "", "board", board.name,
@@ -880,20 +943,6 @@ def main(slot="dev", trial=False, config_path="config.json", state_path="state.j
 
             update.trial_ended("crashed")
         raise
-
-
-def _signature_at_boot(cfg):
-    """An update's signature check left for a boot (loa/update.py), done while the heap is
-    still free of the receiver's buffers and session."""
-    record = files.read_json(UPDATE_RECORD)
-    if record is None or record.get("check") != "boot":
-        return
-    del record
-    from loa import update
-
-    update.check_at_boot(cfg)
-    del update
-    unload("update")
 
 
 def _committer(slot):

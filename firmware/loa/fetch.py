@@ -109,6 +109,8 @@ async def request(u, name, start):
         reader, writer = await asyncio.open_connection(host, port)
     try:
         login = b2a_base64((rx.cfg["id"] + ":" + rx.cfg["password"]).encode()).strip()
+        if port != (443 if tls else 80):  # RFC 9110: the port, unless the scheme's own
+            host = "%s:%d" % (host, port)
         writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode()
                      + b"\r\nAuthorization: Basic " + login
                      + (("\r\nRange: bytes=%d-" % start).encode() if start else b"")
@@ -240,8 +242,7 @@ async def progress(u, done):
         u.pct = pct
         u.report(pct)
         await u.drained()
-        if pct >= 50:
-            u.rx.board.checkpoint("downloading")
+        u.rx.board.checkpoint("downloading", pct)
 
 
 async def download(u, slot):
@@ -289,7 +290,7 @@ async def fetch(u, path, target, length, digest, buf, done):
             h = _hash_prefix(target, buf)
         if have == length:
             break
-        await u.until_quiet()
+        await u.until_room()
         writer = None
         came = False
         try:
@@ -304,8 +305,8 @@ async def fetch(u, path, target, length, digest, buf, done):
                 h = sha256()
             with open(target, "ab" if have else "wb") as f:
                 while have < length:
-                    if u.rx.src != "none":
-                        break  # a stream started: stop here, resume once it ends
+                    if not u.room():
+                        break  # a stream started, the heap short: resume once it ends
                     n = await read(u, reader, mv[:min(CHUNK, length - have)])
                     if not n:
                         break
@@ -320,7 +321,7 @@ async def fetch(u, path, target, length, digest, buf, done):
         finally:
             if writer is not None:
                 writer.close()
-        if have >= length or u.rx.src != "none":
+        if have >= length or not u.room():
             continue
         if came:  # cut after some progress: again at once
             failures = 0

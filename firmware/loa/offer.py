@@ -97,8 +97,8 @@ def offer(rx, cid, raw):
                             "slot": update.other_slot(rx.slot), "st": "offered", "got": 0})
     rx.ack(cid, "accepted")
     u.state("offered")
-    if rx.src == "none":
+    if u.room():  # nothing plays, or the heap has room beside the stream
         rx.update = u
         u.start()
-    else:  # started by the control task once nothing plays (loa/app.py): nothing held meanwhile
+    else:  # started by the control task once there is room (loa/app.py): nothing held meanwhile
         rx.update_waiting = True

@@ -8,10 +8,10 @@
 # "tried": why a trial ended, written by the new version before it gave up).
 #
 # Memory (docs/firmware.md, "Memory"): the signature check imports loa/signature.py (about
-# 16 KiB, and 12 KiB more while it runs) and lets it go at once; the download holds one
-# CHUNK buffer, one connection and a SHA-256. Neither starts, and a download stops (to resume
-# by Range), while a stream plays: a schedule command decoded beside a stream and a download
-# would not fit in the 4G receiver's heap.
+# 12 KiB, and 12 KiB more while it runs) and lets it go at once; the download holds one
+# CHUNK buffer, one connection and a SHA-256. Beside a stream they run only with the heap's
+# room for them (FETCH_ROOM, CHECK_ROOM), else they wait until it ends. Out of heap with
+# nothing playing, the receiver resets once and does them at boot (steps_at_boot).
 
 import gc
 import json
@@ -39,6 +39,14 @@ SIG_FILE = "update.sig"
 TASK_LIMIT_MS = const(90000)
 # How often the task looks again while it waits for a broadcast to end.
 WAIT_MS = const(1000)
+# Free heap (after a collection) an update's steps need beside a stream that plays: the
+# download (loa/fetch.py, a connection, the first time the qstr pools it grows), and the
+# signature check (loa/signature.py and its working set, besides the manifest's own bytes),
+# each with room left for the stream's own allocations. With less, they wait until nothing
+# plays (docs/firmware.md, "Memory"). The check never awaits, so nothing else allocates
+# beside it; a command too large to decode beside a download is sent again by the service.
+FETCH_ROOM = const(20480)
+CHECK_ROOM = const(28672)
 
 
 class Failed(Exception):
@@ -112,22 +120,56 @@ def check_signature(cfg, text, log=print):
         gc.collect()
 
 
-def check_at_boot(cfg):
-    """The signature check an update left for this boot (no heap for it while running): done
-    now, before the receiver takes its heap; the update goes on with its outcome."""
+async def steps_at_boot(rx):
+    """An update that ran out of heap beside the receiver's schedule, streams and session
+    ("boot" in the record): its signature check and download now, at boot, with the receiver
+    ``rx`` made (its buffers allocated first, in a heap in one piece) but before its tasks and
+    session start. Once: a reset meanwhile leaves them to the receiver. The receiver then
+    carries the update on (the files checked again from flash, the statuses sent, the
+    install), or reports its failure; the statuses made here are dropped."""
     rec = read_record()
-    if not rec or rec.get("check") != "boot" or rec.get("st") in FINAL:
+    if not rec or not rec.pop("boot", None) or rec.get("st") in FINAL:
         return
-    del rec["check"]
-    try:
-        size = os.stat(MANIFEST_FILE)[6]
-        rec["signed"] = check_signature(cfg, bytearray(size)) if size <= MANIFEST_MAX else False
-    except MemoryError:
-        rec["signed"] = "no_memory"
-    except OSError:
-        rec["signed"] = False
     files.write_json(RECORD, rec)
+    u = Updater(rx, rec)
+    log = rx.log
+    supervisor = rx.supervisor
+    if supervisor is not None:
+        supervisor.register("update", TASK_LIMIT_MS)
+    log("update: checking and downloading at boot")
+    rx.schedule.shed_urls()  # read back from flash after these steps
+    try:
+        await rx.board.link_up()
+        if await u._verify_manifest():
+            rec["signed"] = True
+            from loa import fetch
+
+            fetch.check_manifest(u, MANIFEST_FILE)
+            if rec["st"] == "offered":
+                fetch.remove_tree(rec["slot"] + "/loa")  # whatever an older update left there
+                rec["st"] = "downloading"
+            files.write_json(RECORD, rec)
+            gc.collect()
+            await fetch.download(u, rec["slot"])
+            rec["done"] = True
+    except Failed as exc:
+        rec["failed"] = exc.args[0]
+    except MemoryError as exc:
+        rec["failed"] = "no_memory"
+        log("update: at boot:", repr(exc))
+    except Exception as exc:  # no link, a flash error: left to the receiver
+        log("update: at boot:", repr(exc))
+    finally:
+        if supervisor is not None:
+            supervisor.unregister("update")
+        unload("fetch")
+    files.write_json(RECORD, rec)
+    rx.update_status = []  # made in no session: the receiver reports the update itself
+    rx.reboot = False
+    if rx.schedule.shed:
+        rx.schedule.load()
     gc.collect()
+    log("update: at boot:", rec.get("failed") or "done", "free heap", gc.mem_free())
 
 
 def read_record():
@@ -148,6 +190,7 @@ class Updater:
         self.files = None   # [(path, length, sha256 digest)] of the verified manifest
         self.total = 0
         self.task = None
+        self.alone = False  # ran out of heap beside a stream: from now on only while none plays
 
     # -- the record and the status --------------------------------------------------------
 
@@ -208,17 +251,29 @@ class Updater:
             self.alive()
             await asyncio.sleep_ms(min(250, ms))
 
-    async def drained(self):
-        """Wait (while online, up to a minute) until the statuses queued are sent."""
+    async def drained(self, events=False):
+        """Wait (while online, up to a minute) until the statuses queued (and ``events``: the
+        events) are sent."""
         rx = self.rx
         end = rx.board.uptime_ms() + 60000
-        while rx.update_status and rx.online and rx.board.uptime_ms() < end:
+        while (rx.update_status or events and rx.events) and rx.online and rx.board.uptime_ms() < end:
             self.alive()
             await asyncio.sleep_ms(50)
 
-    async def until_quiet(self):
-        """Wait while a stream plays (no signature check or download beside it)."""
-        while self.rx.src != "none":
+    def room(self, need=FETCH_ROOM):
+        """Whether a step may run now: nothing plays, or the heap has ``need`` bytes free beside
+        the stream (and the update has not run out of heap beside one already)."""
+        if self.rx.src == "none":
+            return True
+        if self.alone:
+            return False
+        if gc.mem_free() < need:
+            gc.collect()
+        return gc.mem_free() >= need
+
+    async def until_room(self, need=FETCH_ROOM):
+        """Wait while a stream plays and the heap has not ``need`` bytes free beside it."""
+        while not self.room(need):
             self.alive()
             await asyncio.sleep_ms(WAIT_MS)
 
@@ -228,29 +283,19 @@ class Updater:
         if rx.supervisor is not None:
             rx.supervisor.register("update", TASK_LIMIT_MS)
         try:
+            if rec.get("failed"):  # in the steps at boot (steps_at_boot)
+                raise Failed(rec["failed"])
             fresh = rec["st"] == "offered"
             if fresh:
                 jitter = rec.get("jit", 0)
                 if jitter:
                     await self.sleep(int(random.uniform(0, jitter) * 1000))
-            await self.until_quiet()
-            if not await self._verify_manifest():
-                return  # checked at the next boot (the receiver resets now)
-            from loa import fetch
-
-            fetch.check_manifest(self, MANIFEST_FILE)
-            gc.collect()
-            slot = rec["slot"]
-            if fresh:
-                fetch.remove_tree(slot + "/loa")  # whatever an older update left there
-            self.state("downloading", pct=fetch.percent(self, 0))
-            await fetch.download(self, slot)
-            self.state("downloaded")  # each file's length and SHA-256 checked as it came
-            del fetch
-            unload("fetch")
-            self.state("verified")
-            rx.board.checkpoint("verified")
-            await self._install(slot)
+            while not await self._steps(fresh):
+                # Out of heap beside a stream: the steps again once nothing plays (a reset
+                # would cut the broadcast); what is in the slot already is kept.
+                fresh = False
+                gc.collect()
+                rx.log("update: no heap beside the stream: going on once it ends")
         except Failed as exc:
             self.fail(exc.args[0])
         except MemoryError:
@@ -259,6 +304,7 @@ class Updater:
                 # the update goes on after a reset, in a heap in one piece.
                 gc.collect()
                 rec["reset"] = True
+                rec["boot"] = True
                 files.write_json(RECORD, rec)
                 rx.log("update: no heap for the update now: going on after a reset")
                 rx.reboot = True
@@ -271,13 +317,48 @@ class Updater:
             if rx.supervisor is not None:
                 rx.supervisor.unregister("update")
 
+    async def _steps(self, fresh):
+        """Manifest, check, download, install. False if the heap ran out beside a stream."""
+        rx = self.rx
+        rec = self.rec
+        slot = rec["slot"]
+        try:
+            await self.until_room()
+            if rec.get("done"):  # checked and downloaded at boot (steps_at_boot)
+                self.state("downloading", pct=100)
+            else:
+                if not await self._verify_manifest():
+                    return True  # checked at the next boot (the receiver resets now)
+                from loa import fetch
+
+                fetch.check_manifest(self, MANIFEST_FILE)
+                gc.collect()
+                if fresh:
+                    fetch.remove_tree(slot + "/loa")  # whatever an older update left there
+                self.state("downloading", pct=fetch.percent(self, 0))
+                await fetch.download(self, slot)
+                del fetch
+                unload("fetch")
+            self.state("downloaded")  # each file's length and SHA-256 checked as it came
+        except MemoryError:
+            if rx.src == "none" or self.alone:
+                raise
+            self.alone = True
+            unload("fetch")
+            unload("signature")
+            return False
+        self.state("verified")
+        rx.board.checkpoint("verified")
+        await self._install(slot)
+        return True
+
     # -- the manifest -----------------------------------------------------------------------
 
     async def _verify_manifest(self):
         """Fetch manifest.json (into MANIFEST_FILE) and manifest.sig, and check the manifest's
         exact bytes against the trusted keys. Raises Failed("signature"); returns False when the
-        heap is too small for the check now: it is then done at the next boot (check_at_boot),
-        before the receiver takes its heap, and the update goes on after it."""
+        heap is too small for the check now: it is then done with the download at the next boot
+        (steps_at_boot), before the receiver's tasks and session take their heap."""
         rec = self.rec
         signed = rec.get("signed")
         if signed is True:
@@ -290,22 +371,31 @@ class Updater:
         await fetch.save(self, "manifest.sig", SIG_FILE, SIG_MAX)
         del fetch
         unload("fetch")
-        await self.until_quiet()
+        await self.until_room(CHECK_ROOM + size)
         rx = self.rx
         # From here to the end of the check nothing awaits, so no stream can start meanwhile:
-        # the manifest is read into the player's idle ring (no block of its size needed), and
-        # the schedule's URLs (read back from flash by the control task) make room for the
-        # check's 28 KiB.
+        # with nothing playing the manifest is read into the player's idle ring (no block of
+        # its size needed), and the schedule's URLs (read back from flash by the control task)
+        # make room for the check's 28 KiB.
         rx.schedule.shed_urls()
+        text = None
         try:
-            good = check_signature(rx.cfg, rx.player.lend_ring()[:size], rx.log)
+            text = rx.player.lend_ring()[:size] if rx.src == "none" else bytearray(size)
+            good = check_signature(rx.cfg, text, rx.log)
         except MemoryError:
+            text = None
+            if rx.src != "none":
+                raise  # beside a stream: again once nothing plays (run)
             gc.collect()
-            rec["check"] = "boot"
+            if rec.get("reset"):
+                raise  # after the reset already: no_memory (run, steps_at_boot)
+            rec["reset"] = True
+            rec["boot"] = True
             files.write_json(RECORD, rec)
             rx.log("update: no heap for the signature check now: checking it at the next boot")
             rx.reboot = True
             return False
+        text = None
         if not good:
             raise Failed("signature")
         if rx.schedule.shed:
@@ -334,10 +424,15 @@ class Updater:
                 self.state("deferred", why)
             self.alive()
             await asyncio.sleep_ms(WAIT_MS)
+        if self.rec["st"] == "deferred":
+            await self.drained(True)  # the end of what deferred it is told first
         slots.mark_trial(slot)
         rx.board.checkpoint("marked")
         self.state("installing")
+        await self.drained()
+        rx.board.checkpoint("installing")
         self.state("rebooting")
+        await self.drained()
         rx.board.checkpoint("rebooting")
         rx.reboot = True
 
@@ -345,22 +440,23 @@ class Updater:
 def resume(rx, boot=True):
     """With a record that is not final: the new version on its first run (confirmed after its
     first report, loa/app.py), the old one after a trial that did not confirm (rolled back), or
-    an update cut by a reset before the switch: carried on, at boot only once the receiver has
-    reported (loa/app.py), so that it does not take the heap beside the first connection."""
+    an update cut by a reset before the switch (carried on). At boot the last two wait until the
+    receiver has reported (loa/app.py): the rollback is then told in the session it is sent in,
+    and the update does not take the heap beside the first connection."""
     rec = read_record()
     if not rec or rec.get("st") in FINAL or not isinstance(rec.get("id"), str):
         return None
     u = Updater(rx, rec)
     if rec.get("slot") == rx.slot:
         return u  # the new version: loa/app.py confirms it after its first report
+    if boot:  # reported, or carried on, in the session it is sent in (after the first report)
+        rx.update_waiting = True
+        return None
     if rec.get("st") in SWITCHING:
         why = rec.get("tried")
         if not why:
             why = "watchdog" if rx.board.reset_cause() == "watchdog" else "reset"
         u.rolled_back(why)
-        return None
-    if boot:
-        rx.update_waiting = True
         return None
     u.start()
     return u

@@ -98,9 +98,9 @@ class Board:
         """Last AT+CSQ value (0..31, 99 unknown), or None without a modem."""
         return self.link_layer().signal_csq()
 
-    def checkpoint(self, name):
-        """A step of an update's switch was reached (loa/update.py): the simulated board cuts
-        the power there when told to; a real board does nothing."""
+    def checkpoint(self, name, pct=100):
+        """A step of an update was reached (loa/update.py; ``pct`` of the download): the
+        simulated board cuts the power there when told to; a real board does nothing."""
 
     def ssl_context(self, ca_path, verify):
         """An SSLContext for the broker connection (or a stream over https)."""

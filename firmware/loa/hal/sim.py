@@ -7,6 +7,11 @@
 # a line "sim" reads sim.json again.
 # Reset cause: the watchdog leaves "reset_cause" behind for the next start; without it a
 # start counts as "power_on".
+#
+# For the tests, sim.json may also say "power_loss_at" (an update's checkpoint where the
+# process dies as at a power cut; "downloading" once "power_loss_pct" percent, 50 by default,
+# is in) and "via" (a loopback port: every connection but the broker's goes there, to a test's
+# HTTP relay that cuts or corrupts a download).
 
 import os
 import sys
@@ -72,6 +77,22 @@ class SimBoard(Board):
     def start(self):
         """Start the stdin reader (called from inside the event loop)."""
         self._stdin_task = asyncio.create_task(self._read_stdin())
+        self._route()
+
+    def _route(self):
+        if "via" not in self.values or getattr(asyncio, "direct", None):
+            return
+        direct = asyncio.open_connection
+        broker = (self.cfg["host"], self.cfg["port"])
+
+        async def open_connection(host, port, **kw):
+            via = self.values.get("via")
+            if via and (host, port) != broker:
+                host, port = "127.0.0.1", via
+            return await direct(host, port, **kw)
+
+        asyncio.direct = direct
+        asyncio.open_connection = open_connection
 
     async def _read_stdin(self):
         reader = asyncio.StreamReader(sys.stdin)
@@ -84,12 +105,14 @@ class SimBoard(Board):
                 self.stop_requested = True
             elif line == b"sim":  # sim.json changed: read it again
                 self.values.update(files.read_json("sim.json") or {})
+                self._route()
             elif line == b"heap":
                 import gc
                 import micropython
 
                 gc.collect()
                 micropython.mem_info()
+                micropython.qstr_info()
 
     # -- audio output -------------------------------------------------------------------------
 
@@ -166,9 +189,9 @@ class SimBoard(Board):
     def reset(self):
         sys.exit(0)
 
-    def checkpoint(self, name):
+    def checkpoint(self, name, pct=100):
         # "power_loss_at" in sim.json: the process dies there as at a power cut.
-        if self.values.get("power_loss_at") == name:
+        if self.values.get("power_loss_at") == name and pct >= self.values.get("power_loss_pct", 50):
             print("sim: power loss at", name)
             os.system("kill -9 $PPID")
             time.sleep(5)
