@@ -515,7 +515,12 @@ class Receiver:
         try:
             offer.offer(self, cid, raw)
         except MemoryError:
-            if self.src != "none" and self.update_later is None:
+            rec = files.read_json(UPDATE_RECORD)
+            if rec is not None and rec.get("id") == cid and rec.get("st") == "offered":
+                # Accepted, not started: the control task starts it (or resets to make room).
+                self.update = None
+                self.update_waiting = True
+            elif self.src != "none" and self.update_later is None:
                 # No heap for its checks beside the stream: checked again once it ends.
                 self.update_later = (cid, raw, retry)
                 self.log("app: update", cid, "checked once the stream ends")
