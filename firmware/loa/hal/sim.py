@@ -61,6 +61,7 @@ class SimBoard(Board):
                 pass
         self._reset_cause = cause if cause in RESET_CAUSES else "power_on"
         self._stdin_task = None
+        self._direct = None  # asyncio.open_connection, once routed through "via"
         # The simulated decoder: a FIFO that drains at the stream's bitrate in real time.
         self.audio_rate = 0        # bytes per second while open, 0 when closed
         self.audio_fifo = 0        # bytes in the FIFO
@@ -80,9 +81,9 @@ class SimBoard(Board):
         self._route()
 
     def _route(self):
-        if "via" not in self.values or getattr(asyncio, "direct", None):
+        if "via" not in self.values or self._direct is not None:
             return
-        direct = asyncio.open_connection
+        direct = self._direct = asyncio.open_connection
         broker = (self.cfg["host"], self.cfg["port"])
 
         async def open_connection(host, port, **kw):
@@ -91,7 +92,6 @@ class SimBoard(Board):
                 host, port = "127.0.0.1", via
             return await direct(host, port, **kw)
 
-        asyncio.direct = direct
         asyncio.open_connection = open_connection
 
     async def _read_stdin(self):
