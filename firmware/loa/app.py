@@ -494,7 +494,8 @@ class Receiver:
         unload("update")
         gc.collect()
         rec = files.read_json(UPDATE_RECORD)
-        if self.src == "none" and rec is not None and not rec.get("reset") and rec.get("st") in ("offered", "downloading"):
+        if (self.src == "none" and rec is not None and not rec.get("reset")
+                and rec.get("st") in ("offered", "downloading")):
             rec["reset"] = True
             rec["boot"] = True
             files.write_json(UPDATE_RECORD, rec)
