@@ -329,7 +329,7 @@ def _loss_cause(reason: BaseException) -> str:
 class VirtualReceiver:
     __slots__ = (
         "receiver_id", "_password", "_ctx", "link", "session", "clock_skew", "powered", "_task",
-        "_client", "_online", "_born", "_birth_reason", "_birth_off", "_heard_at", "_boot_pending", "_loss_cause", "_boot_at", "_reset_cause",
+        "_client", "_online", "_born", "_reported", "_birth_reason", "_birth_off", "_heard_at", "_boot_pending", "_loss_cause", "_boot_at", "_reset_cause",
         "_seq", "_timer", "_csq", "_underruns", "_state_topic", "connects", "refused", "births",
         "republished_births", "commands_received", "telemetry_sent", "last_error",
         # persisted ("flash"), beside the session counter
@@ -360,6 +360,7 @@ class VirtualReceiver:
         self._client: MqttClient | None = None
         self._online = False
         self._born = False          # a birth was sent since power-on
+        self._reported: asyncio.Event | None = None  # set once a report is out since power-on
         self._birth_reason = StateReason.BOOT  # of the current session's birth
         self._birth_off: float | None = None    # its "off": time without the broker before it
         self._heard_at = 0.0  # loop time the previous connection last heard the broker
@@ -422,6 +423,7 @@ class VirtualReceiver:
         self._boot_at = asyncio.get_running_loop().time()
         self._reset_cause = reset_cause
         self._born = False
+        self._reported = asyncio.Event()
         self._boot_pending = True
         self._loss_cause = None
         self._underruns = 0
@@ -647,6 +649,8 @@ class VirtualReceiver:
             self._report_update()
             self._interval = self._setting("telemetry_interval", config.telemetry_interval)
             self._telemetry()
+            if self._reported is not None:
+                self._reported.set()
             self._confirm_update()  # a new version on trial: birth and first report are out
         except BaseException as exc:
             if self._client is client:
@@ -1080,8 +1084,12 @@ class VirtualReceiver:
 
     async def _run_update(self, job: upd.Job, *, carried_on: bool = False) -> None:
         """Steps 2 to 5: fetch and check, wait for the broadcast to end, install, reboot.
-        ``carried_on``: after a reset before the switch, from the start again, at once."""
+        ``carried_on``: after a reset before the switch, from the start again, once the receiver
+        has sent its first report (as the firmware does: the service hears the old version's
+        birth before the update goes on)."""
         config = self._ctx.config
+        if carried_on and self._reported is not None:
+            await self._reported.wait()
         if self._update_power_loss(job, UpdateState.OFFERED):
             return
         if job.jitter and not carried_on:
