@@ -35,7 +35,7 @@ STEP_TEXT = {"on_call": "người trực / on call", "next": "người trực k�
 # What a rule's threshold is measured in (alerts/rules.py).
 THRESHOLD_UNIT: dict[str, str] = {RuleKind.SILENT: "s", RuleKind.OVERHEAT: "°C", RuleKind.LOW_SUPPLY: "V",
                                   RuleKind.WEAK_SIGNAL: "dBm", RuleKind.CLOCK_UNSYNCED: "s"}
-RULE_FIELDS = ("severity", "pending_s", "hold_s", "threshold", "enabled")
+RULE_FIELDS = ("severity", "pending_s", "hold_s", "group_wait_s", "threshold", "enabled")
 # The longest silence, pending or hold-down time anyone means: beyond it a typo is likelier.
 DURATION_MAX_S = 366 * 86400
 
@@ -357,12 +357,14 @@ def _value_cells(rule: dict[str, Any]) -> list[str]:
     source, unit = rule["source"], THRESHOLD_UNIT.get(rule["kind"], "")
     threshold = "—" if rule["threshold"] is None else f"{rule['threshold']:g} {unit}".rstrip()
     values = {"severity": rule["severity"], "pending_s": duration_text(rule["pending_s"]),
-              "hold_s": duration_text(rule["hold_s"]), "threshold": threshold,
+              "hold_s": duration_text(rule["hold_s"]), "group_wait_s": duration_text(rule["group_wait_s"]),
+              "threshold": threshold,
               "enabled": "bật / on" if rule["enabled"] else "tắt / off"}
     return [values[name] + _source_mark(source.get(name, "default")) for name in RULE_FIELDS]
 
 
-RULE_HEADERS = ["loại / rule", "mức / severity", "chờ / pending", "giữ / hold", "ngưỡng / threshold", "bật / enabled"]
+RULE_HEADERS = ["loại / rule", "mức / severity", "chờ / pending", "giữ / hold", "chờ nhóm / group wait",
+                "ngưỡng / threshold", "bật / enabled"]
 RULE_LEGEND = ("[0]: đặt cho toàn hệ thống / set service-wide; [N]: đặt cho đơn vị / set for region N; "
                "không đánh dấu / unmarked: mặc định / the default")
 
@@ -397,6 +399,8 @@ def alerts_set(
     pending: Annotated[str | None, typer.Option(help="Chờ trước khi báo / how long before telling: 5m")] = None,
     hold: Annotated[str | None, typer.Option(help="Hết lỗi bao lâu thì tự đóng / cleared for how long before "
                                                   "it closes: 3m")] = None,
+    group_wait: Annotated[str | None, typer.Option(help="Chờ thêm để gộp với máy lân cận / how long a receiver's "
+                                                        "own incident waits for its neighbours to make a group: 90s")] = None,
     threshold: Annotated[float | None, typer.Option(help="Ngưỡng / threshold (°C, V, dBm, s)")] = None,
     enabled: Annotated[bool | None, typer.Option("--enable/--disable", help="Bật hoặc tắt / turn on or off")] = None,
     api: ApiUrl = cli_support.DEFAULT_API_URL, token: Token = "",
@@ -413,13 +417,16 @@ def alerts_set(
         body["pending_s"] = parse_duration(pending, "--pending")
     if hold is not None:
         body["hold_s"] = parse_duration(hold, "--hold")
+    if group_wait is not None:
+        body["group_wait_s"] = parse_duration(group_wait, "--group-wait")
     if threshold is not None:
         body["threshold"] = threshold
     if enabled is not None:
         body["enabled"] = enabled
     if not body:
-        raise usage("không có gì để đặt: --severity, --pending, --hold, --threshold, --enable hoặc --disable",
-                    "nothing to set: --severity, --pending, --hold, --threshold, --enable or --disable")
+        raise usage("không có gì để đặt: --severity, --pending, --hold, --group-wait, --threshold, --enable hoặc "
+                    "--disable",
+                    "nothing to set: --severity, --pending, --hold, --group-wait, --threshold, --enable or --disable")
     params = {"region_id": region} if region is not None else {}
     with cli_support.client(api, token) as client:
         rule = cli_support.call(client, "PUT", f"/alert-rules/{rule_kind.value}", json=body, params=params)

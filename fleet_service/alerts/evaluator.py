@@ -93,7 +93,7 @@ def effective_rules(overrides: Iterable[RuleOverride], region_path: str) -> dict
             continue
         rules[kind] = rules[kind].with_overrides({
             "severity": override.severity, "pending_s": override.pending_s, "hold_s": override.hold_s,
-            "threshold": override.threshold, "enabled": override.enabled})
+            "threshold": override.threshold, "enabled": override.enabled, "group_wait_s": override.group_wait_s})
     return rules
 
 
@@ -347,6 +347,8 @@ class Evaluation:
                     grouped[(condition.kind, condition.receiver_id)] = parent
         for condition, rule, place in firing:
             parent = grouped.get((condition.kind, condition.receiver_id))
+            if parent is None and self.now - condition.active_since < timedelta(seconds=rule.pending_s + rule.group_wait_s):
+                continue  # alone so far: its neighbours may still join it into a group (Alertmanager's group_wait)
             kind = RuleKind(condition.kind)
             silence = matching_silence(silences, kind.value, condition.receiver_id, place.station_id, place.region_path)
             suppressed_by = f"group:{parent.id}" if parent is not None else (f"silence:{silence.id}" if silence else None)
@@ -375,26 +377,31 @@ class Evaluation:
 
     def _groups(self, firing: list[tuple[AlertCondition, Rule, Place]],
                 totals: dict[tuple[str, int], int]) -> dict[tuple[RuleKind, str, int], list[tuple[AlertCondition, Rule, Place]]]:
-        """Firing conditions that fail together: by commune first, else by station."""
-        by_region: dict[tuple[RuleKind, int], list[tuple[AlertCondition, Rule, Place]]] = defaultdict(list)
-        for item in firing:
-            if item[2].region_id is not None:
-                by_region[(RuleKind(item[0].kind), item[2].region_id)].append(item)
+        """Firing conditions that fail together: by commune first, else by station. A group
+        already raised takes every receiver of its commune (station) whose condition began
+        within GROUP_WINDOW_S of it, however few fire in this turn."""
         groups: dict[tuple[RuleKind, str, int], list[tuple[AlertCondition, Rule, Place]]] = {}
         taken: set[tuple[str, str]] = set()
-        for (kind, region_id), items in by_region.items():
-            together = _together(items)
-            if _enough(len(together), totals.get((IncidentScope.REGION.value, region_id), 0)):
-                groups[(kind, IncidentScope.REGION.value, region_id)] = together
+        for scope in (IncidentScope.REGION.value, IncidentScope.STATION.value):
+            by_subject: dict[tuple[RuleKind, int], list[tuple[AlertCondition, Rule, Place]]] = defaultdict(list)
+            for item in firing:
+                subject = item[2].region_id if scope == IncidentScope.REGION.value else item[2].station_id
+                if subject is not None and (item[0].kind, item[0].receiver_id) not in taken:
+                    by_subject[(RuleKind(item[0].kind), subject)].append(item)
+            for (kind, subject), items in by_subject.items():
+                open_group = self.session.scalar(select(Incident).where(
+                    Incident.open_key == f"{kind.value}:{scope}:{subject}"))
+                if open_group is not None:
+                    together = [i for i in items if abs((i[0].active_since - open_group.started_at).total_seconds())
+                                <= GROUP_WINDOW_S]
+                    if not together:
+                        continue
+                else:
+                    together = _together(items)
+                    if not _enough(len(together), totals.get((scope, subject), 0)):
+                        continue
+                groups[(kind, scope, subject)] = together
                 taken.update((c.kind, c.receiver_id) for c, _, _ in together)
-        by_station: dict[tuple[RuleKind, int], list[tuple[AlertCondition, Rule, Place]]] = defaultdict(list)
-        for item in firing:
-            if item[2].station_id is not None and (item[0].kind, item[0].receiver_id) not in taken:
-                by_station[(RuleKind(item[0].kind), item[2].station_id)].append(item)
-        for (kind, station_id), items in by_station.items():
-            together = _together(items)
-            if _enough(len(together), totals.get((IncidentScope.STATION.value, station_id), 0)):
-                groups[(kind, IncidentScope.STATION.value, station_id)] = together
         return groups
 
     def _group_incident(self, kind: RuleKind, scope: str, subject_id: int,
@@ -407,8 +414,11 @@ class Evaluation:
         severity = min((rule.severity for _, rule, _ in members), key=lambda s: list(type(s)).index(s))
         open_key = f"{kind.value}:{scope}:{subject_id}"
         existing = self.session.scalar(select(Incident).where(Incident.open_key == open_key))
-        if existing is not None:
-            return existing  # late members join the group already raised
+        if existing is not None:  # late members join the group already raised, which counts them
+            receivers = sorted({*(existing.detail or {}).get("receivers", []), *(c.receiver_id for c, _, _ in members)})
+            existing.detail = {"receivers": receivers, "of": total}
+            existing.summary = group_summary(kind, len(receivers), total, where, existing.started_at)[:500]
+            return existing
         silence = matching_silence(silences, kind.value, None,
                                    place.station_id if scope == IncidentScope.STATION.value else None, place.region_path)
         return self._open(Incident(

@@ -31,6 +31,7 @@ class RuleOverride(Base):
     hold_s: Mapped[int | None]
     threshold: Mapped[float | None] = mapped_column(Float)
     enabled: Mapped[bool | None] = mapped_column(Boolean)
+    group_wait_s: Mapped[int | None]
     updated_by: Mapped[str] = mapped_column(String(100))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -45,6 +45,9 @@ class Rule:
     hold_s: int
     threshold: float | None = None
     enabled: bool = True
+    # A receiver's own incident waits this long past the pending time, in case its neighbours'
+    # failures make it part of a group (alerts/evaluator.py): for faults that strike many at once.
+    group_wait_s: int = 0
 
     def with_overrides(self, overrides: dict[str, Any]) -> Rule:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -54,16 +57,18 @@ class Rule:
 # blinks: an offline receiver is told after 5 minutes, and its incident closes once it has been
 # back 3 minutes (a link that flaps within that stays one incident).
 DEFAULT_RULES: dict[RuleKind, Rule] = {rule.kind: rule for rule in (
-    Rule(RuleKind.OFFLINE, Severity.MAJOR, pending_s=300, hold_s=180),
-    Rule(RuleKind.SILENT, Severity.MINOR, pending_s=0, hold_s=120, threshold=600),
+    # A commune's power cut is seen receiver by receiver, as the broker's keepalive runs out for
+    # each (up to 1.5 keepalives, 90 s with the firmware's 60 s): their own incidents wait that.
+    Rule(RuleKind.OFFLINE, Severity.MAJOR, pending_s=300, hold_s=180, group_wait_s=90),
+    Rule(RuleKind.SILENT, Severity.MINOR, pending_s=0, hold_s=120, threshold=600, group_wait_s=90),
     Rule(RuleKind.AMP_FAULT, Severity.CRITICAL, pending_s=30, hold_s=120),
-    Rule(RuleKind.STREAM_ERROR, Severity.MAJOR, pending_s=120, hold_s=120),
+    Rule(RuleKind.STREAM_ERROR, Severity.MAJOR, pending_s=120, hold_s=120, group_wait_s=60),
     Rule(RuleKind.OVERHEAT, Severity.MAJOR, pending_s=300, hold_s=300, threshold=70.0),
-    Rule(RuleKind.LOW_SUPPLY, Severity.MAJOR, pending_s=300, hold_s=300, threshold=10.5),
+    Rule(RuleKind.LOW_SUPPLY, Severity.MAJOR, pending_s=300, hold_s=300, threshold=10.5, group_wait_s=60),
     Rule(RuleKind.WEAK_SIGNAL, Severity.MINOR, pending_s=900, hold_s=600, threshold=-105),
     Rule(RuleKind.CLOCK_UNSYNCED, Severity.MINOR, pending_s=600, hold_s=300, threshold=5.0),
     # A slot that should be heard: a minute covers a stream that takes its time to start.
-    Rule(RuleKind.NO_SOUND, Severity.CRITICAL, pending_s=60, hold_s=60),
+    Rule(RuleKind.NO_SOUND, Severity.CRITICAL, pending_s=60, hold_s=60, group_wait_s=60),
     Rule(RuleKind.UPDATE_FAILED, Severity.MINOR, pending_s=0, hold_s=0),
 )}
 

@@ -48,6 +48,7 @@ class RuleOut(BaseModel):
     hold_s: int
     threshold: float | None
     enabled: bool
+    group_wait_s: int
     # Where each field's value comes from: "default", or the region id that set it (0: the
     # whole service).
     source: dict[str, str]
@@ -63,6 +64,9 @@ class RuleIn(BaseModel):
     hold_s: int | None = Field(default=None, ge=0, le=7 * 86400)
     threshold: float | None = Field(default=None, ge=-1000, le=1000, allow_inf_nan=False)
     enabled: bool | None = None
+    group_wait_s: int | None = Field(default=None, ge=0, le=3600,
+                                     description="how long a receiver's own incident waits, past the pending time, "
+                                                 "for its neighbours to make a group of it")
 
 
 class SilenceIn(BaseModel):

@@ -23,7 +23,7 @@ from fleet_service.registry.models import Region
 from fleet_service.scope import RegionScope
 
 # Fields of a rule a region may set.
-RULE_FIELDS = ("severity", "pending_s", "hold_s", "threshold", "enabled")
+RULE_FIELDS = ("severity", "pending_s", "hold_s", "threshold", "enabled", "group_wait_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +184,8 @@ def rules_for(session: Session, region_id: int | None, scope: RegionScope) -> li
                         if getattr(o, name) is not None:
                             source[name] = str(region_key)
         out.append(RuleOut(kind=kind, severity=rule.severity, pending_s=rule.pending_s, hold_s=rule.hold_s,
-                           threshold=rule.threshold, enabled=rule.enabled, source=source))
+                           threshold=rule.threshold, enabled=rule.enabled, group_wait_s=rule.group_wait_s,
+                           source=source))
     return out
 
 

@@ -28,6 +28,7 @@ def upgrade() -> None:
     sa.Column('hold_s', sa.Integer(), nullable=True),
     sa.Column('threshold', sa.Float(), nullable=True),
     sa.Column('enabled', sa.Boolean(), nullable=True),
+    sa.Column('group_wait_s', sa.Integer(), nullable=True),
     sa.Column('updated_by', sa.String(length=100), nullable=False),
     sa.Column('updated_at', UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['region_id'], ['regions.id'], name=op.f('fk_alert_rule_overrides_region_id_regions'), ondelete='CASCADE'),

@@ -105,8 +105,10 @@ def test_a_region_sets_its_rules_and_takes_them_from_above_again(setup: Setup) -
     region = setup.fleet.region_id
     rules = {r["kind"]: r for r in ok(setup.get("/alert-rules", setup.crew, region_id=region))}
     assert rules["overheat"] == {"kind": "overheat", "severity": "major", "pending_s": 300, "hold_s": 300,
-                                 "threshold": 70.0, "enabled": True,
-                                 "source": dict.fromkeys(("severity", "pending_s", "hold_s", "threshold", "enabled"), "default")}
+                                 "threshold": 70.0, "enabled": True, "group_wait_s": 0,
+                                 "source": dict.fromkeys(("severity", "pending_s", "hold_s", "threshold", "enabled",
+                                                          "group_wait_s"), "default")}
+    assert rules["offline"]["group_wait_s"] == 90
     put = lambda who, body, **params: setup.world.client.put(  # noqa: E731
         f"{API}/alert-rules/overheat", headers=who, json=body, params=params)
     assert put(setup.engineer, {"threshold": 80}).status_code == 403  # service-wide: whole-fleet admins

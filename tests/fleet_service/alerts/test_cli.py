@@ -218,20 +218,20 @@ def test_a_regions_rules_set_shown_with_their_source_and_reset(served: Served) -
     region = str(served.fleet.region_id)
     code, output = run("alerts", "rules", "--region", region, *served.api("xem"))
     assert code == 0, output
-    assert re.match(r"overheat\s+major\s+5m\s+5m\s+70 °C\s+bật / on$", _rule_line(output, "overheat"))
-    assert re.match(r"silent\s+minor\s+0\s+2m\s+600 s\s+bật / on$", _rule_line(output, "silent"))
+    assert re.match(r"overheat\s+major\s+5m\s+5m\s+0\s+70 °C\s+bật / on$", _rule_line(output, "overheat"))
+    assert re.match(r"silent\s+minor\s+0\s+2m\s+1m30s\s+600 s\s+bật / on$", _rule_line(output, "silent"))
     assert "unmarked: mặc định / the default" in output
     code, output = run("alerts", "set", "overheat", "--region", region, "--threshold", "80", "--severity", "critical",
-                       "--pending", "1h30m", "--disable", *served.api("kythuat"))
+                       "--pending", "1h30m", "--group-wait", "2m", "--disable", *served.api("kythuat"))
     assert code == 0, output
-    assert re.search(rf"overheat\s+critical \[{region}\]\s+1h30m \[{region}\]\s+5m\s+80 °C \[{region}\]\s+"
-                     rf"tắt / off \[{region}\]", output), output
+    assert re.search(rf"overheat\s+critical \[{region}\]\s+1h30m \[{region}\]\s+5m\s+2m \[{region}\]\s+"
+                     rf"80 °C \[{region}\]\s+tắt / off \[{region}\]", output), output
     code, output = run("alerts", "set", "overheat", "--hold", "10m", *served.api("kythuat"))
     assert code == 1 and "only a whole-fleet admin sets the service-wide rules" in output
     code, output = run("alerts", "set", "weak_signal", "--hold", "20m", *served.api("admin"))
     assert code == 0 and "toàn hệ thống / service-wide" in output
     code, output = run("alerts", "rules", "--region", region, *served.api("doi.ky.thuat"))
-    assert code == 0 and re.match(r"weak_signal\s+minor\s+15m\s+20m \[0\]\s+-105 dBm", _rule_line(output, "weak_signal"))
+    assert code == 0 and re.match(r"weak_signal\s+minor\s+15m\s+20m \[0\]\s+0\s+-105 dBm", _rule_line(output, "weak_signal"))
     assert f"1h30m [{region}]" in _rule_line(output, "overheat")
     code, output = run("alerts", "rules", "--region", region, *served.api("bac.kan"))
     assert code == 1 and f"Region {region} not found" in output
@@ -246,9 +246,9 @@ def test_a_regions_rules_set_shown_with_their_source_and_reset(served: Served) -
     code, output = run("alerts", "set", "offline", "--region", region, "--threshold", "5", *served.api("kythuat"))
     assert code == 1 and "the rule offline has no threshold" in output
     code, output = run("alerts", "reset", "overheat", "--region", region, *served.api("kythuat"))
-    assert code == 0 and re.match(r"overheat\s+major\s+5m\s+5m\s+70 °C\s+bật / on$", _rule_line(output, "overheat"))
+    assert code == 0 and re.match(r"overheat\s+major\s+5m\s+5m\s+0\s+70 °C\s+bật / on$", _rule_line(output, "overheat"))
     code, output = run("alerts", "reset", "weak_signal", *served.api("admin"))
-    assert code == 0 and re.match(r"weak_signal\s+minor\s+15m\s+10m\s+-105 dBm", _rule_line(output, "weak_signal"))
+    assert code == 0 and re.match(r"weak_signal\s+minor\s+15m\s+10m\s+0\s+-105 dBm", _rule_line(output, "weak_signal"))
 
 
 def test_a_crew_made_its_members_channels_shown_without_secrets(served: Served) -> None:

@@ -93,13 +93,14 @@ def at(seconds: float) -> datetime:
 def test_an_offline_receiver_is_raised_after_the_pending_time_once_and_resolved_after_the_hold_down(fleet):
     fleet.offline("rx-0", at(0))
     assert fleet.turn(at(60)).raised == [] and fleet.incidents() == []
-    result = fleet.turn(at(301))
+    assert fleet.turn(at(301)).raised == []  # alone so far: the group wait (offline: 90 s) runs
+    result = fleet.turn(at(391))
     incident, = fleet.incidents()
     assert result.raised == [incident.id]
     assert (incident.kind, incident.severity, incident.scope, incident.receiver_id) == ("offline", "major", "receiver", "rx-0")
     assert incident.state == "open" and incident.started_at == at(0) and incident.suppressed_by is None
     assert incident.summary.startswith("Mất kết nối / Offline: rx-0 (Đài 0, Hùng Sơn) từ / since 04/12/2026 14:00")
-    for seconds in (303, 305, 400):  # later turns, and a restarted worker, raise nothing more
+    for seconds in (393, 395, 400):  # later turns, and a restarted worker, raise nothing more
         assert fleet.turn(at(seconds)).raised == []
     fleet.online("rx-0", at(500))
     assert fleet.turn(at(501)).resolved == []  # back, but the hold-down has not run out
@@ -111,7 +112,7 @@ def test_an_offline_receiver_is_raised_after_the_pending_time_once_and_resolved_
         assert session.scalars(select(AlertCondition)).all() == []
     fleet.offline("rx-0", at(1000))  # a new outage is a new incident
     fleet.turn(at(1000))
-    assert len(fleet.turn(at(1301)).raised) == 1 and len(fleet.incidents()) == 2
+    assert len(fleet.turn(at(1391)).raised) == 1 and len(fleet.incidents()) == 2
 
 
 def test_a_flapping_link_is_one_incident(fleet):
@@ -164,7 +165,7 @@ def test_a_commune_losing_most_receivers_together_is_one_grouped_incident(sessio
 
 def test_receivers_failing_apart_are_not_grouped(session_factory, incremental):
     fleet = Fleet(session_factory, receivers=6, stations=2, incremental=incremental)
-    for seconds in range(0, 1600, 100):
+    for seconds in range(0, 1700, 100):
         if seconds in (0, 600, 1200):  # one every ten minutes
             fleet.offline(f"rx-{seconds // 600}", at(seconds))
         fleet.turn(at(seconds))
@@ -242,6 +243,8 @@ def test_no_sound_during_a_slot_is_raised_and_a_stream_error_outside_one_waits_i
     fleet.turn(at(30))
     assert fleet.incidents() == []  # a minute's grace for a stream to start
     fleet.turn(at(90))
+    assert fleet.incidents() == []  # and the group wait (no sound: 60 s), in case others fall silent too
+    fleet.turn(at(125))
     incident, = fleet.incidents()
     assert (incident.kind, incident.receiver_id, incident.severity) == ("no_sound", "rx-0", "critical")
     assert incident.started_at == at(0) and incident.value.endswith(": error")
@@ -272,3 +275,22 @@ def test_a_failed_update_is_raised_until_the_receiver_is_offered_again(fleet):
         session.get(RolloutTarget, (rollout_id, "rx-3")).state = "pending"
     fleet.turn(at(2))
     assert fleet.incidents()[0].state == "resolved"
+
+
+def test_a_power_cut_seen_receiver_by_receiver_over_a_minute_is_still_one_group(session_factory, incremental):
+    # The broker notices each receiver at its own keepalive: the commune's failures reach their
+    # pending time in different turns. The first ones wait (group wait) and join the group;
+    # the later ones join the open group however few come at once.
+    fleet = Fleet(session_factory, receivers=10, stations=2, incremental=incremental)
+    lost = [f"rx-{i}" for i in range(8)]
+    raised: list[int] = []
+    for seconds in range(0, 600, 5):
+        for i, rid in enumerate(lost):
+            if seconds == i * 10:
+                fleet.offline(rid, at(seconds))
+        raised += fleet.turn(at(seconds)).raised
+    group, = [i for i in fleet.incidents() if i.scope == "region"]
+    assert raised == [group.id]
+    assert group.detail == {"receivers": lost, "of": 10} and group.summary.startswith("Mất kết nối / Offline: 8/10")
+    members = [i for i in fleet.incidents() if i.scope == "receiver"]
+    assert sorted(m.receiver_id for m in members) == lost and {m.parent_id for m in members} == {group.id}

@@ -39,7 +39,8 @@ async def test_a_firmware_receiver_whose_stream_is_unreachable_at_slot_time_rais
     async with running_service(settings) as runtime:
         fleet = provision_fleet(runtime.sessions, receivers=1, stations=1)
         with session_scope(runtime.sessions) as session:
-            session.add(RuleOverride(region_key=0, kind="no_sound", pending_s=10, hold_s=5, updated_by="test"))
+            session.add(RuleOverride(region_key=0, kind="no_sound", pending_s=10, hold_s=5, group_wait_s=0,
+                                     updated_by="test"))
             schedules.create_schedule(session, ScheduleCreate(name="Bản tin trưa", station=fleet.station_ids[0], slots=[
                 SlotIn(start=start.strftime("%H:%M:%S"), end=end.strftime("%H:%M:%S"),
                        url=f"http://127.0.0.1:{free_port()}/ban-tin-trua.mp3")]),  # nobody listens there

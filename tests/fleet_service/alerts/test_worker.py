@@ -29,7 +29,8 @@ async def test_a_lost_receiver_raises_one_incident_across_a_restart_and_it_clear
     async with running_service(settings) as runtime:
         fleet = provision_fleet(runtime.sessions, receivers=2, stations=1)
         with session_scope(runtime.sessions) as session:  # seconds, not the shipped minutes
-            session.add(RuleOverride(region_key=0, kind="offline", pending_s=1, hold_s=3, updated_by="test"))
+            session.add(RuleOverride(region_key=0, kind="offline", pending_s=1, hold_s=3, group_wait_s=0,
+                                     updated_by="test"))
         async with receiver_session(settings.mqtt_port, "rx-0", fleet.credentials["rx-0"], 1) as client:
             # The broker's Will for it, as when its 4G link drops.
             await client.publish("loa/v1/rx/rx-0/state", json.dumps(
