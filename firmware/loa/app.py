@@ -163,7 +163,7 @@ class Receiver:
         board.link_layer().on_event = self.raise_event
         self.inbox = []            # decoded commands (or their commands.Rejected), oldest first
         self.inbox_bytes = 0       # the payload bytes of those
-        self.acks = []             # ack payloads to send
+        self.acks = []             # acks to send: (command id, status, why, dup, time)
         self.events = []           # (ts, kind, detail) to send
         self.play_sent = None      # the play status last sent in this session
         self.reboot = False        # a reboot command was carried out
@@ -212,15 +212,19 @@ class Receiver:
         self.events.append((self.clock.unix_time(), kind, detail))
 
     def _ack(self, command_id, status, why=None, dup=False):
-        msg = {"v": 1, "session": self.state.session, "id": command_id, "st": status,
-               "ts": self.clock.unix_time()}
+        # Kept as its values, not as the message: one that waits through a cut link goes out
+        # in the session it is sent in, like every message (docs/protocol.md).
+        if len(self.acks) >= ACK_QUEUE:
+            self.acks.pop(0)
+        self.acks.append((command_id, status, why, dup, self.clock.unix_time()))
+
+    def _ack_message(self, command_id, status, why, dup, ts):
+        msg = {"v": 1, "session": self.state.session, "id": command_id, "st": status, "ts": ts}
         if why:
             msg["why"] = why
         if dup:
             msg["dup"] = True
-        if len(self.acks) >= ACK_QUEUE:
-            self.acks.pop(0)
-        self.acks.append(json.dumps(msg))
+        return json.dumps(msg)
 
     def _play_view(self):
         """What the play status says, without its time: sent again whenever it changes."""
@@ -776,7 +780,7 @@ class Receiver:
             await client.publish(self.update_topic, self.update_status[0], 1, True)
             self.update_status.pop(0)
         while self.acks:
-            await client.publish(self.ack_topic, self.acks[0], 1)
+            await client.publish(self.ack_topic, self._ack_message(*self.acks[0]), 1)
             self.acks.pop(0)
         while self.events:
             ts, kind, detail = self.events[0]
