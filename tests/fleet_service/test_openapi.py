@@ -26,7 +26,7 @@ from tests.support.fleet import provision_fleet
 
 # Examples per operation and generation mode: enough to reach every field's edge cases, few
 # enough that the whole API is covered in well under a minute.
-MAX_EXAMPLES = 10
+MAX_EXAMPLES = 6
 
 _REQUEST_FIELDS = ("method", "url", "headers", "params", "cookies", "data", "json", "files")
 

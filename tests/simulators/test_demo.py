@@ -130,8 +130,11 @@ def check_the_test_stream_plays(api: str, headers: dict[str, str], play: str, st
     # A receiver the demo's faults took offline may still owe its answer; none fails the stream.
     assert done, (statuses, sent.stdout)
     assert not any(reason in ("stream_unreachable", "stream_error") for _, reason in statuses.values()), statuses
-    if len(done) == len(statuses):
+    # All done, none of them offline meanwhile (the CLI's progress says "waiting" for one the
+    # demo's faults had cut off, which answers once back): at once.
+    if len(done) == len(statuses) and "chờ kết nối / waiting" not in sent.stdout:
         assert took < 15, (took, sent.stdout)
+    if len(done) == len(statuses):
         assert "xong / done: " in sent.stdout
     live = httpx.get(f"{api}/api/v1/live/receivers", headers=headers, timeout=10).json()["receivers"]
     playing = {r["receiver_id"]: r["playing"] for r in live if r["receiver_id"] in done}
