@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.alerts.models import AlertCondition, Incident, IncidentScope, IncidentState, RuleOverride, Silence
-from fleet_service.alerts.rules import DEFAULT_RULES, TITLES, Context, LiveRow, Rule, RuleKind, evaluate
+from fleet_service.alerts.rules import SOUNDING, DEFAULT_RULES, TITLES, Context, LiveRow, Rule, RuleKind, evaluate
 from fleet_service.db import session_scope, utcnow
 from fleet_service.protocol.messages import ScheduleSlot
 from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
@@ -132,9 +132,12 @@ def group_summary(kind: RuleKind, count: int, total: int, where: str, since: dat
 
 class Evaluation:
     """One turn, in one transaction: over the whole fleet (``changed_since`` None), or over the
-    receivers whose rules may have changed their mind since ``changed_since``: those whose live
-    state changed, those with a condition being timed, those silent for longer than any silent
-    rule allows, those a scheduled slot in force concerns, and those whose update failed since.
+    receivers whose rules may have changed their mind since ``changed_since``: those with a
+    condition being timed, those whose live state changed to one some rule may hold for
+    (``suspect_clause``), those silent for longer than any silent rule allows, those playing
+    nothing under a slot that began since or whose live state changed under one in force, and
+    those whose update failed since. A healthy fleet's reports thus cost a turn a few queries,
+    not a row each.
     The leading worker runs a whole turn at its start and every FULL_TURN_S (a rule edited,
     a receiver moved), the cheap one in between."""
 
@@ -151,6 +154,8 @@ class Evaluation:
         silences = list(session.scalars(select(Silence).where(Silence.starts_at <= now, Silence.ends_at > now)))
         conditions = {(c.kind, c.receiver_id): c for c in session.scalars(select(AlertCondition))}
         candidates = self._candidates(conditions, overrides)
+        if candidates is not None and not candidates:
+            return self.result  # nothing may have changed its mind (and no condition is being timed)
         rows, places = self._live_rows(candidates)
         self.evaluated = len(rows)
         offline_since: dict[str, datetime] = {}
@@ -207,7 +212,11 @@ class Evaluation:
             return None
         session, now = self.session, self.now
         ids = {rid for _, rid in conditions}
-        ids.update(session.scalars(select(ReceiverLiveState.receiver_id).where(ReceiverLiveState.updated_at >= since)))
+        # Of the receivers whose live state changed, only those a rule could hold for: a
+        # receiver with a condition being timed is a candidate anyway (above), so one that
+        # reports healthy readings and has none has nothing to start or clear.
+        ids.update(session.scalars(select(ReceiverLiveState.receiver_id).where(
+            ReceiverLiveState.updated_at >= since, suspect_clause(overrides))))
         silent_after = min([o.threshold for o in overrides if o.kind == RuleKind.SILENT.value and o.threshold is not None]
                            + [DEFAULT_RULES[RuleKind.SILENT].threshold or 0])
         ids.update(session.scalars(select(ReceiverLiveState.receiver_id).where(
@@ -218,22 +227,59 @@ class Evaluation:
         return ids
 
     def _under_slots_in_force(self) -> set[str]:
-        """The active receivers of every station and region a slot in force now belongs to."""
-        targets: set[tuple[str, int]] = set()
-        for kind, target_id, row in self.session.execute(
-                select(Schedule.target_kind, Schedule.target_id, ScheduleSlotRow).join(ScheduleSlotRow)):
-            if slot_in_force([wire_slot(row)], self.now) is not None:
-                targets.add((kind, target_id))
-        if not targets:
+        """The active receivers, online and playing nothing (the only ones NO_SOUND can hold
+        for), of every station and region a slot in force now belongs to: those whose live state
+        changed since the previous turn, and all of them for a slot that began since. (One
+        that was silent under its slot at the previous turn has a condition being timed.)"""
+        assert self.changed_since is not None
+        local, before = self.now.astimezone(LOCAL_ZONE), self.changed_since.astimezone(LOCAL_ZONE)
+        in_force = self._slot_targets(local)
+        if not in_force:
             return set()
+        began = self._slot_targets(local, after=before) if before.date() == local.date() else in_force
+        found = self._silent_under(in_force, self.changed_since)
+        if began:
+            found |= self._silent_under(began, None)
+        return found
+
+    def _slot_targets(self, local: datetime, after: datetime | None = None) -> set[tuple[str, int]]:
+        """The (kind, id) of every station and region with a slot in force at ``local`` (that
+        began after ``after``). Candidates only: slot_in_force decides, in _slots_in_force.
+        Slot times are "HH:MM" or "HH:MM:SS" within one day, so text order is time order."""
+        slot, clock, today = ScheduleSlotRow, local.strftime("%H:%M:%S"), local.date()
+        query = (select(Schedule.target_kind, Schedule.target_id).distinct().join(slot)
+                 .where(slot.start <= clock, slot.end > clock, slot.days.op("&")(1 << today.weekday()) != 0,
+                        or_(slot.valid_from.is_(None), slot.valid_from <= today),
+                        or_(slot.valid_to.is_(None), slot.valid_to >= today)))
+        if after is not None:
+            query = query.where(slot.start > after.strftime("%H:%M:%S"))
+        return {(kind, target_id) for kind, target_id in self.session.execute(query)}
+
+    def _silent_under(self, targets: set[tuple[str, int]], changed_since: datetime | None) -> set[str]:
+        """The active receivers of ``targets`` that are online and play nothing (whose live
+        state changed since ``changed_since``)."""
+        live = ReceiverLiveState
+        sound = func.coalesce(live.playing["stream"].as_string(), live.stream)
+        silent = select(live.receiver_id).where(live.online.is_(True), or_(sound.is_(None), sound.not_in(SOUNDING)))
+        ids: list[str] | None = None
+        if changed_since is not None:  # few: those first, rather than every receiver of the targets
+            ids = list(self.session.scalars(silent.where(live.updated_at >= changed_since)))
+            if not ids:
+                return set()
         stations = [t for k, t in targets if k == "station"]
         clauses: list[ColumnElement[bool]] = [Receiver.station_id.in_(stations)] if stations else []
         for region_id in (t for k, t in targets if k == "region"):
             path = self.session.scalar(select(Region.path).where(Region.id == region_id))
             if path is not None:
                 clauses.append(RegionScope(path).receivers())
-        return set(self.session.scalars(select(Receiver.id).where(
-            Receiver.status == ReceiverStatus.ACTIVE.value, or_(*clauses)))) if clauses else set()
+        if not clauses:
+            return set()
+        found: set[str] = set()
+        for chunk in self._chunks(ids):
+            query = select(Receiver.id).where(Receiver.status == ReceiverStatus.ACTIVE.value, or_(*clauses))
+            query = query.where(Receiver.id.in_(silent)) if chunk is None else query.where(Receiver.id.in_(chunk))
+            found.update(self.session.scalars(query))
+        return found
 
     def _live_rows(self, only: set[str] | None) -> tuple[list[LiveRow], dict[str, Place]]:
         rows: list[LiveRow] = []
@@ -440,6 +486,29 @@ class Evaluation:
             return self.session.scalar(select(Incident).where(Incident.open_key == incident.open_key))
         (self.result.suppressed if incident.suppressed_by else self.result.raised).append(incident.id)
         return incident
+
+
+def suspect_clause(overrides: Iterable[RuleOverride]) -> ColumnElement[bool]:
+    """Live-state rows that some rule's condition (alerts.rules.CONDITIONS) may hold for, in
+    SQL: every threshold at its loosest among the defaults and every region's overrides, so
+    that the rows it leaves out are ones no rule holds for anywhere. The rules over time
+    (SILENT), slots (NO_SOUND) and rollouts (UPDATE_FAILED) find their candidates otherwise."""
+    def loosest(kind: RuleKind, pick: Callable[[list[float]], float]) -> float:
+        values = [o.threshold for o in overrides if o.kind == kind.value and o.threshold is not None]
+        default = DEFAULT_RULES[kind].threshold
+        return pick(values + ([default] if default is not None else []))
+
+    live = ReceiverLiveState
+    return or_(
+        live.online.is_(False),
+        live.amplifier == "fault",
+        live.stream == "error",
+        live.playing["stream"].as_string() == "error",
+        live.temperature_c > loosest(RuleKind.OVERHEAT, min),
+        live.supply_v < loosest(RuleKind.LOW_SUPPLY, max),
+        live.signal_dbm < loosest(RuleKind.WEAK_SIGNAL, max),
+        func.abs(live.clock_skew_s) > loosest(RuleKind.CLOCK_UNSYNCED, min),
+    )
 
 
 def slot_in_force(slots: Iterable[ScheduleSlot], now: datetime) -> tuple[str, datetime] | None:

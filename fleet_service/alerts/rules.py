@@ -191,14 +191,14 @@ def _clock(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | N
 
 # Sound: what it plays (or the player's state in its report, from a receiver that has not sent
 # a play status yet).
-_SOUNDING = ("playing", "buffering")
+SOUNDING = ("playing", "buffering")
 
 
 def _no_sound(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
     if ctx.slot is None or not row.online:
         return None
     stream = row.playing_stream or row.stream
-    if stream in _SOUNDING:
+    if stream in SOUNDING:
         return None
     slot_id, began = ctx.slot
     return Finding(began, f"{slot_id}: {stream or '?'}")

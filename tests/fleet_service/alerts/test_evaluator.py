@@ -297,3 +297,61 @@ def test_a_power_cut_seen_receiver_by_receiver_over_a_minute_is_still_one_group(
     assert group.detail == {"receivers": lost, "of": 10} and group.summary.startswith("Mất kết nối / Offline: 8/10")
     members = [i for i in fleet.incidents() if i.scope == "receiver"]
     assert sorted(m.receiver_id for m in members) == lost and {m.parent_id for m in members} == {group.id}
+
+
+def test_a_slot_that_begins_between_turns_finds_its_receivers_silent_or_falling_silent(fleet):
+    # rx-0 and rx-2 share a station; nothing about them changes when the slot begins.
+    fleet.online("rx-0", at(0), stream="idle")
+    fleet.online("rx-2", at(0), stream="idle")
+    slot_around(fleet, "rx-0", at(120), 30)
+    fleet.turn(at(5), reporting=False)
+    for seconds in range(60, 300, 5):  # the slot begins at 120 s: rx-2 plays, rx-0 stays silent
+        if seconds == 125:
+            fleet.online("rx-2", at(seconds), stream="playing")
+        fleet.turn(at(seconds), reporting=False)
+    sound = lambda: [i for i in fleet.incidents() if i.kind == "no_sound"]  # noqa: E731 (the others fall silent)
+    assert [(i.receiver_id, i.started_at) for i in sound()] == [("rx-0", at(120))]
+    fleet.online("rx-2", at(600), stream="idle")  # it stops in the middle of the slot
+    for seconds in range(605, 900, 5):
+        fleet.turn(at(seconds), reporting=False)
+    assert sorted(i.receiver_id for i in sound()) == ["rx-0", "rx-2"]
+
+
+def test_the_changed_receivers_a_turn_reads_include_every_one_a_rule_holds_for(session_factory):
+    # An incremental turn reads, of the receivers whose live state changed, only those that
+    # suspect_clause passes: it must pass every one that some rule's condition holds for,
+    # under the defaults and under a region's looser or stricter thresholds.
+    from itertools import product
+
+    from fleet_service.alerts.evaluator import effective_rules, suspect_clause
+    from fleet_service.alerts.rules import LiveRow, RuleKind, evaluate
+
+    fleet = Fleet(session_factory, receivers=1)
+    overrides = [RuleOverride(region_id=fleet.fleet.region_id, region_key=fleet.fleet.region_id, kind=kind,
+                              threshold=threshold, updated_by="kythuat")
+                 for kind, threshold in (("overheat", 60.0), ("low_supply", 11.5), ("weak_signal", -95),
+                                         ("clock_unsynced", 2.0))]
+    with session_scope(fleet.sessions) as session:
+        session.add_all(overrides)
+    with session_scope(fleet.sessions) as session:
+        overrides = list(session.scalars(select(RuleOverride)))
+        session.expunge_all()
+    rules = [effective_rules([], "/"), effective_rules(overrides, f"/{fleet.fleet.region_id}/")]
+    value_kinds = set(RuleKind) - {RuleKind.SILENT, RuleKind.NO_SOUND, RuleKind.UPDATE_FAILED, RuleKind.CHANNEL_FAILED}
+    cases = product((True, False), (None, 59.0, 65.0, 75.0), (None, 10.0, 11.0, 12.0), (None, -110, -100, -80),
+                    ("on", "fault"), ("playing", "error"), (None, "error", "playing"), (None, 0.5, -3.0, 9.0))
+    held = passed = 0
+    for online, temp, supply, signal, amp, stream, playing, skew in cases:
+        row = LiveRow("rx-0", online, at(0), at(0), temp, supply, signal, amp, stream, skew, playing)
+        holds = any(kind in value_kinds for r in rules for kind in evaluate(row, r, at(1)))
+        with session_scope(fleet.sessions) as session:
+            live = session.get(ReceiverLiveState, "rx-0")
+            live.online, live.temperature_c, live.supply_v, live.signal_dbm = online, temp, supply, signal
+            live.amplifier, live.stream, live.clock_skew_s = amp, stream, skew
+            live.playing = None if playing is None else {"stream": playing, "source": "cmd"}
+            selected = session.scalar(select(ReceiverLiveState.receiver_id).where(suspect_clause(overrides)))
+        held += holds
+        passed += selected is not None
+        assert not holds or selected == "rx-0", row
+    assert 0 < held < passed or held == passed  # the clause leaves healthy rows out
+    assert passed < 2 * 4 * 4 * 4 * 2 * 2 * 3 * 4
