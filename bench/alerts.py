@@ -101,17 +101,24 @@ CREW = [("An", False), ("Bình", False), ("Chi", True)]   # (name, engineer): An
 
 def serve() -> None:
     """``loa serve`` (the arguments after ``serve``); with LOA_BENCH_ALERTS=off the alert
-    evaluator and the notifier are built but their loops never start, so that the same service
-    can be measured without them."""
+    evaluator and the notifier are built but their loops never start, and the event counter
+    counts nothing, so that the same service can be measured without them."""
     if os.environ.get(ENV_SWITCH) == "off":
+        from fleet_service.alerts.counts import EventCounter
         from fleet_service.alerts.evaluator import AlertEvaluator
         from fleet_service.alerts.notify import Notifier
 
         async def not_started(self: Any) -> None:
             return None
 
+        def not_counted(self: Any, _event: Any) -> None:
+            return None
+
         AlertEvaluator.start = not_started  # type: ignore[method-assign]
         Notifier.start = not_started  # type: ignore[method-assign]
+        EventCounter.start = not_started  # type: ignore[method-assign]
+        EventCounter.on_telemetry = not_counted  # type: ignore[method-assign]
+        EventCounter.on_event = not_counted  # type: ignore[method-assign]
     from fleet_service.cli import app
 
     app()

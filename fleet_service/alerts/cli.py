@@ -34,7 +34,8 @@ STEP_TEXT = {"on_call": "người trực / on call", "next": "người trực k�
              "engineers": "kỹ sư / engineers", "all": "cả đội / everyone"}
 # What a rule's threshold is measured in (alerts/rules.py).
 THRESHOLD_UNIT: dict[str, str] = {RuleKind.SILENT: "s", RuleKind.OVERHEAT: "°C", RuleKind.LOW_SUPPLY: "V",
-                                  RuleKind.WEAK_SIGNAL: "dBm", RuleKind.CLOCK_UNSYNCED: "s"}
+                                  RuleKind.WEAK_SIGNAL: "dBm", RuleKind.CLOCK_UNSYNCED: "s",
+                                  RuleKind.REBOOTS: "/h", RuleKind.UNDERRUNS: "/h", RuleKind.DATA_BUDGET: "MB"}
 RULE_FIELDS = ("severity", "pending_s", "hold_s", "group_wait_s", "threshold", "enabled")
 # The longest silence, pending or hold-down time anyone means: beyond it a typo is likelier.
 DURATION_MAX_S = 366 * 86400

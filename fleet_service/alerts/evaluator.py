@@ -32,8 +32,10 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from fleet_service.alerts import counts
+from fleet_service.alerts.counts import CountKind
 from fleet_service.alerts.models import AlertCondition, Incident, IncidentScope, IncidentState, RuleOverride, Silence
-from fleet_service.alerts.rules import SOUNDING, DEFAULT_RULES, TITLES, Context, LiveRow, Rule, RuleKind, evaluate
+from fleet_service.alerts.rules import DEFAULT_RULES, MB, SOUNDING, TITLES, Context, LiveRow, Rule, RuleKind, evaluate
 from fleet_service.db import session_scope, utcnow
 from fleet_service.protocol.messages import ScheduleSlot
 from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
@@ -153,7 +155,12 @@ class Evaluation:
         overrides = list(session.scalars(select(RuleOverride)))
         silences = list(session.scalars(select(Silence).where(Silence.starts_at <= now, Silence.ends_at > now)))
         conditions = {(c.kind, c.receiver_id): c for c in session.scalars(select(AlertCondition))}
+        counted = counted_over(session, now, overrides)
         candidates = self._candidates(conditions, overrides)
+        if candidates is not None:
+            candidates.update(counted)
+        else:
+            counts.prune(session, now)
         if candidates is not None and not candidates:
             return self.result  # nothing may have changed its mind (and no condition is being timed)
         rows, places = self._live_rows(candidates)
@@ -174,7 +181,10 @@ class Evaluation:
             if rules is None:
                 rules = rules_by_path[place.region_path] = effective_rules(overrides, place.region_path)
             rid = row.receiver_id
-            findings = evaluate(row, rules, now, Context(offline_since.get(rid), slots.get(rid), failures.get(rid)))
+            tally = counted.get(rid, {})
+            findings = evaluate(row, rules, now, Context(
+                offline_since.get(rid), slots.get(rid), failures.get(rid), boots=tally.get(CountKind.BOOTS, 0),
+                underruns=tally.get(CountKind.UNDERRUNS, 0), month_bytes=tally.get(CountKind.STREAM_BYTES, 0)))
             for kind, rule in rules.items():
                 key = (kind.value, row.receiver_id)
                 condition = conditions.get(key)
@@ -493,22 +503,34 @@ def suspect_clause(overrides: Iterable[RuleOverride]) -> ColumnElement[bool]:
     SQL: every threshold at its loosest among the defaults and every region's overrides, so
     that the rows it leaves out are ones no rule holds for anywhere. The rules over time
     (SILENT), slots (NO_SOUND) and rollouts (UPDATE_FAILED) find their candidates otherwise."""
-    def loosest(kind: RuleKind, pick: Callable[[list[float]], float]) -> float:
-        values = [o.threshold for o in overrides if o.kind == kind.value and o.threshold is not None]
-        default = DEFAULT_RULES[kind].threshold
-        return pick(values + ([default] if default is not None else []))
-
     live = ReceiverLiveState
     return or_(
         live.online.is_(False),
         live.amplifier == "fault",
         live.stream == "error",
         live.playing["stream"].as_string() == "error",
-        live.temperature_c > loosest(RuleKind.OVERHEAT, min),
-        live.supply_v < loosest(RuleKind.LOW_SUPPLY, max),
-        live.signal_dbm < loosest(RuleKind.WEAK_SIGNAL, max),
-        func.abs(live.clock_skew_s) > loosest(RuleKind.CLOCK_UNSYNCED, min),
+        live.temperature_c > loosest(overrides, RuleKind.OVERHEAT, min),
+        live.supply_v < loosest(overrides, RuleKind.LOW_SUPPLY, max),
+        live.signal_dbm < loosest(overrides, RuleKind.WEAK_SIGNAL, max),
+        func.abs(live.clock_skew_s) > loosest(overrides, RuleKind.CLOCK_UNSYNCED, min),
     )
+
+
+def loosest(overrides: Iterable[RuleOverride], kind: RuleKind, pick: Callable[[list[float]], float]) -> float:
+    """A rule's threshold at its loosest (``pick``: min or max) among the default and every
+    region's overrides."""
+    values = [o.threshold for o in overrides if o.kind == kind.value and o.threshold is not None]
+    default = DEFAULT_RULES[kind].threshold
+    return pick(values + ([default] if default is not None else []))
+
+
+def counted_over(session: Session, now: datetime, overrides: list[RuleOverride]) -> dict[str, dict[CountKind, int]]:
+    """The receivers whose counts (alerts.counts) some region's rule over events may hold for."""
+    return counts.over(session, now, {
+        CountKind.BOOTS: loosest(overrides, RuleKind.REBOOTS, min),
+        CountKind.UNDERRUNS: loosest(overrides, RuleKind.UNDERRUNS, min),
+        CountKind.STREAM_BYTES: loosest(overrides, RuleKind.DATA_BUDGET, min) * MB,
+    })
 
 
 def slot_in_force(slots: Iterable[ScheduleSlot], now: datetime) -> tuple[str, datetime] | None:

@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleet_service.db import Base, UTCDateTime, utcnow
@@ -50,6 +50,22 @@ class AlertCondition(Base):
     cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     value: Mapped[str | None] = mapped_column(String(64))
     incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id", ondelete="SET NULL"), index=True)
+
+
+class ReceiverCount(Base):
+    """What the rules over events count of a receiver per period (alerts/counts.py): boots and
+    stream underruns per ten minutes, stream bytes per month of the stations' calendar. Added
+    to by the leading worker every few seconds; old periods are deleted."""
+
+    __tablename__ = "alert_counts"
+
+    receiver_id: Mapped[str] = mapped_column(ForeignKey("receivers.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+Index("ix_alert_counts_kind_period", ReceiverCount.kind, ReceiverCount.period_start)
 
 
 class IncidentState(StrEnum):

@@ -27,6 +27,10 @@ class RuleKind(StrEnum):
     CLOCK_UNSYNCED = "clock_unsynced"  # clock off by more than the threshold
     NO_SOUND = "no_sound"            # a scheduled slot is in force and the receiver plays nothing
     UPDATE_FAILED = "update_failed"  # its last firmware update failed or rolled back
+    # Over events counted (alerts/counts.py) rather than the live state.
+    REBOOTS = "reboots"              # booted at least the threshold's times in the last hour
+    UNDERRUNS = "underruns"          # at least the threshold's stream underruns in the last hour
+    DATA_BUDGET = "data_budget"      # this month's stream data above the threshold (MB): the SIM's budget
     # Not a rule over receivers: a notification channel that keeps failing (alerts.notify).
     CHANNEL_FAILED = "channel_failed"
 
@@ -70,6 +74,13 @@ DEFAULT_RULES: dict[RuleKind, Rule] = {rule.kind: rule for rule in (
     # A slot that should be heard: a minute covers a stream that takes its time to start.
     Rule(RuleKind.NO_SOUND, Severity.CRITICAL, pending_s=60, hold_s=60, group_wait_s=60),
     Rule(RuleKind.UPDATE_FAILED, Severity.MINOR, pending_s=0, hold_s=0),
+    # A receiver that keeps resetting: a failing supply, a crash, a modem that hangs. Its
+    # incident closes once an hour has passed with fewer boots, and 10 minutes more.
+    Rule(RuleKind.REBOOTS, Severity.MAJOR, pending_s=0, hold_s=600, threshold=3),
+    # An underrun is a gap the listeners hear (the 8 KiB buffer ran dry): one every two minutes.
+    Rule(RuleKind.UNDERRUNS, Severity.MINOR, pending_s=0, hold_s=900, threshold=30),
+    # 3 GB: a 64 kbps programme about 4 hours a day. Set each region's SIM plan here.
+    Rule(RuleKind.DATA_BUDGET, Severity.MINOR, pending_s=0, hold_s=0, threshold=3000),
 )}
 
 # What operators and crews read: Vietnamese first, English alongside; what to check first.
@@ -84,6 +95,9 @@ TITLES: dict[RuleKind, tuple[str, str]] = {
     RuleKind.CLOCK_UNSYNCED: ("Lệch đồng hồ", "Clock not synchronised"),
     RuleKind.NO_SOUND: ("Không phát trong giờ phát sóng", "No sound during a scheduled slot"),
     RuleKind.UPDATE_FAILED: ("Cập nhật phần mềm lỗi", "Firmware update failed"),
+    RuleKind.REBOOTS: ("Khởi động lại nhiều lần", "Repeated reboots"),
+    RuleKind.UNDERRUNS: ("Âm thanh bị ngắt quãng", "Stream underruns"),
+    RuleKind.DATA_BUDGET: ("Vượt hạn mức dữ liệu 4G trong tháng", "Month's 4G data over budget"),
     RuleKind.CHANNEL_FAILED: ("Kênh thông báo không gửi được", "Notification channel failing"),
 }
 CHECK_FIRST: dict[RuleKind, tuple[str, str]] = {
@@ -99,6 +113,9 @@ CHECK_FIRST: dict[RuleKind, tuple[str, str]] = {
                         "Check the slot's stream address, the 4G data plan and the amplifier"),
     RuleKind.UPDATE_FAILED: ("Xem lý do trong đợt cập nhật (loa rollouts show)",
                              "See the reason in the rollout (loa rollouts show)"),
+    RuleKind.REBOOTS: ("Kiểm tra nguồn điện, ắc quy và mô-đun 4G", "Check the power supply, the battery and the 4G modem"),
+    RuleKind.UNDERRUNS: ("Kiểm tra sóng 4G và tốc độ luồng phát", "Check the 4G signal and the stream's bit rate"),
+    RuleKind.DATA_BUDGET: ("Kiểm tra gói cước SIM và lịch phát", "Check the SIM's data plan and the schedule"),
     RuleKind.CHANNEL_FAILED: ("Kiểm tra địa chỉ và tài khoản của kênh", "Check the channel's address and account"),
 }
 
@@ -129,6 +146,10 @@ class Context:
     slot: tuple[str, datetime] | None = None
     # Its last update's failure (reason and when), if its latest rollout target failed.
     update_failure: tuple[str, datetime] | None = None
+    # Counted (alerts/counts.py): boots and underruns in the last hour, stream bytes this month.
+    boots: int = 0
+    underruns: int = 0
+    month_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +232,24 @@ def _update_failed(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Fin
     return Finding(at, reason)
 
 
-# An offline receiver reports nothing: only OFFLINE (and its last update's failure) holds for it,
-# every other condition waits (its last readings are not news).
+def _reboots(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
+    return Finding(None, ctx.boots) if ctx.boots >= _threshold(rule) else None
+
+
+def _underruns(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
+    return Finding(None, ctx.underruns) if ctx.underruns >= _threshold(rule) else None
+
+
+MB = 1_000_000
+
+
+def _data_budget(row: LiveRow, rule: Rule, now: datetime, ctx: Context) -> Finding | None:
+    megabytes = ctx.month_bytes / MB
+    return Finding(None, f"{megabytes:.0f} MB") if megabytes > _threshold(rule) else None
+
+
+# An offline receiver reports nothing: only OFFLINE, its last update's failure and what was
+# counted hold for it; every other condition waits (its last readings are not news).
 CONDITIONS: dict[RuleKind, Callable[[LiveRow, Rule, datetime, Context], Finding | None]] = {
     RuleKind.OFFLINE: _offline,
     RuleKind.SILENT: _silent,
@@ -224,6 +261,9 @@ CONDITIONS: dict[RuleKind, Callable[[LiveRow, Rule, datetime, Context], Finding 
     RuleKind.CLOCK_UNSYNCED: _clock,
     RuleKind.NO_SOUND: _no_sound,
     RuleKind.UPDATE_FAILED: _update_failed,
+    RuleKind.REBOOTS: _reboots,
+    RuleKind.UNDERRUNS: _underruns,
+    RuleKind.DATA_BUDGET: _data_budget,
 }
 
 

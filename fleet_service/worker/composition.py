@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.embedded import EmbeddedBroker, LoginLimiter, LoginRules, TlsListener
+from fleet_service.alerts.counts import EventCounter
 from fleet_service.alerts.evaluator import AlertEvaluator
 from fleet_service.alerts.notify import Notifier
 from fleet_service.broker_port import BrokerAccounts, RegistryOnlyAccounts
@@ -65,7 +66,8 @@ class FleetAccounts:
 # --- subscribers to ingest's domain events --------------------------------------------------
 
 def subscribe(events: EventBus, *, commands: CommandDelivery, schedules: ScheduleSync,
-              telemetry: TelemetryService | None, rollouts: RolloutDriver | None = None) -> None:
+              telemetry: TelemetryService | None, rollouts: RolloutDriver | None = None,
+              counts: EventCounter | None = None) -> None:
     """Who hears what of the receivers. Alerts and firmware updates subscribe here too."""
     events.subscribe(ReceiverOnline, lambda e: commands.on_birth(e.receiver_id))
     events.subscribe(CommandAcknowledged, lambda e: commands.on_ack(e.receiver_id, e.ack, e.at))
@@ -75,6 +77,10 @@ def subscribe(events: EventBus, *, commands: CommandDelivery, schedules: Schedul
         events.subscribe(ReceiverOnline, lambda e: rollouts.on_birth(e.receiver_id))
         events.subscribe(UpdateReported, lambda e: rollouts.on_status(e.receiver_id, e.status, e.at))
         events.subscribe(CommandAcknowledged, lambda e: rollouts.on_ack(e.receiver_id, e.ack, e.at))
+    if counts is not None:  # what the alert rules over events count: added up in memory
+        events.subscribe(TelemetryReported, counts.on_telemetry)
+        events.subscribe(ReceiverEventReported, counts.on_event)
+        events.subscribe(ReceiverRemoved, lambda e: counts.forget(e.receiver_id))
     if telemetry is not None:  # queued only: the writer works in its own thread
         events.subscribe(TelemetryReported, lambda e: telemetry.submit(e.receiver_id, e.report, e.at))
         events.subscribe(ReceiverEventReported, lambda e: telemetry.submit(e.receiver_id, e.event, e.at))
@@ -223,7 +229,9 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
     rollouts = RolloutDriver(runtime.sessions, settings, submit=hand_over)
     notifier = Notifier(runtime.sessions, settings)
     alerts = AlertEvaluator(runtime.sessions, on_raised=lambda _result: notifier.wake())
-    subscribe(events, commands=commands, schedules=schedules, telemetry=runtime.telemetry, rollouts=rollouts)
+    counts = EventCounter(runtime.sessions)
+    subscribe(events, commands=commands, schedules=schedules, telemetry=runtime.telemetry, rollouts=rollouts,
+              counts=counts)
     accounts = FleetAccounts(broker_accounts, ingest, loop)
     outbox = OutboxDispatcher(runtime.sessions, {
         **broker_login_handlers(accounts),
@@ -238,6 +246,7 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
     await outbox.start()
     await schedules.start()
     await rollouts.start()
+    await counts.start()
     await alerts.start()
     await notifier.start()
     runtime.ingest, runtime.mqtt, runtime.commands, runtime.outbox = ingest, adapter, commands, outbox
@@ -263,6 +272,7 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
         await schedules.stop()
         await commands.stop()
         await ingest.stop()
+        await counts.stop()  # after ingest: its last counts are written
         close = getattr(broker_accounts, "close", None)
         if close is not None:
             await asyncio.to_thread(close)

@@ -355,3 +355,32 @@ def test_the_changed_receivers_a_turn_reads_include_every_one_a_rule_holds_for(s
         assert not holds or selected == "rx-0", row
     assert 0 < held < passed or held == passed  # the clause leaves healthy rows out
     assert passed < 2 * 4 * 4 * 4 * 2 * 2 * 3 * 4
+
+
+def test_rules_over_counted_events_raise_while_their_count_is_over_and_clear_after_it(fleet):
+    from fleet_service.alerts.counts import add_counts, bucket_start, month_start
+
+    with session_scope(fleet.sessions) as session:
+        add_counts(session, [("rx-0", "boots", bucket_start(at(0)), 2), ("rx-0", "boots", bucket_start(at(700)), 1),
+                             ("rx-1", "underruns", bucket_start(at(0)), 29),
+                             ("rx-2", "stream_bytes", month_start(at(0)), 3_200_000_000),
+                             ("rx-3", "boots", bucket_start(at(0)), 2)])
+        # rx-3's commune counts two boots an hour as too many.
+        session.add(RuleOverride(region_id=fleet.fleet.region_id, region_key=fleet.fleet.region_id, kind="reboots",
+                                 threshold=2, updated_by="kythuat"))
+    fleet.turn(at(720))
+    raised = {(i.kind, i.receiver_id): i for i in fleet.incidents()}
+    assert set(raised) == {("reboots", "rx-0"), ("reboots", "rx-3"), ("data_budget", "rx-2")}
+    assert raised[("reboots", "rx-0")].value == "3" and raised[("data_budget", "rx-2")].value == "3200 MB"
+    assert raised[("reboots", "rx-0")].summary.startswith("Khởi động lại nhiều lần / Repeated reboots: rx-0")
+    with session_scope(fleet.sessions) as session:  # one more underrun: 30 in the hour
+        add_counts(session, [("rx-1", "underruns", bucket_start(at(730)), 1)])
+    fleet.turn(at(740))
+    assert ("underruns", "rx-1") in {(i.kind, i.receiver_id) for i in fleet.incidents()}
+    # An hour on, the boots and underruns have left the window: cleared, then resolved after the
+    # hold-down (reboots 10 min, underruns 15 min); the month's data stays over its budget.
+    for seconds in range(4000, 6000, 100):
+        fleet.turn(at(seconds))
+    states = {(i.kind, i.receiver_id): i.state for i in fleet.incidents()}
+    assert states == {("reboots", "rx-0"): "resolved", ("reboots", "rx-3"): "resolved",
+                      ("underruns", "rx-1"): "resolved", ("data_budget", "rx-2"): "open"}

@@ -52,3 +52,43 @@ async def test_a_lost_receiver_raises_one_incident_across_a_restart_and_it_clear
                              what="resolved after the hold-down")
         incident, = incidents(runtime.sessions)
         assert incident.resolved_by is None and incident.open_key is None
+
+
+async def test_a_receiver_that_keeps_rebooting_and_stuttering_raises_what_was_counted(sqlite_url):
+    import time
+
+    settings = service_settings(sqlite_url)
+    async with running_service(settings) as runtime:
+        fleet = provision_fleet(runtime.sessions, receivers=1, stations=1)
+        with session_scope(runtime.sessions) as session:
+            session.add(RuleOverride(region_key=0, kind="underruns", threshold=5, updated_by="test"))
+            session.add(RuleOverride(region_key=0, kind="data_budget", threshold=1, updated_by="test"))  # 1 MB
+        base = "loa/v1/rx/rx-0"
+        for session_no in (1, 2, 3):  # three boots, each with its boot event and reports
+            async with receiver_session(settings.mqtt_port, "rx-0", fleet.credentials["rx-0"], session_no) as client:
+                await client.publish(f"{base}/event", json.dumps(
+                    {"v": 1, "session": session_no, "ts": int(time.time()), "kind": "boot", "detail": "brownout"}), qos=1)
+                for seq, (uptime, underruns, stream_bytes) in enumerate(((5, 0, 0), (65, 4, 400_000),
+                                                                        (125, 9, 900_000))):
+                    await client.publish(f"{base}/telemetry", json.dumps(
+                        {"v": 1, "session": session_no, "seq": seq, "ts": int(time.time()), "up": uptime,
+                         "amp": "on", "st": "playing", "urun": underruns, "sb": stream_bytes, "fw": "1.0.0"}), qos=1)
+        # Boots counted from the events; underruns and bytes from what the counters grew by
+        # between reports, all of a counter across a reboot (each boot's 9 underruns, 0.9 MB).
+        await wait_until(lambda: counted(runtime.sessions) == {"boots": 3, "underruns": 27, "stream_bytes": 2_700_000},
+                         timeout=15, what="the boots, underruns and stream bytes counted")
+        await wait_until(lambda: {i.kind for i in incidents(runtime.sessions)} >= {"reboots", "underruns", "data_budget"},
+                         timeout=15, what="the counted rules' incidents")
+        found = {i.kind: i for i in incidents(runtime.sessions) if i.kind != "offline"}
+        assert sorted(found) == ["data_budget", "reboots", "underruns"]
+        assert found["reboots"].summary.startswith("Khởi động lại nhiều lần / Repeated reboots: rx-0 (Đài 0, Hùng Sơn)")
+
+
+def counted(sessions) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    from fleet_service.alerts.models import ReceiverCount
+
+    totals: dict[str, int] = {}
+    with session_scope(sessions) as session:
+        for row in session.scalars(select(ReceiverCount)):
+            totals[row.kind] = totals.get(row.kind, 0) + row.value
+    return totals
