@@ -78,6 +78,9 @@ class EventCounter:
         self._counts: dict[tuple[str, str, datetime], int] = {}
         # Each receiver's counters in its last report: (uptime, underruns, stream bytes).
         self._last: dict[str, tuple[int, int, int | None]] = {}
+        # The bucket and the month reports fall in, until they end (reports come in time order).
+        self._bucket: tuple[datetime, datetime] | None = None
+        self._month: tuple[datetime, datetime] | None = None
         self._task: asyncio.Task[None] | None = None
         self.flushes = 0
         self.failures = 0
@@ -89,9 +92,23 @@ class EventCounter:
         with self._lock:
             self._counts[key] = self._counts.get(key, 0) + value
 
+    def _bucket_of(self, at: datetime) -> datetime:
+        span = self._bucket
+        if span is None or not span[0] <= at < span[1]:
+            start = bucket_start(at)
+            span = self._bucket = (start, start + BUCKET)
+        return span[0]
+
+    def _month_of(self, at: datetime) -> datetime:
+        span = self._month
+        if span is None or not span[0] <= at < span[1]:
+            start = month_start(at)
+            span = self._month = (start, month_start(start + timedelta(days=32)))
+        return span[0]
+
     def on_event(self, event: ReceiverEventReported) -> None:
         if event.event.kind is EventKind.BOOT:
-            self._add(event.receiver_id, CountKind.BOOTS, bucket_start(event.at), 1)
+            self._add(event.receiver_id, CountKind.BOOTS, self._bucket_of(event.at), 1)
 
     def on_telemetry(self, event: TelemetryReported) -> None:
         report, rid = event.report, event.receiver_id
@@ -101,12 +118,12 @@ class EventCounter:
             return  # nothing to compare it with: what it counted before is not known to be new
         uptime, underruns, stream_bytes = previous
         rebooted = report.uptime_s < uptime
-        self._add(rid, CountKind.UNDERRUNS, bucket_start(event.at),
+        self._add(rid, CountKind.UNDERRUNS, self._bucket_of(event.at),
                   report.underruns if rebooted or report.underruns < underruns else report.underruns - underruns)
         if report.stream_bytes is not None:
             grew = (report.stream_bytes if rebooted or stream_bytes is None or report.stream_bytes < stream_bytes
                     else report.stream_bytes - stream_bytes)
-            self._add(rid, CountKind.STREAM_BYTES, month_start(event.at), grew)
+            self._add(rid, CountKind.STREAM_BYTES, self._month_of(event.at), grew)
 
     def forget(self, receiver_id: str) -> None:
         self._last.pop(receiver_id, None)

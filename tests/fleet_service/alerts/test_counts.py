@@ -98,3 +98,13 @@ def test_counts_wait_in_memory_while_the_database_cannot_take_them(sqlite_url):
     assert table(sessions) == {("rx-0", "boots", T0): 2}
     assert Base.metadata.tables["alert_counts"] is not None
     engine.dispose()
+
+
+def test_bytes_after_the_stations_midnight_on_the_first_count_for_the_new_month(counter, session_factory):
+    before = datetime(2026, 12, 31, 16, 58, tzinfo=timezone.utc)  # 23:58 on 31 December in Hà Nội
+    for minute, stream_bytes in enumerate((0, 100, 250, 600)):
+        counter.on_telemetry(TelemetryReported("rx-0", report(60 + 60 * minute, 0, stream_bytes),
+                                               before + timedelta(minutes=minute)))
+    counter.flush()
+    assert table(session_factory) == {("rx-0", "stream_bytes", datetime(2026, 11, 30, 17, 0, tzinfo=timezone.utc)): 100,
+                                      ("rx-0", "stream_bytes", datetime(2026, 12, 31, 17, 0, tzinfo=timezone.utc)): 500}
