@@ -2,9 +2,11 @@
 
 One invocation builds and signs a real release bundle from firmware/ (mpy-cross), stores it
 through the release service with ``--receivers`` receivers offered it in a rollout, and starts
-two servers on 127.0.0.1: the service's API (uvicorn, one worker, the app as ``loa serve``
-builds it, MQTT off) and nginx (``sendfile on``, one worker, access log off) over a copy of the
-same files.
+two servers on 127.0.0.1: the service (one API process as ``loa serve`` builds it, MQTT off,
+uvicorn, with its download listener on a port of its own, ``LOA_DOWNLOAD_PORT``) and nginx
+(``sendfile on``, one worker, access log off) over a copy of the same files. The service's
+clients fetch from its download listener, or with ``--through-api`` from the API's own route
+(the path receivers used before the listener).
 Then, alternately and ``--repeat`` times, ``--clients`` client processes download the whole
 release (manifest, signature, every file) again and again for ``--seconds``, each as its own
 receiver with its own login (the service) or without one (nginx), over a kept-alive HTTP/1.1
@@ -103,12 +105,13 @@ def prepare(workdir: Path, receivers: int) -> dict[str, Any]:
             "bundle_bytes": sum(sizes.values())}
 
 
-def start_api(workdir: Path, database: Path, port: int) -> subprocess.Popen[bytes]:
+def start_api(workdir: Path, database: Path, port: int, download_port: int) -> subprocess.Popen[bytes]:
     code = ("import uvicorn\n"
             "from fleet_service.app import create_app\n"
             "from fleet_service.config import Settings\n"
             "from fleet_service.runtime import Runtime\n"
-            f"runtime = Runtime.from_settings(Settings(database_url='sqlite:///{database}', environment='local'))\n"
+            f"runtime = Runtime.from_settings(Settings(database_url='sqlite:///{database}', environment='local',\n"
+            f"                                         download_port={download_port}))\n"
             f"uvicorn.run(create_app(runtime=runtime, mqtt=False), host='127.0.0.1', port={port}, log_level='warning')\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(workdir / "api.log", "wb") as log:
@@ -233,6 +236,12 @@ def http_implementation() -> str:
     return "httptools" if importlib.util.find_spec("httptools") else "h11"
 
 
+def served_by(through_api: bool) -> str:
+    if through_api:
+        return f"the service's API route (uvicorn, HTTP by {http_implementation()})"
+    return "the service's download listener (asyncio, httptools)"
+
+
 # Frames of the process and event-loop plumbing, left out of the inclusive list.
 SPY_PLUMBING = ("asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.py", "<string>", "threading.py",
                 "concurrent/futures/thread.py", "uvicorn/server.py", "uvicorn/main.py")
@@ -288,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="phases of each server (default 3)")
     parser.add_argument("--resume-every", type=int, default=5,
                         help="every Nth file is fetched in two Range requests (default 5; 0: never)")
+    parser.add_argument("--through-api", action="store_true", dest="through_api",
+                        help="the service's clients fetch from the API's route (uvicorn) instead of the download "
+                             "listener")
     parser.add_argument("--py-spy", metavar="FILE", dest="py_spy",
                         help="sample the service through its first phase with py-spy (PATH or $PY_SPY), the thread "
                              "holding the GIL; collapsed stacks to FILE and a summary printed")
@@ -305,17 +317,19 @@ def main(argv: list[str] | None = None) -> int:
         setup = prepare(workdir, cfg.receivers)
         print(f"release {setup['release_id']}: {len(setup['paths'])} files, {setup['bundle_bytes']:,} bytes; "
               f"{cfg.receivers} receivers offered it", flush=True)
-        api_port, nginx_port = free_port(), free_port()
-        api = start_api(workdir, setup["registry"].path, api_port)
+        api_port, download_port, nginx_port = free_port(), free_port(), free_port()
+        api = start_api(workdir, setup["registry"].path, api_port, download_port)
         nginx = start_nginx(workdir, nginx_port)
+        service_port = api_port if cfg.through_api else download_port
         phases: list[dict[str, Any]] = []
         try:
             wait_for_port(api_port, timeout=60)
+            wait_for_port(download_port, timeout=30)
             wait_for_port(nginx_port, timeout=30)
             for number in range(1, cfg.repeat + 1):
                 for kind, port, base, pid in ((NGINX_KIND, nginx_port, "/release", nginx.pid),
-                                              (SERVICE, api_port, f"/api/v1/firmware/download/{setup['release_id']}",
-                                               api.pid)):
+                                              (SERVICE, service_port,
+                                               f"/api/v1/firmware/download/{setup['release_id']}", api.pid)):
                     wait_idle(cfg.settle, f"{kind} {number}")
                     spy = None
                     if cfg.py_spy and kind == SERVICE and number == 1:
@@ -340,25 +354,32 @@ def main(argv: list[str] | None = None) -> int:
                 got[rid] = got.get(rid, 0) + n
     service_rates = [p["rate"] for p in phases if p["kind"] == SERVICE]
     nginx_rates = [p["rate"] for p in phases if p["kind"] == NGINX_KIND]
+    service_requests = [p["requests"] / p["seconds"] for p in phases if p["kind"] == SERVICE]
+    nginx_requests = [p["requests"] / p["seconds"] for p in phases if p["kind"] == NGINX_KIND]
     ratio = statistics.median(service_rates) / statistics.median(nginx_rates)
-    rows = ["| round | server | MB/s | requests/s | cores: server / clients / other |", "|---|---|---:|---:|---|"]
+    rows = ["| round | server | MB/s | requests/s | server CPU µs/request | cores: server / clients / other |",
+            "|---|---|---:|---:|---:|---|"]
     for p in phases:
         c = p["cores"]
-        rows.append(f"| {p['round']} | {p['kind']} | {p['rate'] / 1e6:.1f} | {p['requests'] / p['seconds']:.0f} | "
+        per_second = p["requests"] / p["seconds"]
+        rows.append(f"| {p['round']} | {p['kind']} | {p['rate'] / 1e6:.1f} | {per_second:.0f} | "
+                    f"{1e6 * c.get('server', 0) / per_second:.0f} | "
                     f"{c.get('server', 0):.2f} / {c.get('clients', 0):.2f} / {c.get('other', 0):.2f} |")
     results_section(
         "firmware download endpoint vs nginx", "download_rate.py", command,
         [machine_line(info, mosquitto=False, source=True),
          f"- release: a bundle built from firmware/ and signed, {len(setup['paths'])} files, "
          f"{setup['bundle_bytes']:,} bytes, stored by the release service; {cfg.receivers} receivers offered it",
-         f"- servers on 127.0.0.1: the service's API (uvicorn, one worker, HTTP by {http_implementation()}, SQLite, "
+         f"- servers on 127.0.0.1: {served_by(cfg.through_api)} (one API process, SQLite, "
          "each request signed in with the receiver's own login, checked against its rollout, counted), "
          f"nginx {_nginx_version()} (sendfile, one worker) over the same files",
          f"- load: {cfg.clients} client processes, each whole release per receiver on one kept-alive connection, "
          f"every {cfg.resume_every}th file in two Range requests; {cfg.seconds:g} s per phase, alternating, "
          f"{cfg.repeat} rounds"],
-        [f"- nginx: median **{statistics.median(nginx_rates) / 1e6:.1f} MB/s**",
-         f"- service: median **{statistics.median(service_rates) / 1e6:.1f} MB/s**",
+        [f"- nginx: median **{statistics.median(nginx_rates) / 1e6:.1f} MB/s**, "
+         f"{statistics.median(nginx_requests):.0f} requests/s",
+         f"- service: median **{statistics.median(service_rates) / 1e6:.1f} MB/s**, "
+         f"{statistics.median(service_requests):.0f} requests/s",
          f"- ratio: **{ratio:.2f}×** — {'meets' if ratio >= 0.5 else 'below'} the goal of ≥ 0.5×",
          f"- bytes the service counted per receiver equal what its clients received: "
          f"{'yes' if counted == got else 'NO'} ({len(counted)} receivers, {sum(counted.values()):,} bytes)"],

@@ -102,10 +102,17 @@ class Settings(BaseSettings):
     # key is being replaced. Comma-separated; each the key's 32 bytes in base64 (as
     # `loa firmware keygen` prints them) or the path of its .pub file.
     firmware_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # The API's address as receivers reach it, where rollouts tell them to fetch a release
+    # The address receivers reach downloads at, where rollouts tell them to fetch a release
     # (<this>/api/v1/firmware/download/<release id>); e.g. https://loa.example behind a proxy.
-    # Empty: http://<api_host>:<api_port> (127.0.0.1 for an API listening on every address).
+    # Empty: the download listener's address when it runs, else http://<api_host>:<api_port>
+    # (127.0.0.1 for one listening on every address).
     firmware_base_url: str = Field(default="", max_length=160, pattern=r"^(https?://\S+)?$")
+    # The download listener: the same download path as the API's, answered by a small HTTP/1.1
+    # server of its own in each API process, several times faster per request than the API
+    # (fleet_service/downloads/listener.py). No port: not started (the API's route still
+    # answers); 0: a free port (tests). Empty host: api_host.
+    download_port: int | None = Field(default=None, ge=0, le=65535)
+    download_host: str = ""
 
     @field_validator("firmware_keys", mode="before")
     @classmethod

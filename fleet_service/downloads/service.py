@@ -4,8 +4,8 @@ receiver.
 A receiver signs in with its own MQTT login (HTTP Basic) and may fetch a release a rollout
 offered it. Every request is decided from the database as it stands after the request came
 in, so a revoked login, a withdrawn release or a cancelled offer is refused at the next
-request, whichever API process answers it: one statement per request, requests that come
-together sharing a connection (fleet_service/downloads/serving.py). A release's files never
+request, whichever API process answers it: one statement per request
+(fleet_service/downloads/serving.py says on which connection). A release's files never
 change once uploaded: each process keeps the ones it serves."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection
+from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.orm import Session
 
 from fleet_service.auth.security import token_hash
@@ -64,10 +64,10 @@ def ask(receiver_id: str | None, password: str | None, release_id: int) -> Ask:
     return Ask(receiver_id, token_hash(password), release_id)
 
 
-def authorize_many(connection: Connection, asks: Sequence[Ask]) -> list[LoaError | None]:
-    """For each question, None (it may fetch) or the error to answer, in the order of the
-    checks: its login, the release, its withdrawal, the offer. One statement each."""
-    return [_decide(a, repository.access(connection, a.receiver_id, a.secret_hash, a.release_id)) for a in asks]
+def authorize(query: repository.AccessQuery, cursor: DBAPICursor, a: Ask) -> LoaError | None:
+    """None (it may fetch) or the error to answer, in the order of the checks: its login, the
+    release, its withdrawal, the offer. One statement."""
+    return _decide(a, query.run(cursor, a.receiver_id, a.secret_hash, a.release_id))
 
 
 def _decide(a: Ask, access: repository.Access) -> LoaError | None:

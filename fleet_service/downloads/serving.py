@@ -5,13 +5,17 @@ differently (docs/architecture.md):
 - ``AccessChecks``: every request is decided by a query that starts after it arrived, so a
   login revoked, a release withdrawn or an offer cancelled before a request came in refuses it,
   whichever process answers. Requests that arrive while one batch is decided are decided
-  together by the next, on one connection, in a thread of its own.
+  together by the next, on one connection, in a thread of its own (on SQLite, at once in the
+  event loop).
 - ``ReleaseCache``: a release's files, read once per process and checked against their SHA-256.
   They never change once uploaded; whether they may still be served is asked per request.
 - ``ServedCounter``: bytes served per receiver and release, added up in memory and written
   every ``FLUSH_INTERVAL_S`` and at a clean stop. A process killed outright loses what it
   served since its last write: at most that interval's counts (and those of a write that was
   failing, kept and retried meanwhile). The downloads themselves lose nothing.
+
+``Downloads.fetch`` is the one sequence of decisions for a request, taken by the API's route
+and by the download listener (listener.py, on ``LOA_DOWNLOAD_PORT``) alike.
 """
 
 from __future__ import annotations
@@ -23,18 +27,21 @@ import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime
 
 import anyio
 from fastapi import FastAPI
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine, PoolProxiedConnection
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.db import session_scope, utcnow
-from fleet_service.downloads import service
+from fleet_service.downloads import repository, service
+from fleet_service.downloads.listener import DownloadListener
 from fleet_service.downloads.repository import Served
 from fleet_service.downloads.service import Ask, ReleaseFiles
-from fleet_service.errors import LoaError
+from fleet_service.errors import LoaError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +57,78 @@ CACHE_BYTES = 64 * 1024 * 1024
 FINAL_FLUSH_ATTEMPTS = 3
 
 
+class Later:
+    """What ``AccessChecks.decide_here`` says of a request it leaves to the thread."""
+
+
+LATER = Later()
+
+
 class AccessChecks:
     """Decides requests in a thread of its own (a hand-over to it costs a third of one to
     anyio's worker threads), in batches: each batch is the requests that came while the
-    previous one was decided, each request checked by its own statement on one connection."""
+    previous one was decided, each request checked by its own statement on one connection.
 
-    def __init__(self, engine: Engine) -> None:
+    On SQLite a request is decided in the event loop instead, as it is read, on a connection
+    of the loop's own: a read of a database in WAL mode never waits for a writer and takes
+    about 10 µs, less than the hand-over to the thread and back. That connection never waits
+    for a lock either (busy_timeout 0): a request it cannot decide at once (the database is
+    busy being checkpointed or recovered, or failing) goes to the thread, which waits and
+    reports failures. On PostgreSQL every query is a round trip on the network, which the
+    event loop must not wait for: all go to the thread."""
+
+    def __init__(self, engine: Engine, *, in_loop: bool | None = None) -> None:
         self._engine = engine
-        self._connection: Connection | None = None
+        self._query = repository.AccessQuery(engine.dialect)
+        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._in_loop = engine.dialect.name == "sqlite" if in_loop is None else in_loop
+        self._here: PoolProxiedConnection | None = None  # the event loop's (SQLite)
+        self._connection: PoolProxiedConnection | None = None  # the thread's
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.batches = 0
         self.asked = 0
+        self.decided_here = 0
 
     async def check(self, ask: Ask) -> None:
         """Returns if the login may fetch from the release; raises the error to answer."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[LoaError | None] = loop.create_future()
-        if self._thread is None:
-            self._start()
-        self._queue.put((ask, future, loop))
-        error = await future
+        error = self.decide_here(ask)
+        if isinstance(error, Later):
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[LoaError | None] = loop.create_future()
+            if self._thread is None:
+                self._start()
+            self._queue.put((ask, future, loop))
+            error = await future
         if error is not None:
             raise error
+
+    def decide_here(self, ask: Ask) -> LoaError | None | Later:
+        """The outcome of ``ask`` decided at once in the calling thread (the event loop), or
+        LATER where only the thread may decide it."""
+        if not self._in_loop:
+            return LATER
+        try:
+            if self._here is None:
+                self._here = self._engine.raw_connection()
+                self._here.detach()  # its busy_timeout is never another's: closed, not pooled
+                cursor = self._here.cursor()
+                cursor.execute("PRAGMA busy_timeout = 0")
+                cursor.close()
+            cursor = self._here.cursor()
+            try:
+                error = service.authorize(self._query, cursor, ask)
+            finally:
+                cursor.close()
+        except self._dbapi_error:
+            connection, self._here = self._here, None
+            if connection is not None:
+                with suppress(Exception):
+                    connection.close()
+            return LATER
+        self.decided_here += 1
+        return error
 
     def _start(self) -> None:
         with self._lock:
@@ -88,6 +143,10 @@ class AccessChecks:
         if thread is not None:
             self._queue.put(None)
             thread.join(timeout_s)
+        here, self._here = self._here, None
+        if here is not None:
+            with suppress(Exception):
+                here.close()
 
     def _serve(self) -> None:
         try:
@@ -120,23 +179,35 @@ class AccessChecks:
 
     def _decide(self, asks: list[Ask]) -> list[LoaError | None]:
         # One connection, held by this thread: no pool checkout per batch.
-        if self._connection is None:
-            self._connection = self._engine.connect()
         try:
-            outcomes = service.authorize_many(self._connection, asks)
+            if self._connection is None:
+                self._connection = self._engine.raw_connection()
+            cursor = self._connection.cursor()
+            try:
+                outcomes = [service.authorize(self._query, cursor, ask) for ask in asks]
+            finally:
+                cursor.close()
             self._connection.rollback()  # the next batch reads what was committed since
+        except self._dbapi_error as exc:
+            # A broken connection is not used again; the error is SQLAlchemy's, as the API's
+            # error handler knows them.
+            self._drop_connection(invalidate=True)
+            raise DBAPIError.instance(self._query.sql, None, exc, self._dbapi_error) from exc
         except BaseException:
-            self._drop_connection()  # a broken one is not used again (SQLAlchemy invalidated it)
+            self._drop_connection(invalidate=True)
             raise
         self.batches += 1
         self.asked += len(asks)
         return outcomes
 
-    def _drop_connection(self) -> None:
+    def _drop_connection(self, invalidate: bool = False) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
             with suppress(Exception):
-                connection.close()
+                if invalidate:
+                    connection.invalidate()
+                else:
+                    connection.close()
 
 
 # A request waiting for its answer: the question, where to answer, and its event loop.
@@ -255,6 +326,30 @@ class ServedCounter:
         return len(counts)
 
 
+class DatabaseUnavailable(Unavailable):
+    """The API's answer to a database it cannot reach (fleet_service/errors.py), raised here
+    so that the download listener answers it the same."""
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": "30"}
+
+
+def database_unavailable(exc: OperationalError) -> DatabaseUnavailable:
+    log.error("database unavailable: %s", exc.orig)
+    return DatabaseUnavailable("Cơ sở dữ liệu tạm thời không truy cập được, xin thử lại sau",
+                               "The database is unavailable for now; try again later")
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A file a receiver may fetch now: whom to count it for, and its SHA-256 and content."""
+
+    receiver_id: str
+    release_id: int
+    sha256: str
+    content: bytes
+
+
 class Downloads:
     """The three parts, for one app (``app.state.downloads``)."""
 
@@ -263,6 +358,18 @@ class Downloads:
         self.access = AccessChecks(engine)
         self.releases = ReleaseCache(sessions)
         self.served = ServedCounter()
+
+    async def fetch(self, username: str | None, password: str | None, release_id: int, path: str) -> Fetched:
+        """The file at ``path`` of a release, for the login given (HTTP Basic), decided by a
+        query that started after the request came; raises the error to answer."""
+        ask = service.ask(username, password, release_id)
+        try:
+            await self.access.check(ask)
+            files = await self.releases.files(release_id)
+        except OperationalError as exc:
+            raise database_unavailable(exc) from exc
+        sha256, content = service.release_file(files, path)
+        return Fetched(ask.receiver_id, release_id, sha256, content)
 
     async def flush(self) -> int:
         """Writes the bytes counted so far; returns how many receivers' rows it wrote."""
@@ -304,10 +411,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime = app.state.runtime
     downloads = Downloads(runtime.engine, runtime.sessions)
     app.state.downloads = downloads
+    listener = None
+    settings = runtime.settings
+    if settings.download_port is not None:
+        listener = DownloadListener(downloads, settings.download_host or settings.api_host, settings.download_port)
+        await listener.start()
+    app.state.download_listener = listener
     flushing = asyncio.create_task(downloads.flush_every(FLUSH_INTERVAL_S))
     try:
         yield
     finally:
+        if listener is not None:  # its last answers are counted by the final flush
+            await listener.close()
         flushing.cancel()
         with suppress(asyncio.CancelledError):
             await flushing

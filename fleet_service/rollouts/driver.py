@@ -72,12 +72,16 @@ _ACK_FINAL = {AckStatus.DONE, AckStatus.FAILED, AckStatus.REJECTED, AckStatus.EX
 
 
 def firmware_base_url(settings: Settings) -> str:
-    """Where receivers fetch releases: LOA_FIRMWARE_BASE_URL, else the API's own address."""
+    """Where receivers fetch releases: LOA_FIRMWARE_BASE_URL, else the download listener's
+    address (LOA_DOWNLOAD_PORT), else the API's own."""
     if settings.firmware_base_url:
         return settings.firmware_base_url.rstrip("/")
-    host = settings.api_host if settings.api_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host, port = settings.api_host, settings.api_port
+    if settings.download_port:  # 0, a free port, is known only to the process that took it
+        host, port = settings.download_host or host, settings.download_port
+    host = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.api_port}"
+    return f"http://{host}:{port}"
 
 
 def download_url(base: str, release_id: int) -> str:

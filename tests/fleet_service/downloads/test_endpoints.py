@@ -1,4 +1,4 @@
-"""The firmware download endpoint through the real API, on SQLite and PostgreSQL: a receiver
+"""The firmware download endpoint through the real API's route, on SQLite and PostgreSQL: a receiver
 offered a release fetches it with its own login, whole or by ranges (a cut download resumes),
 and the bytes sent are counted; anyone else, a revoked login, a receiver not offered the
 release and a withdrawn release are refused, at once, in every API process, although each
@@ -7,129 +7,31 @@ process keeps the release's files and decides many requests together."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.app import create_app
-from fleet_service.auth import service as auth
-from fleet_service.auth.models import Role
 from fleet_service.config import Settings
-from fleet_service.db import make_engine, make_sessionmaker, session_scope, utcnow
+from fleet_service.db import make_engine, make_sessionmaker, session_scope
 from fleet_service.downloads import serving
-from fleet_service.downloads.endpoints import UNSATISFIABLE, byte_range
+from fleet_service.downloads.answers import UNSATISFIABLE, byte_range
 from fleet_service.downloads.models import FirmwareDownload
 from fleet_service.downloads.service import Ask, ask
 from fleet_service.errors import NotAuthenticated
 from fleet_service.firmware import service as releases
-from fleet_service.firmware.models import FirmwareRelease, FirmwareReleaseFile
-from fleet_service.firmware.schemas import version_order
+from fleet_service.firmware.models import FirmwareReleaseFile
 from fleet_service.registry import service as registry
-from fleet_service.rollouts import service as rollouts
 from fleet_service.rollouts.models import RolloutTarget, TargetState
-from fleet_service.rollouts.schemas import RolloutCreate, TargetIn
 from fleet_service.runtime import Runtime
-from fleet_service.scope import RegionScope
-from tests.support.fleet import SmallFleet, provision_fleet
-
-CONTENT = os.urandom(150_000)  # larger than one chunk of the response
-MANIFEST = b'{"files":[{"length":150000,"path":"loa/app.mpy"}],"version":"1.4.0"}'
-SIGNATURE = b'{"algorithm":"ed25519","key_id":"0000000000000000","signature":"AAAA"}'
-ETAG = f'"{hashlib.sha256(CONTENT).hexdigest()}"'
-
-
-@dataclass
-class Api:
-    """One API process: its own runtime (engine) and app on the shared database."""
-
-    client: TestClient
-    runtime: Runtime
-    fleet: SmallFleet
-    release_id: int
-
-    @property
-    def downloads(self) -> serving.Downloads:
-        return self.client.app.state.downloads  # type: ignore[attr-defined]
-
-    def url(self, path: str = "loa/app.mpy") -> str:
-        return f"/api/v1/firmware/download/{self.release_id}/{path}"
-
-    def get(self, rid: str | None, path: str = "loa/app.mpy", password: str | None = None, **headers: str):  # type: ignore[no-untyped-def]
-        auth_ = (rid, password or self.fleet.credentials[rid]) if rid else None
-        return self.client.get(self.url(path), auth=auth_, headers=headers)
-
-    def served(self) -> dict[str, tuple[int, int]]:
-        """What the database holds, once this process has written what it counted."""
-        self.downloads.served.flush(self.runtime.sessions)
-        return stored_counts(self.runtime)
-
-
-def stored_counts(runtime: Runtime) -> dict[str, tuple[int, int]]:
-    with session_scope(runtime.sessions) as session:
-        return {d.receiver_id: (d.bytes_served, d.requests) for d in session.scalars(select(FirmwareDownload))}
-
-
-@dataclass
-class Setup:
-    stack: ExitStack
-    db_url: str
-    fleet: SmallFleet
-    release_id: int
-    rollout_id: int
-
-    def api(self) -> Api:
-        """Another API process on the same database."""
-        runtime = Runtime.from_settings(Settings(database_url=self.db_url, environment="test"))
-        self.stack.callback(runtime.close)
-        client = self.stack.enter_context(TestClient(create_app(runtime=runtime, mqtt=False)))
-        return Api(client, runtime, self.fleet, self.release_id)
-
-
-@pytest.fixture
-def setup(db_url: str) -> Iterator[Setup]:
-    with ExitStack() as stack:
-        runtime = Runtime.from_settings(Settings(database_url=db_url, environment="test"))
-        stack.callback(runtime.close)
-        fleet = provision_fleet(runtime.sessions, receivers=3, stations=1)
-        with session_scope(runtime.sessions) as session:
-            release = FirmwareRelease(
-                version="1.4.0", version_order=version_order("1.4.0"), hardware="esp32-a7670", min_version="1.0.0",
-                mpy_version="6.3", file_count=1, total_length=len(CONTENT), manifest=MANIFEST,
-                manifest_sha256=hashlib.sha256(MANIFEST).hexdigest(), signature=SIGNATURE, key_id="0" * 16,
-                uploader_name="kythuat", uploaded_at=utcnow())
-            session.add(release)
-            session.flush()
-            session.add(FirmwareReleaseFile(release_id=release.id, path="loa/app.mpy", length=len(CONTENT),
-                                            sha256=hashlib.sha256(CONTENT).hexdigest(), content=CONTENT))
-            rollout = rollouts.create_rollout(session, RolloutCreate(
-                name="1.4.0", release_id=release.id, target=TargetIn(receiver_ids=["rx-0", "rx-1"])),
-                rollouts.Actor(None, "admin", RegionScope()))
-            session.execute(update(RolloutTarget).where(RolloutTarget.rollout_id == rollout.id,
-                                                        RolloutTarget.receiver_id == "rx-0")
-                            .values(state=TargetState.OFFERED.value))
-            release_id, rollout_id = release.id, rollout.id
-        yield Setup(stack, db_url, fleet, release_id, rollout_id)
-
-
-@pytest.fixture
-def api(setup: Setup) -> Api:
-    return setup.api()
-
-
-def admin_token(api: Api) -> str:
-    with session_scope(api.runtime.sessions) as session:
-        user = auth.create_user(session, "kythuat", role=Role.ADMIN)
-        return auth.issue_token(session, user.id, "t")[1]
+from tests.fleet_service.downloads.conftest import CONTENT, ETAG, MANIFEST, SIGNATURE, Api, Setup, admin_token, stored_counts
 
 
 def test_an_offered_receiver_fetches_the_release_whole_and_by_ranges(api: Api) -> None:
@@ -279,7 +181,7 @@ def _asks(setup: Setup) -> list[Ask]:
 
 
 def test_requests_that_come_together_are_decided_in_one_batch(setup: Setup, api: Api) -> None:
-    checks = serving.AccessChecks(api.runtime.engine)
+    checks = serving.AccessChecks(api.runtime.engine, in_loop=False)
 
     async def all_at_once() -> list[str | None]:
         async def one(a: Ask) -> str | None:
@@ -312,7 +214,7 @@ def test_a_request_is_decided_by_queries_that_start_after_it_came(setup: Setup, 
                 go_on.wait(30)
             return outcomes
 
-    checks = Paused(api.runtime.engine)
+    checks = Paused(api.runtime.engine, in_loop=False)
     good = ask("rx-0", setup.fleet.credentials["rx-0"], setup.release_id)
 
     async def run() -> None:
@@ -361,8 +263,10 @@ def test_bytes_are_counted_exactly_under_concurrent_requests_in_two_processes(se
             count[1] += 1
     processes[0].downloads.served.flush(processes[0].runtime.sessions)
     assert processes[1].served() == {rid: tuple(c) for rid, c in expected.items()}
+    # Each request checked once: in a batch of the thread, or at once in the event loop (SQLite).
     asked = sum(p.downloads.access.asked for p in processes)
-    assert asked == 8 * rounds and sum(p.downloads.access.batches for p in processes) <= asked
+    assert asked + sum(p.downloads.access.decided_here for p in processes) == 8 * rounds
+    assert sum(p.downloads.access.batches for p in processes) <= asked
 
 
 @contextmanager
