@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     # (127.0.0.1 for one listening on every address).
     firmware_base_url: str = Field(default="", max_length=160, pattern=r"^(https?://\S+)?$")
     # The download listener: the same download path as the API's, answered by a small HTTP/1.1
-    # server of its own in each API process, several times faster per request than the API
+    # server of its own in each API process, at a fraction of the API's CPU per request
     # (fleet_service/downloads/listener.py). No port: not started (the API's route still
     # answers); 0: a free port (tests). Empty host: api_host.
     download_port: int | None = Field(default=None, ge=0, le=65535)

@@ -4,7 +4,7 @@ answers them (docs/firmware-updates.md, "The download endpoint").
 
 Why it is written by hand: a rollout's receivers each fetch a release of tens of files of a few
 KiB, so downloads are many small requests. FastAPI, Starlette and uvicorn spend 0.5–1 ms of CPU
-on each, around some 50 µs of work of its own (the access query, the bytes). No maintained
+on each, around some tens of µs of work of its own (the access query, the bytes). No maintained
 library serves bytes from memory behind a per-request database check with less: static file
 servers cannot ask the database, and Python's HTTP servers are ASGI stacks with those same
 costs. So this is the least HTTP/1.1 that receivers need, on asyncio's Protocol, with httptools
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -67,6 +68,10 @@ SWEEP_INTERVAL_S = 1.0
 CHUNK_BYTES = 64 * 1024
 # Connections waiting to be accepted: receivers come back together after a power cut.
 BACKLOG = 1024
+# Connections open at once, at most (and half the process's file descriptors at most, so that
+# a flood of them leaves the API its own): a province's receivers, with room to spare. One
+# more is closed as soon as it is accepted, and its receiver tries again later.
+MAX_CONNECTIONS = 4000
 
 
 class BadRequest(LoaError):
@@ -177,6 +182,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        if len(self._listener.connections) >= self._listener.max_connections:
+            self._reading = False
+            transport.close()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:  # an answer is written at once, not held for the next one
             with suppress(OSError):
@@ -421,6 +430,7 @@ class DownloadListener:
         self.downloads = downloads
         self._host, self.port = host, port
         self.connections: set[_Connection] = set()
+        self.max_connections = min(MAX_CONNECTIONS, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2)
         self.loop: asyncio.AbstractEventLoop  # set by start
         self.now = 0.0
         self.date = ""

@@ -296,6 +296,21 @@ def test_idle_and_slow_connections_are_closed(api: Api, monkeypatch: pytest.Monk
         assert sock.recv(1) == b""  # a connection that never sends anything
 
 
+def test_connections_beyond_the_limit_are_closed_at_once(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listener_module, "MAX_CONNECTIONS", 2)
+    api = setup.api()
+    with connect(api) as first, connect(api) as second:
+        for connection in (first, second):
+            assert fetch(connection, api.url(), authorization=basic(api, "rx-0"), range="bytes=0-0").status == 206
+        with closing(socket.create_connection(("127.0.0.1", api.listener.port), timeout=5)) as third:
+            assert third.recv(1) == b""
+    deadline = time.monotonic() + 5
+    while api.listener.connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with connect(api) as again:  # room again once the others closed
+        assert fetch(again, api.url(), authorization=basic(api, "rx-0"), range="bytes=0-0").status == 206
+
+
 def test_the_listener_stops_with_the_api_and_its_counts_are_written(setup: Setup) -> None:
     api = setup.api()
     port = api.listener.port
