@@ -6,9 +6,9 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Dialect, Insert, Table, bindparam, case, exists, literal, select
+from sqlalchemy import Dialect, Insert, PoolProxiedConnection, Table, bindparam, case, exists, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.orm import Session
@@ -64,9 +64,38 @@ class AccessQuery:
         self._fixed = dict(compiled.params)  # the states and status written into the query
         self._order = compiled.positiontup  # None for a driver that takes named parameters
 
-    def run(self, cursor: DBAPICursor, receiver_id: str, secret_hash: str, release_id: int) -> Access:
+    def run_many(self, connection: PoolProxiedConnection, keys: Sequence[tuple[str, str, int]]) -> list[Access]:
+        """What the database says of each (receiver id, secret hash, release id), one statement
+        each. On PostgreSQL several are sent together (psycopg's pipeline mode): one round trip
+        for them all rather than one each."""
+        driver: Any = connection.dbapi_connection
+        pipeline = getattr(driver, "pipeline", None)
+        if pipeline is None or len(keys) < 2:
+            cursor = connection.cursor()
+            try:
+                return [self._run(cursor, *key) for key in keys]
+            finally:
+                cursor.close()
+        with pipeline():
+            cursors = [driver.cursor() for _ in keys]
+            for cursor, key in zip(cursors, keys):
+                cursor.execute(self.sql, self._params(*key))
+        try:
+            return [self._read(cursor) for cursor in cursors]
+        finally:
+            for cursor in cursors:
+                cursor.close()
+
+    def _params(self, receiver_id: str, secret_hash: str, release_id: int) -> Any:
         values = {**self._fixed, "receiver": receiver_id, "secret_hash": secret_hash, "release": release_id}
-        cursor.execute(self.sql, values if self._order is None else tuple(values[name] for name in self._order))
+        return values if self._order is None else tuple(values[name] for name in self._order)
+
+    def _run(self, cursor: DBAPICursor, receiver_id: str, secret_hash: str, release_id: int) -> Access:
+        cursor.execute(self.sql, self._params(receiver_id, secret_hash, release_id))
+        return self._read(cursor)
+
+    @staticmethod
+    def _read(cursor: Any) -> Access:
         row = cursor.fetchone()
         assert row is not None  # one row, whatever the database holds
         login, version, withdrawn, offered = row

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.engine.interfaces import DBAPICursor
+from sqlalchemy import PoolProxiedConnection
 from sqlalchemy.orm import Session
 
 from fleet_service.auth.security import token_hash
@@ -64,10 +64,12 @@ def ask(receiver_id: str | None, password: str | None, release_id: int) -> Ask:
     return Ask(receiver_id, token_hash(password), release_id)
 
 
-def authorize(query: repository.AccessQuery, cursor: DBAPICursor, a: Ask) -> LoaError | None:
-    """None (it may fetch) or the error to answer, in the order of the checks: its login, the
-    release, its withdrawal, the offer. One statement."""
-    return _decide(a, query.run(cursor, a.receiver_id, a.secret_hash, a.release_id))
+def authorize_many(query: repository.AccessQuery, connection: PoolProxiedConnection, asks: Sequence[Ask]
+                   ) -> list[LoaError | None]:
+    """For each question, None (it may fetch) or the error to answer, in the order of the
+    checks: its login, the release, its withdrawal, the offer. One statement each."""
+    accesses = query.run_many(connection, [(a.receiver_id, a.secret_hash, a.release_id) for a in asks])
+    return [_decide(a, access) for a, access in zip(asks, accesses)]
 
 
 def _decide(a: Ask, access: repository.Access) -> LoaError | None:

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import anyio
 from fastapi import FastAPI
@@ -67,7 +68,8 @@ LATER = Later()
 class AccessChecks:
     """Decides requests in a thread of its own (a hand-over to it costs a third of one to
     anyio's worker threads), in batches: each batch is the requests that came while the
-    previous one was decided, each request checked by its own statement on one connection.
+    previous one was decided, each request checked by its own statement on one connection
+    (on PostgreSQL the batch's statements are sent together, repository.AccessQuery).
 
     On SQLite a request is decided in the event loop instead, as it is read, on a connection
     of the loop's own: a read of a database in WAL mode never waits for a writer and takes
@@ -116,11 +118,7 @@ class AccessChecks:
                 cursor = self._here.cursor()
                 cursor.execute("PRAGMA busy_timeout = 0")
                 cursor.close()
-            cursor = self._here.cursor()
-            try:
-                error = service.authorize(self._query, cursor, ask)
-            finally:
-                cursor.close()
+            error = service.authorize_many(self._query, self._here, [ask])[0]
         except self._dbapi_error:
             connection, self._here = self._here, None
             if connection is not None:
@@ -181,13 +179,9 @@ class AccessChecks:
         # One connection, held by this thread: no pool checkout per batch.
         try:
             if self._connection is None:
-                self._connection = self._engine.raw_connection()
-            cursor = self._connection.cursor()
-            try:
-                outcomes = [service.authorize(self._query, cursor, ask) for ask in asks]
-            finally:
-                cursor.close()
-            self._connection.rollback()  # the next batch reads what was committed since
+                self._connection = self._open_own()
+            outcomes = service.authorize_many(self._query, self._connection, asks)
+            self._connection.rollback()  # none begun: in case a driver began one anyway
         except self._dbapi_error as exc:
             # A broken connection is not used again; the error is SQLAlchemy's, as the API's
             # error handler knows them.
@@ -199,6 +193,18 @@ class AccessChecks:
         self.batches += 1
         self.asked += len(asks)
         return outcomes
+
+    def _open_own(self) -> PoolProxiedConnection:
+        """The thread's connection, taken out of the pool: it is the thread's for as long as
+        it works, in autocommit, so that a batch is its statements' round trip alone (on
+        PostgreSQL a transaction's BEGIN and ROLLBACK would be two more). A driver without
+        autocommit begins no transaction for a SELECT either (sqlite3)."""
+        connection = self._engine.raw_connection()
+        connection.detach()
+        driver: Any = connection.dbapi_connection
+        if hasattr(driver, "autocommit"):
+            driver.autocommit = True
+        return connection
 
     def _drop_connection(self, invalidate: bool = False) -> None:
         connection, self._connection = self._connection, None
