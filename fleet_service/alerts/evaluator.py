@@ -51,7 +51,11 @@ log = logging.getLogger(__name__)
 # Pending times are minutes: a turn every few seconds is on time, and costs little between.
 EVAL_INTERVAL_S = 5.0
 # A whole turn (every receiver) this often; the turns between look only at what may have changed.
-FULL_TURN_S = 300.0
+# (And at once after a turn found the rules edited.)
+FULL_TURN_S = 900.0
+# Receivers silent for longer than a silent rule allows are looked for this often (the rule's
+# threshold is minutes; the query reads every receiver's live state).
+SILENT_CHECK_S = 30.0
 # Receiver ids per query.
 ID_CHUNK = 500
 # Live-state rows are stamped by the writer when it builds the batch, a little before they are
@@ -80,6 +84,8 @@ class TurnResult:
     raised: list[int] = field(default_factory=list)     # incidents raised, to be notified
     suppressed: list[int] = field(default_factory=list)  # raised, but silenced or in a group
     resolved: list[int] = field(default_factory=list)
+    # The rules' overrides as this turn read them (each one's id and last change).
+    rules_key: tuple[tuple[int, datetime], ...] = ()
 
 
 def effective_rules(overrides: Iterable[RuleOverride], region_path: str) -> dict[RuleKind, Rule]:
@@ -140,19 +146,23 @@ class Evaluation:
     nothing under a slot that began since or whose live state changed under one in force, and
     those whose update failed since. A healthy fleet's reports thus cost a turn a few queries,
     not a row each.
-    The leading worker runs a whole turn at its start and every FULL_TURN_S (a rule edited,
-    a receiver moved), the cheap one in between."""
+    The leading worker runs a whole turn at its start, after a turn that found the rules edited,
+    and every FULL_TURN_S (a receiver moved), the cheap one in between, which looks for silent
+    receivers every SILENT_CHECK_S."""
 
-    def __init__(self, session: Session, now: datetime, changed_since: datetime | None = None) -> None:
+    def __init__(self, session: Session, now: datetime, changed_since: datetime | None = None,
+                 look_for_silent: bool = True) -> None:
         self.session = session
         self.now = now
         self.changed_since = changed_since
+        self.look_for_silent = look_for_silent
         self.result = TurnResult()
         self.evaluated = 0
 
     def run(self) -> TurnResult:
         session, now = self.session, self.now
         overrides = list(session.scalars(select(RuleOverride)))
+        self.result.rules_key = tuple(sorted((o.id, o.updated_at) for o in overrides))
         silences = list(session.scalars(select(Silence).where(Silence.starts_at <= now, Silence.ends_at > now)))
         conditions = {(c.kind, c.receiver_id): c for c in session.scalars(select(AlertCondition))}
         counted = counted_over(session, now, overrides)
@@ -227,11 +237,12 @@ class Evaluation:
         # reports healthy readings and has none has nothing to start or clear.
         ids.update(session.scalars(select(ReceiverLiveState.receiver_id).where(
             ReceiverLiveState.updated_at >= since, suspect_clause(overrides))))
-        silent_after = min([o.threshold for o in overrides if o.kind == RuleKind.SILENT.value and o.threshold is not None]
-                           + [DEFAULT_RULES[RuleKind.SILENT].threshold or 0])
-        ids.update(session.scalars(select(ReceiverLiveState.receiver_id).where(
-            ReceiverLiveState.online.is_(True),
-            func.coalesce(ReceiverLiveState.telemetry_at, ReceiverLiveState.heard_at) < now - timedelta(seconds=silent_after))))
+        if self.look_for_silent:
+            silent_after = loosest(overrides, RuleKind.SILENT, min)
+            ids.update(session.scalars(select(ReceiverLiveState.receiver_id).where(
+                ReceiverLiveState.online.is_(True),
+                func.coalesce(ReceiverLiveState.telemetry_at, ReceiverLiveState.heard_at)
+                < now - timedelta(seconds=silent_after))))
         ids.update(session.scalars(select(RolloutTarget.receiver_id).where(RolloutTarget.state_at >= since)))
         ids.update(self._under_slots_in_force())
         return ids
@@ -270,10 +281,12 @@ class Evaluation:
         state changed since ``changed_since``)."""
         live = ReceiverLiveState
         sound = func.coalesce(live.playing["stream"].as_string(), live.stream)
-        silent = select(live.receiver_id).where(live.online.is_(True), or_(sound.is_(None), sound.not_in(SOUNDING)))
+        quiet = (live.online.is_(True), or_(sound.is_(None), sound.not_in(SOUNDING)))
+        silent = select(live.receiver_id).where(*quiet)
         ids: list[str] | None = None
         if changed_since is not None:  # few: those first, rather than every receiver of the targets
-            ids = list(self.session.scalars(silent.where(live.updated_at >= changed_since)))
+            # The time first: SQLite tests the terms in this order, the JSON one for few rows.
+            ids = list(self.session.scalars(select(live.receiver_id).where(live.updated_at >= changed_since, *quiet)))
             if not ids:
                 return set()
         stations = [t for k, t in targets if k == "station"]
@@ -561,9 +574,9 @@ def _enough(count: int, total: int) -> bool:
 
 
 def evaluate_once(sessions: sessionmaker[Session], now: datetime | None = None,
-                  changed_since: datetime | None = None) -> TurnResult:
+                  changed_since: datetime | None = None, look_for_silent: bool = True) -> TurnResult:
     with session_scope(sessions) as session:
-        return Evaluation(session, now or utcnow(), changed_since).run()
+        return Evaluation(session, now or utcnow(), changed_since, look_for_silent).run()
 
 
 class AlertEvaluator:
@@ -590,16 +603,20 @@ class AlertEvaluator:
             self._task = None
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         last_full: float | None = None
+        last_silent = 0.0
+        rules_key: tuple[tuple[int, datetime], ...] | None = None
         changed_since: datetime | None = None
         while True:
-            started = utcnow()
-            full = last_full is None or asyncio.get_running_loop().time() - last_full >= FULL_TURN_S
+            started, clock = utcnow(), loop.time()
+            full = last_full is None or clock - last_full >= FULL_TURN_S
+            look_for_silent = full or clock - last_silent >= SILENT_CHECK_S
             try:
                 # A turn looks at what changed since the previous one began, with a margin for
                 # live-state rows written while that turn was reading.
                 result = await asyncio.to_thread(evaluate_once, self._sessions, started,
-                                                 None if full else changed_since)
+                                                 None if full else changed_since, look_for_silent)
             except Exception:  # the database is down: the next turn evaluates again
                 self.failures += 1
                 log.exception("alert evaluation failed; evaluated again at the next turn")
@@ -608,7 +625,12 @@ class AlertEvaluator:
                 self.turns += 1
                 self.raised += len(result.raised)
                 if full:
-                    last_full = asyncio.get_running_loop().time()
+                    last_full = clock
+                if look_for_silent:
+                    last_silent = clock
+                if rules_key is not None and result.rules_key != rules_key:
+                    last_full = None  # a rule was edited: the next turn applies it to everyone
+                rules_key = result.rules_key
                 changed_since = started - timedelta(seconds=CHANGE_MARGIN_S)
                 if self._on_raised is not None and (result.raised or result.resolved):
                     self._on_raised(result)

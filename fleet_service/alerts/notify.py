@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from fleet_service.alerts.evaluator import matching_silence
 from fleet_service.alerts.models import (Crew, CrewMember, Incident, IncidentScope, IncidentState, Notification,
@@ -39,7 +39,8 @@ from fleet_service.timefmt import local_text
 
 log = logging.getLogger(__name__)
 
-NOTIFY_INTERVAL_S = 2.0
+# Escalations are minutes apart and retries at least 5 s; raised and resolved incidents wake it.
+NOTIFY_INTERVAL_S = 5.0
 NOTIFY_BATCH = 50
 NOTIFY_GIVE_UP = 8
 RETRY_MIN_S = 5.0
@@ -147,17 +148,37 @@ def apprise_sender(channel: str, message: Message) -> str | None:
         return (captured.getvalue().strip() or "apprise: not sent")[-1000:]  # type: ignore[union-attr]
 
 
+# Made once: an alias is costly to build (its columns are adapted when first used).
+_SENT, _RESOLUTION = aliased(Notification), aliased(Notification)
+
+
 class Planner:
-    """Step 1 and 2 of a turn, in one transaction."""
+    """Step 1 and 2 of a turn, in one transaction. What a turn finds nothing to do for costs it
+    two queries: the incidents to plan for, and whether anything is pending."""
 
     def __init__(self, session: Session, now: datetime) -> None:
         self.session = session
         self.now = now
-        self.crews = list(session.scalars(select(Crew)))
-        members = list(session.scalars(select(CrewMember)))
-        self.members = {crew.id: [m for m in members if m.crew_id == crew.id] for crew in self.crews}
         self.planned = 0
-        self.silences = list(session.scalars(select(Silence).where(Silence.starts_at <= now, Silence.ends_at > now)))
+        self._crews: list[Crew] | None = None
+        self._members: dict[int, list[CrewMember]] = {}
+        self._silences: list[Silence] | None = None
+        self._known: set[str] = set()  # dedupe keys already planned for the incidents at hand
+
+    @property
+    def crews(self) -> list[Crew]:
+        if self._crews is None:
+            self._crews = list(self.session.scalars(select(Crew)))
+            members = list(self.session.scalars(select(CrewMember)))
+            self._members = {crew.id: [m for m in members if m.crew_id == crew.id] for crew in self._crews}
+        return self._crews
+
+    @property
+    def silences(self) -> list[Silence]:
+        if self._silences is None:
+            self._silences = list(self.session.scalars(select(Silence).where(Silence.starts_at <= self.now,
+                                                                             Silence.ends_at > self.now)))
+        return self._silences
 
     def crew_for(self, region_path: str) -> Crew | None:
         ids = [int(p) for p in region_path.split("/") if p]
@@ -172,11 +193,22 @@ class Planner:
     def run(self) -> int:
         told = (Incident.suppressed_by.is_(None), Incident.parent_id.is_(None))
         silenced: list[int] = []
-        live = self.session.scalars(select(Incident).where(
-            *told, Incident.state.in_([IncidentState.OPEN.value, IncidentState.ACKNOWLEDGED.value])))
+        live = list(self.session.scalars(select(Incident).where(*told, Incident.state == IncidentState.OPEN.value)))
+        # Resolved recently, and told on a channel that has not been told of the resolution.
+        sent, resolved = _SENT, _RESOLUTION
+        to_tell = list(self.session.scalars(select(Incident).where(
+            *told, Incident.state == IncidentState.RESOLVED.value, Incident.resolved_at > self.now - RESOLVED_TOLD_WITHIN,
+            select(sent.id).where(sent.incident_id == Incident.id, sent.state == NotificationState.SENT.value,
+                                  sent.reason != "resolved",
+                                  ~select(resolved.id).where(resolved.incident_id == Incident.id,
+                                                             resolved.reason == "resolved",
+                                                             resolved.channel == sent.channel).exists()).exists())))
+        if live or to_tell:
+            self._known = set(self.session.scalars(select(Notification.dedupe_key).where(
+                Notification.incident_id.in_([i.id for i in live + to_tell]))))
         for incident in live:
             crew = self.crew_for(incident.region_path)
-            if crew is None or incident.state != IncidentState.OPEN.value:
+            if crew is None:
                 continue
             # Silenced after it was raised: nobody is told more of it while the silence lasts.
             if matching_silence(self.silences, incident.kind, incident.receiver_id, incident.station_id,
@@ -184,21 +216,22 @@ class Planner:
                 silenced.append(incident.id)
                 continue
             self._steps(incident, crew)
-        recently_resolved = self.session.scalars(select(Incident).where(
-            *told, Incident.state == IncidentState.RESOLVED.value, Incident.resolved_at > self.now - RESOLVED_TOLD_WITHIN))
-        for incident in recently_resolved:
+        for incident in to_tell:
             self._resolution(incident)
-        self.session.execute(
-            update(Notification)
-            .where(Notification.state == NotificationState.PENDING.value, Notification.reason != "resolved",
-                   or_(Notification.incident_id.in_(select(Incident.id).where(Incident.state != IncidentState.OPEN.value)),
-                       Notification.incident_id.in_(silenced)))
-            .values(state=NotificationState.CANCELLED.value)
-            .execution_options(synchronize_session=False))
+        pending = self.session.scalar(select(Notification.id).where(
+            Notification.state == NotificationState.PENDING.value, Notification.reason != "resolved").limit(1))
+        if pending is not None:
+            self.session.execute(
+                update(Notification)
+                .where(Notification.state == NotificationState.PENDING.value, Notification.reason != "resolved",
+                       or_(Notification.incident_id.in_(select(Incident.id).where(Incident.state != IncidentState.OPEN.value)),
+                           Notification.incident_id.in_(silenced)))
+                .values(state=NotificationState.CANCELLED.value)
+                .execution_options(synchronize_session=False))
         return self.planned
 
     def _steps(self, incident: Incident, crew: Crew) -> None:
-        members = self.members[crew.id]
+        members = self._members[crew.id]
         age_min = (self.now - incident.opened_at).total_seconds() / 60
         for i, step in enumerate(crew.escalation or DEFAULT_ESCALATION):
             if age_min < step.get("after_min", 0):
@@ -228,7 +261,7 @@ class Planner:
                                       recipient=member.name, channel=channel, available_at=self.now))
 
     def _insert(self, notification: Notification) -> None:
-        if self.session.scalar(select(Notification.id).where(Notification.dedupe_key == notification.dedupe_key)):
+        if notification.dedupe_key in self._known:
             return
         try:
             with self.session.begin_nested():
@@ -236,6 +269,7 @@ class Planner:
                 self.session.flush()
         except IntegrityError:
             return  # planned by another worker in the meantime
+        self._known.add(notification.dedupe_key)
         self.planned += 1
 
 

@@ -92,3 +92,24 @@ def counted(sessions) -> dict[str, int]:  # type: ignore[no-untyped-def]
         for row in session.scalars(select(ReceiverCount)):
             totals[row.kind] = totals.get(row.kind, 0) + row.value
     return totals
+
+
+async def test_a_rule_edited_applies_at_once_to_receivers_whose_state_did_not_change(sqlite_url):
+    import time
+
+    settings = service_settings(sqlite_url)
+    async with running_service(settings) as runtime:
+        fleet = provision_fleet(runtime.sessions, receivers=1, stations=1)
+        async with receiver_session(settings.mqtt_port, "rx-0", fleet.credentials["rx-0"], 1) as client:
+            await client.publish("loa/v1/rx/rx-0/telemetry", json.dumps(
+                {"v": 1, "session": 1, "seq": 0, "ts": int(time.time()), "up": 60, "amp": "on", "st": "idle",
+                 "temp": 65.0, "fw": "1.0.0"}), qos=1)
+            assert runtime.alerts is not None
+            turns = runtime.alerts.turns
+            await wait_until(lambda: runtime.alerts is not None and runtime.alerts.turns >= turns + 3, timeout=20,
+                             what="turns over the report")
+            assert incidents(runtime.sessions) == []  # 65 °C is below the default 70 °C
+            with session_scope(runtime.sessions) as session:  # this district's cabinets: 60 °C, at once
+                session.add(RuleOverride(region_key=0, kind="overheat", threshold=60.0, pending_s=0, updated_by="test"))
+            await wait_until(lambda: [i.kind for i in incidents(runtime.sessions)] == ["overheat"], timeout=20,
+                             what="the edited rule applied to a receiver that reported nothing new")
