@@ -41,7 +41,7 @@ from fleet_service.downloads.answers import DOWNLOAD_PATH, ERROR_TYPE, FILE_TYPE
 from fleet_service.errors import Invalid, LoaError, NotFound
 
 if TYPE_CHECKING:
-    from fleet_service.downloads.serving import Downloads
+    from fleet_service.downloads.serving import Downloads, Fetched
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class _Refused(Exception):
 class _Request:
     """One request as read: only what the answer depends on."""
 
-    __slots__ = ("method", "url", "authorization", "range", "if_range", "keep_alive", "http10", "refused")
+    __slots__ = ("method", "url", "authorization", "range", "if_range", "keep_alive", "http10", "refused", "decided")
 
     def __init__(self) -> None:
         self.method = b""
@@ -128,6 +128,7 @@ class _Request:
         self.keep_alive = False
         self.http10 = False
         self.refused: _Refused | None = None
+        self.decided: Fetched | LoaError | None = None  # decided as it was read, not yet written
 
 
 def download_target(url: bytes) -> tuple[int, str]:
@@ -160,8 +161,9 @@ def _head(status: int, date: str, content_type: str, length: int, headers: Itera
 
 
 class _Connection(asyncio.Protocol):
-    """One client's connection: requests read by httptools' callbacks (on_…), queued, and
-    answered in order by one task at a time."""
+    """One client's connection: requests read by httptools' callbacks (on_…) and answered in
+    order, each at once when nothing has to be waited for, else queued and answered by one
+    task at a time."""
 
     def __init__(self, listener: DownloadListener) -> None:
         self._listener = listener
@@ -298,9 +300,36 @@ class _Connection(asyncio.Protocol):
     # --- answers ---
 
     def _enqueue(self, request: _Request) -> None:
+        # Most requests are answered here and now, without a task: nothing answered before
+        # them is still being written, and the answer needs no waiting (Downloads.fetch_now).
+        transport = self._transport
+        if (self._answering is None and not self._queue and self._drained is None and request.refused is None
+                and transport is not None and not transport.is_closing()):
+            try:
+                decided = self._decide_now(request)
+            except Exception:  # the task decides it again, and answers what went wrong
+                log.exception("firmware download: unexpected error")
+                decided = None
+            if decided is not None:
+                keep_alive = self._keeps_alive(request)
+                head, body, count = self._answer_of(request, decided, keep_alive)
+                if len(body) <= CHUNK_BYTES:
+                    self._send(head, body, count)
+                    self._answered(keep_alive)
+                    return
+                request.decided = decided  # a large body: the task writes it as it is taken
         self._queue.append(request)
         if self._answering is None:
             self._answering = self._listener.loop.create_task(self._answer_queued())
+
+    def _keeps_alive(self, request: _Request) -> bool:
+        # The last request read on a connection that reads no more closes it.
+        return request.keep_alive and request.refused is None and (self._reading or bool(self._queue))
+
+    def _answered(self, keep_alive: bool) -> None:
+        self.last = self._listener.now
+        if not keep_alive and self._transport is not None:
+            self._transport.close()  # once what was written is sent
 
     async def _answer_queued(self) -> None:
         transport = self._transport
@@ -308,19 +337,17 @@ class _Connection(asyncio.Protocol):
         try:
             while self._queue and not transport.is_closing():
                 request = self._queue.popleft()
-                # The last request read on a connection that reads no more closes it.
-                keep_alive = request.keep_alive and (self._reading or bool(self._queue))
+                keep_alive = self._keeps_alive(request)
                 try:
                     await self._answer(request, keep_alive)
                 except Exception:
                     log.exception("firmware download: unexpected error")
-                    await self._write_error(Internal("Lỗi không mong đợi ở máy chủ; đã ghi nhật ký",
-                                                     "Unexpected server error; it has been logged"),
-                                            request, False)
                     keep_alive = False
-                self.last = self._listener.now
+                    await self._write(*self._answer_of(request, Internal(
+                        "Lỗi không mong đợi ở máy chủ; đã ghi nhật ký", "Unexpected server error; it has been logged"),
+                        keep_alive))
+                self._answered(keep_alive)
                 if not keep_alive:
-                    transport.close()  # once what was written is sent
                     return
             if not self._reading:
                 transport.close()
@@ -328,27 +355,48 @@ class _Connection(asyncio.Protocol):
             self._answering = None
 
     async def _answer(self, request: _Request, keep_alive: bool) -> None:
-        if request.refused is not None:
-            if request.refused.error is not None:
-                await self._write_error(request.refused.error, request, False, request.refused.status)
+        refused = request.refused
+        if refused is not None:
+            if refused.error is not None:
+                await self._write(*self._answer_of(request, refused.error, keep_alive, refused.status))
             return
+        decided = request.decided
+        if decided is None:
+            try:
+                decided = await self._listener.downloads.fetch(*self._question(request))
+            except LoaError as error:
+                decided = error
+        await self._write(*self._answer_of(request, decided, keep_alive))
+
+    def _decide_now(self, request: _Request) -> Fetched | LoaError | None:
+        """What ``request`` is answered, if it can be decided without waiting."""
+        try:
+            return self._listener.downloads.fetch_now(*self._question(request))
+        except LoaError as error:
+            return error
+
+    def _question(self, request: _Request) -> tuple[str | None, str | None, int, str]:
+        """(user name, password, release id, file path) of a request for a file; raises the
+        error to answer one that is none."""
         if request.method not in (b"GET", b"HEAD"):
             method, path = request.method.decode("latin-1")[:16], request.url.decode("latin-1")[:200]
-            await self._write_error(MethodNotAllowed(
-                f"Đường dẫn {path} không nhận phương thức {method} (dùng: GET, HEAD)",
-                f"{path} does not accept the {method} method (use: GET, HEAD)"), request, keep_alive)
-            return
-        try:
-            release_id, path = download_target(request.url)
-            fetched = await self._listener.downloads.fetch(*basic_login(request.authorization), release_id, path)
-        except LoaError as error:
-            await self._write_error(error, request, keep_alive)
-            return
-        content = fetched.content
-        part = file_part(fetched.sha256, len(content), request.range, request.if_range)
-        head = _head(part.status, self._listener.date, FILE_TYPE, part.end - part.first, part.headers, keep_alive,
-                     request.http10)
-        served, receiver_id = self._listener.downloads.served, fetched.receiver_id
+            raise MethodNotAllowed(f"Đường dẫn {path} không nhận phương thức {method} (dùng: GET, HEAD)",
+                                   f"{path} does not accept the {method} method (use: GET, HEAD)")
+        release_id, path = download_target(request.url)
+        return *basic_login(request.authorization), release_id, path
+
+    def _answer_of(self, request: _Request, decided: Fetched | LoaError, keep_alive: bool, status: int | None = None
+                   ) -> tuple[bytes, bytes | memoryview, Callable[[int], None] | None]:
+        """The head, the body and how to count it (files only) of an answer."""
+        date, head_only = self._listener.date, request.method == b"HEAD"
+        if isinstance(decided, LoaError):
+            body = error_json(decided)
+            head = _head(status or decided.status_code, date, ERROR_TYPE, len(body), (decided.headers() or {}).items(),
+                         keep_alive, request.http10)
+            return head, b"" if head_only else body, None
+        part = file_part(decided.sha256, len(decided.content), request.range, request.if_range)
+        head = _head(part.status, date, FILE_TYPE, part.end - part.first, part.headers, keep_alive, request.http10)
+        served, receiver_id, release_id = self._listener.downloads.served, decided.receiver_id, decided.release_id
 
         def count(sent: int) -> None:
             try:
@@ -356,21 +404,20 @@ class _Connection(asyncio.Protocol):
             except Exception:  # the count is lost, the download is not
                 log.exception("could not count %d bytes of firmware served", sent)
 
-        body = memoryview(content)[part.first:part.end] if request.method == b"GET" else b""
-        await self._write(head, body, count)
+        return head, b"" if head_only else memoryview(decided.content)[part.first:part.end], count
 
-    async def _write_error(self, error: LoaError, request: _Request, keep_alive: bool, status: int | None = None
-                           ) -> None:
-        body = error_json(error)
-        head = _head(status or error.status_code, self._listener.date, ERROR_TYPE, len(body),
-                     (error.headers() or {}).items(), keep_alive, request.http10)
-        await self._write(head, b"" if request.method == b"HEAD" else body)
+    def _send(self, head: bytes, body: bytes | memoryview, count: Callable[[int], None] | None) -> None:
+        """Hands a whole answer to the connection (the count before the bytes: a client that
+        has them all finds them counted)."""
+        if count is not None:
+            count(len(body))
+        assert self._transport is not None
+        self._transport.write(head + body)
 
-    async def _write(self, head: bytes, body: bytes | memoryview, count: Callable[[int], None] | None = None
-                     ) -> None:
+    async def _write(self, head: bytes, body: bytes | memoryview, count: Callable[[int], None] | None) -> None:
         """Hands the answer to the connection as the client takes it. ``count`` is told the
-        body bytes handed over, before the last of them: a client that has them all finds
-        them counted. Nothing is written, nor counted, to a connection lost meanwhile."""
+        body bytes handed over, before the last of them. Nothing is written, nor counted, to
+        a connection lost meanwhile."""
         transport = self._transport
         assert transport is not None
         if self._drained is not None:
@@ -378,9 +425,7 @@ class _Connection(asyncio.Protocol):
         if transport.is_closing():
             return
         if len(body) <= CHUNK_BYTES:
-            if count is not None:
-                count(len(body))
-            transport.write(head + body)
+            self._send(head, body, count)
             return
         transport.write(head)
         sent = 0

@@ -250,11 +250,18 @@ class ReleaseCache:
         self._bytes = 0
         self._loading: dict[int, asyncio.Task[ReleaseFiles]] = {}
 
-    async def files(self, release_id: int) -> ReleaseFiles:
+    def kept(self, release_id: int) -> ReleaseFiles | None:
+        """The release's files if they are kept (None: ``files`` reads them)."""
         kept = self._releases.get(release_id)
+        if kept is None:
+            return None
+        self._releases.move_to_end(release_id)
+        return kept[0]
+
+    async def files(self, release_id: int) -> ReleaseFiles:
+        kept = self.kept(release_id)
         if kept is not None:
-            self._releases.move_to_end(release_id)
-            return kept[0]
+            return kept
         loading = self._loading.get(release_id)
         if loading is None:  # one read however many ask at once
             loading = self._loading[release_id] = asyncio.create_task(self._load(release_id))
@@ -356,6 +363,11 @@ class Fetched:
     content: bytes
 
 
+def _fetched(ask: Ask, files: ReleaseFiles, path: str) -> Fetched:
+    sha256, content = service.release_file(files, path)
+    return Fetched(ask.receiver_id, ask.release_id, sha256, content)
+
+
 class Downloads:
     """The three parts, for one app (``app.state.downloads``)."""
 
@@ -374,8 +386,22 @@ class Downloads:
             files = await self.releases.files(release_id)
         except OperationalError as exc:
             raise database_unavailable(exc) from exc
-        sha256, content = service.release_file(files, path)
-        return Fetched(ask.receiver_id, release_id, sha256, content)
+        return _fetched(ask, files, path)
+
+    def fetch_now(self, username: str | None, password: str | None, release_id: int, path: str) -> Fetched | None:
+        """``fetch`` when nothing has to be waited for: on SQLite, whose query runs in the event
+        loop, for a release whose files are kept. None: ``fetch`` decides it (nothing was
+        asked of the database yet, or the database could not answer at once)."""
+        ask = service.ask(username, password, release_id)
+        files = self.releases.kept(release_id)
+        if files is None:
+            return None
+        error = self.access.decide_here(ask)
+        if isinstance(error, Later):
+            return None
+        if error is not None:
+            raise error
+        return _fetched(ask, files, path)
 
     async def flush(self) -> int:
         """Writes the bytes counted so far; returns how many receivers' rows it wrote."""
