@@ -119,7 +119,7 @@ class AccessChecks:
                 cursor.execute("PRAGMA busy_timeout = 0")
                 cursor.close()
             error = service.authorize_many(self._query, self._here, [ask])[0]
-        except self._dbapi_error:
+        except (self._dbapi_error, DBAPIError):  # the driver's, or SQLAlchemy's on connecting
             connection, self._here = self._here, None
             if connection is not None:
                 with suppress(Exception):
