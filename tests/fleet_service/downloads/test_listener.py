@@ -244,6 +244,48 @@ def test_a_request_that_cannot_be_read_is_refused_and_the_connection_closed(
     assert answers[0].headers["connection"] == "close" and answers[0].body.startswith(b'{"error":{"code":')
 
 
+def test_a_header_that_never_ends_is_refused_once_too_large(api: Api) -> None:
+    """Sent a little at a time, as it is read: the bound holds across reads, where httptools
+    gathers an unfinished header before it hands it over."""
+    with closing(socket.create_connection(("127.0.0.1", api.listener.port), timeout=10)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nX-Slow: ")
+        refused = b""
+        for _ in range(40):
+            try:
+                sock.sendall(b"a" * 1000)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.01)  # one read each
+            sock.setblocking(False)
+            try:
+                refused += sock.recv(4096)
+            except BlockingIOError:
+                pass
+            sock.setblocking(True)
+            if refused:
+                break
+        assert refused.startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_client_that_takes_nothing_of_an_answer_is_cut(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listener_module, "SEND_TIMEOUT_S", 1.0)
+    with closing(socket.socket()) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", api.listener.port))
+        deadline = time.monotonic() + 10
+        while not api.listener.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # The kernel's buffers on the listener's side kept small too, so that the answer waits
+        # for the client rather than fitting in them.
+        served, = api.listener.connections
+        served._transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # type: ignore[union-attr]
+        sock.sendall(f"GET {api.url()} HTTP/1.1\r\nAuthorization: {basic(api, 'rx-0')}\r\n\r\n".encode())
+        while api.listener.connections and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not api.listener.connections  # after a second or two of nothing taken
+    assert api.served()["rx-0"][1] == 1  # what was handed over is counted
+
+
 def test_other_paths_and_methods_are_refused_as_the_api_refuses_them(api: Api) -> None:
     login = basic(api, "rx-0")
     with connect(api) as connection:
