@@ -220,7 +220,10 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._reading = False  # what follows the request is no HTTP/1.1 of ours
+            # The request is answered, with no upgrade: what follows it is no HTTP/1.1 of ours.
+            self._reading = False
+            if self._answering is None and not self._queue and self._transport is not None:
+                self._transport.close()  # answered already
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if not isinstance(cause, _Refused):

@@ -307,6 +307,10 @@ def test_other_paths_and_methods_are_refused_as_the_api_refuses_them(api: Api) -
     answers, closed = raw(api, f"GET {api.url()} HTTP/1.1\r\nConnection: close\r\nAuthorization: {login}\r\n\r\n"
                           .encode())
     assert answers[0].body == CONTENT and closed
+    # A request to switch protocols is answered as any other, and nothing after it is read.
+    answers, closed = raw(api, f"GET {api.url()} HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+                               f"Authorization: {login}\r\nRange: bytes=0-0\r\n\r\nPRI * HTTP/2.0\r\n\r\n".encode())
+    assert answers[0].status == 206 and closed
 
 
 def test_a_client_that_goes_away_mid_file_is_counted_what_was_handed_over(api: Api) -> None:
