@@ -62,6 +62,8 @@ LARGE_COMMAND = 1024
 # stream to end starts beside it once this much of the heap is free (loa/update.py FETCH_ROOM).
 UPDATE_RECORD = "update.json"
 UPDATE_ROOM = 28672
+# The record's states once the update has ended (loa/update.py FINAL).
+UPDATE_FINAL = ("confirmed", "failed", "rolled_back")
 # An update command kept across the reset that makes room for its checks (Receiver._offer).
 UPDATE_COMMAND = "update.cmd"
 # A slot whose stream failed is tried again this often while the slot lasts.
@@ -138,6 +140,7 @@ class Receiver:
         self.update = None         # the update under way (loa/update.py Updater), or None
         self.update_status = []    # update statuses to send (retained)
         self.update_waiting = False  # an update accepted while playing: started once nothing does
+        self.confirming = False    # the new version on its first run: confirmed after its first report
         self.update_later = None   # (id, fields, may reset) of an update command not yet checked (_offer)
         # The two large buffers, allocated once and first, while the heap is in one piece:
         # the incoming MQTT packet (lent to every connection) and the player's stream ring.
@@ -542,12 +545,24 @@ class Receiver:
                 unload("update")
 
     def resume_update(self, boot=True):
-        """Carry on, confirm or report an update the record says is not final."""
-        if files.read_json(UPDATE_RECORD) is None:
+        """Carry on, confirm or report an update the record says is not final. At boot it
+        waits until the receiver has reported, so that what it tells goes out in the session it
+        is sent in and loa/update.py is not held beside the first connection: the new version
+        then confirms itself (_first_report), the old one reports a rollback or carries the
+        update on (the control task)."""
+        rec = files.read_json(UPDATE_RECORD)
+        if rec is None or rec.get("st") in UPDATE_FINAL or not isinstance(rec.get("id"), str):
             return
+        if boot:
+            if rec.get("slot") == self.slot:
+                self.confirming = True
+            else:
+                self.update_waiting = True
+            return
+        rec = None
         from loa import update
 
-        self.update = update.resume(self, boot)
+        self.update = update.resume(self)
         del update
         if self.update is None:
             unload("update")
@@ -561,9 +576,13 @@ class Receiver:
             hook, self.on_first_online = self.on_first_online, None
             hook()
             self.board.checkpoint("committed")
-        u = self.update
-        if u is not None and u.rec.get("slot") == self.slot:
-            u.confirm()
+        if self.confirming:
+            self.confirming = False
+            try:
+                self.resume_update(False)  # the new version confirmed (loa/update.py, resume)
+            except MemoryError:  # confirmed by the control task once there is room
+                unload("update")
+                self.update_waiting = True
 
     def _trial_expired(self):
         """The trial version did not connect and report in time: back to the old one."""
@@ -905,18 +924,20 @@ async def _main(board, cfg, state, log, on_first_online=None, config_path="confi
     if start is not None:
         start()
     tasks = [asyncio.create_task(supervisor.run())]
-    receiver = Receiver(board, cfg, state, supervisor, log, config_path, slot, trial)
-    receiver.on_first_online = on_first_online
     record = files.read_json(UPDATE_RECORD)
     if record is not None and record.get("boot"):
-        # An update's check and download before the receiver's tasks and session (update.py).
+        # An update's check and download before the receiver is made (update.py), in the heap
+        # its buffers, TLS context and schedule would take; the board then resets, and the
+        # receiver made after it carries the update on.
         record = None
         from loa import update
 
-        await update.steps_at_boot(receiver)
+        await update.steps_at_boot(board, cfg, state, supervisor, log)
         del update
         unload("update")
         gc.collect()
+    receiver = Receiver(board, cfg, state, supervisor, log, config_path, slot, trial)
+    receiver.on_first_online = on_first_online
     record = files.read_json(UPDATE_COMMAND)
     if record is not None:  # checked first, once, in this heap (Receiver._offer)
         import os

@@ -1,7 +1,8 @@
 # The data link under the MQTT session: 4G over PPP, Wi-Fi on a bench, or the host's network
 # on the unix port. Chosen by the config key "link": "ppp", "wifi", anything else the host.
-# The 4G link lives with the modem's AT layer (loa/modem.py), the Wi-Fi link in loa/wifi.py:
-# each is imported only by a receiver that uses it, so the others keep their heap.
+# The 4G link lives in loa/ppp.py (the modem's AT layer, loa/modem.py, loaded by it only while
+# the link comes up), the Wi-Fi link in loa/wifi.py: each is imported only by a receiver that
+# uses it, so the others keep their heap.
 #
 # Every link has the same small interface: async up() (raises OSError if it cannot),
 # async down(), is_up(), signal_csq() (0..31, 99 unknown, None without a radio), and
@@ -32,7 +33,7 @@ class HostLink:
 def make(cfg, board, log=print):
     kind = cfg.get("link", "host")
     if kind == "ppp":
-        from loa.modem import PppLink
+        from loa.ppp import PppLink
 
         return PppLink(board, cfg, log)
     if kind == "wifi":

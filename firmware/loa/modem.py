@@ -7,8 +7,10 @@
 # answering, or that stays off the network, is hung: Recovery climbs a ladder of ever harder
 # resets (radio off and on, power cycle, board reset), one step per failed link attempt.
 #
-# PppLink, the 4G data link (loa/link.py chooses it for "link": "ppp"), drives it: the AT layer
-# brings the modem to a data call, then PPP runs over the same serial line.
+# The 4G data link, loa/ppp.py's PppLink, loads this module only to bring the link up
+# (link_up): the AT layer brings the modem to a data call, then PPP runs over the same serial
+# line, and the module is let go (loa.unload) until the next link-up. A receiver on the ppp
+# link holds only loa/ppp.py while it is connected.
 
 import asyncio
 from time import ticks_add, ticks_diff, ticks_ms
@@ -343,100 +345,69 @@ class Recovery:
         return step
 
 
-def _log_event(log):
-    def report(kind, detail):
-        log("link: event", kind, detail)
+async def link_up(link):
+    """Bring the 4G link ``link`` (loa/ppp.py's PppLink, which loads this module for it) up:
+    back to command mode if PPP dropped, attached, the network time read, the data call
+    dialled, then PPP until it has an IP address. What the AT layer must remember until the
+    next link-up (the signal, the silent count, the recovery ladder's step) is kept on
+    ``link``. A modem found hung on the way is recovered one ladder step per failed attempt.
+    Raises OSError if the link does not come up."""
+    board = link.board
+    if link.port is None:
+        link.port = board.modem_port()
+    modem = Modem(link.port, AT_TIMEOUT_MS, link.log)
+    modem.csq = link.csq
+    modem.silent = link.silent
+    recovery = Recovery(modem, board, link.report)
+    recovery.step = link.step
+    recovery._unregistered_since = link.unregistered
+    try:
+        await _up(link, modem, recovery)
+    finally:
+        link.csq = modem.csq
+        link.silent = modem.silent
+        link.step = recovery.step
+        link.unregistered = recovery._unregistered_since
 
-    return report
+
+async def _up(link, modem, recovery):
+    board = link.board
+    cfg = link.cfg
+    try:
+        if link.dialled:
+            # The PPP session dropped: the modem may still be in data mode.
+            link.log("link: ppp dropped, back to command mode")
+            board.ppp_stop()
+            link.dialled = False
+            await modem.escape(GUARD_MS)
+        await modem.attach(cfg["apn"], cfg["sim_pin"], REGISTER_TIMEOUT_MS, REGISTER_POLL_MS)
+        t = await modem.network_time()
+        if t is not None:
+            link.net_time = (t, board.uptime_ms())
+        await modem.dial()
+    except NotRegistered as exc:
+        recovery.not_registered()
+        await _recover_if_hung(recovery)
+        raise OSError("ppp: " + str(exc))
+    except AtTimeout as exc:
+        await _recover_if_hung(recovery)
+        raise OSError("ppp: modem silent: " + str(exc))
+    except ModemError as exc:  # no SIM, locked SIM, ERROR: no reset helps, retried later
+        raise OSError("ppp: " + str(exc))
+    link.dialled = True
+    board.ppp_start()
+    deadline = ticks_add(ticks_ms(), PPP_UP_MS)
+    while not board.ppp_connected():
+        if ticks_diff(deadline, ticks_ms()) <= 0:
+            board.ppp_stop()
+            link.dialled = False
+            raise OSError("ppp: no IP address")
+        await asyncio.sleep_ms(POLL_MS)
+    recovery.healthy()
+    link.log("link: ppp up, csq", modem.csq)
 
 
-class PppLink:
-    """4G: the modem's AT layer brings it to a data call, then PPP over the same serial line
-    (the board's ppp_start(): network.PPP on the ESP32). A modem found hung on the way is
-    recovered one ladder step per failed attempt (loa.modem.Recovery)."""
-
-    name = "ppp"
-
-    def __init__(self, board, cfg, log=print):
-        self.board = board
-        self.cfg = cfg
-        self.log = log
-        self.on_event = _log_event(log)
-        self.modem = None
-        self.recovery = None
-        self._dialled = False
-        self.net_time = None  # (Unix s by AT+CCLK?, board uptime ms then)
-
-    def _report(self, kind, detail):
-        if self.on_event is not None:
-            self.on_event(kind, detail)
-
-    async def up(self):
-        if self.is_up():
-            return True
-        board = self.board
-        if self.modem is None:
-            self.modem = Modem(board.modem_port(), AT_TIMEOUT_MS, self.log)
-            self.recovery = Recovery(self.modem, board, self._report)
-        modem = self.modem
-        recovery = self.recovery
-        assert recovery is not None
-        try:
-            if self._dialled:
-                # The PPP session dropped: the modem may still be in data mode.
-                self.log("link: ppp dropped, back to command mode")
-                board.ppp_stop()
-                self._dialled = False
-                await modem.escape(GUARD_MS)
-            await modem.attach(self.cfg["apn"], self.cfg["sim_pin"], REGISTER_TIMEOUT_MS, REGISTER_POLL_MS)
-            t = await modem.network_time()
-            if t is not None:
-                self.net_time = (t, board.uptime_ms())
-            await modem.dial()
-        except NotRegistered as exc:
-            recovery.not_registered()
-            await self._recover_if_hung()
-            raise OSError("ppp: " + str(exc))
-        except AtTimeout as exc:
-            await self._recover_if_hung()
-            raise OSError("ppp: modem silent: " + str(exc))
-        except ModemError as exc:  # no SIM, locked SIM, ERROR: no reset helps, retried later
-            raise OSError("ppp: " + str(exc))
-        self._dialled = True
-        board.ppp_start()
-        deadline = ticks_add(ticks_ms(), PPP_UP_MS)
-        while not board.ppp_connected():
-            if ticks_diff(deadline, ticks_ms()) <= 0:
-                board.ppp_stop()
-                self._dialled = False
-                raise OSError("ppp: no IP address")
-            await asyncio.sleep_ms(POLL_MS)
-        recovery.healthy()
-        self.log("link: ppp up, csq", modem.csq)
-        return True
-
-    async def _recover_if_hung(self):
-        recovery = self.recovery
-        assert recovery is not None
-        cause = recovery.cause()
-        if cause is not None:
-            await recovery.recover(cause)
-
-    async def down(self):
-        if self._dialled:
-            self.board.ppp_stop()
-            self._dialled = False
-
-    def is_up(self):
-        return self._dialled and self.board.ppp_connected()
-
-    def network_time(self):
-        """The modem's network time read at the last link-up, advanced by the uptime since."""
-        t = self.net_time
-        if t is None:
-            return None
-        return t[0] + (self.board.uptime_ms() - t[1]) // 1000
-
-    def signal_csq(self):
-        # Read when the link comes up: while PPP runs, the serial line carries PPP, not AT.
-        return self.modem.csq if self.modem is not None else None
+async def _recover_if_hung(recovery):
+    cause = recovery.cause()
+    if cause is not None:
+        await recovery.recover(cause)

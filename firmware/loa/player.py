@@ -131,13 +131,14 @@ class Player:
 
     # -- control ---------------------------------------------------------------------------
 
-    def lend_ring(self):
-        """The ring (a memoryview of RING_BYTES), for a caller that uses it only while nothing
-        plays and gives it back before it next awaits: an update's signature check holds the
-        manifest in it (loa/update.py) rather than in a block of the heap that size."""
+    def lend_ring(self, n):
+        """The ring's first ``n`` bytes (a memoryview; at most RING_BYTES), for a caller that
+        uses them only while nothing plays and gives them back before it next awaits: an
+        update's signature check holds the manifest in them (loa/update.py) rather than in a
+        block of the heap that size."""
         if self._stream is not None or self._feeder is not None:
             raise OSError("the ring is in use")
-        return self._mv
+        return self._mv[:n]
 
     async def play(self, url, timeout_s=15):
         """Stop whatever plays, connect to ``url`` and return once audio flows to the

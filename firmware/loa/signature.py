@@ -26,8 +26,18 @@ from micropython import const
 
 _M16 = const(0xFFFF)
 
+
+def _limbs(raw):
+    """The 16-bit limbs of the big-endian bytes ``raw`` as an array, read one by one into it
+    (not through a tuple of them all: 2.5 KiB in one block for the 320 of _K on a 64-bit port)."""
+    out = array("H", raw)
+    for i in range(len(out)):
+        out[i] = raw[2 * i] << 8 | raw[2 * i + 1]
+    return out
+
+
 # The 80 round constants and the initial hash value, as 16-bit limbs, most significant first.
-_K = array("H", struct.unpack(">320H", unhexlify(
+_K = _limbs(unhexlify(
     "428a2f98d728ae227137449123ef65cdb5c0fbcfec4d3b2fe9b5dba58189dbbc3956c25bf348b538"
     "59f111f1b605d019923f82a4af194f9bab1c5ed5da6d8118d807aa98a303024212835b0145706fbe"
     "243185be4ee4b28c550c7dc3d5ffb4e272be5d74f27b896f80deb1fe3b1696b19bdc06a725c71235"
@@ -43,7 +53,7 @@ _K = array("H", struct.unpack(">320H", unhexlify(
     "90befffa23631e28a4506cebde82bde9bef9a3f7b2c67915c67178f2e372532bca273eceea26619c"
     "d186b8c721c0c207eada7dd6cde0eb1ef57d4f7fee6ed17806f067aa72176fba0a637dc5a2c898a6"
     "113f9804bef90dae1b710b35131c471b28db77f523047d8432caab7b40c724933c9ebe0a15c9bebc"
-    "431d67c49c100d4c4cc5d4becb3e42b6597f299cfc657e2a5fcb6fab3ad6faec6c44198c4a475817")))
+    "431d67c49c100d4c4cc5d4becb3e42b6597f299cfc657e2a5fcb6fab3ad6faec6c44198c4a475817"))
 _H0 = struct.unpack(">32H", unhexlify(
     "6a09e667f3bcc908bb67ae8584caa73b3c6ef372fe94f82ba54ff53a5f1d36f1"
     "510e527fade682d19b05688c2b3e6c1f1f83d9abfb41bd6b5be0cd19137e2179"))

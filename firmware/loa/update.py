@@ -3,15 +3,17 @@
 # version's confirmation or the old one's report that it rolled back.
 #
 # Loaded only while an update is under way (an update command, or a record on flash that is
-# not final at boot) and let go after it. Everything the board must remember across a reset is
-# in the record RECORD: {"id", "rel", "ver", "url", "slot", "st", "why", "got"} (with
-# "tried": why a trial ended, written by the new version before it gave up).
+# not final, once the receiver has reported after a boot) and let go after it. Everything the
+# board must remember across a reset is in the record RECORD: {"id", "rel", "ver", "url",
+# "slot", "st", "why", "got"} (with "tried": why a trial ended, written by the new version
+# before it gave up; "boot", "signed", "done", "failed", "events": the steps at boot).
 #
 # Memory (docs/firmware.md, "Memory"): the signature check imports loa/signature.py (about
 # 12 KiB, and 12 KiB more while it runs) and lets it go at once; the download holds one
 # CHUNK buffer, one connection and a SHA-256. Beside a stream they run only with the heap's
 # room for them (FETCH_ROOM, CHECK_ROOM), else they wait until it ends. Out of heap with
-# nothing playing, the receiver resets once and does them at boot (steps_at_boot).
+# nothing playing, the receiver resets once and does them at boot, before the receiver is
+# made, then resets again (steps_at_boot).
 
 import gc
 import json
@@ -26,7 +28,7 @@ from micropython import const
 from loa import files, slots, unload
 
 RECORD = "update.json"
-FINAL = ("confirmed", "failed", "rolled_back")
+FINAL = ("confirmed", "failed", "rolled_back")  # loa/app.py UPDATE_FINAL
 # The record's states once the trial mark may be written: the files are in the slot, checked.
 SWITCHING = ("installing", "rebooting")
 # The manifest is at most 8 KiB (docs/firmware-updates.md); manifest.sig about 150 bytes.
@@ -120,26 +122,69 @@ def check_signature(cfg, text, log=print):
         gc.collect()
 
 
-async def steps_at_boot(rx):
+class _Boot:
+    """What an update's steps at boot (steps_at_boot) use of the receiver (loa/app.py's
+    Receiver), which is not made yet. It stands for the receiver's schedule as well (none is
+    loaded: no URLs to shed) and for its player: a ring of its own for the manifest, allocated
+    first, while the heap is in one piece."""
+
+    src = "none"
+    online = False
+    ssl = None
+    shed = False
+
+    def __init__(self, board, cfg, state, supervisor, log):
+        from loa.clock import Clock
+
+        gc.collect()
+        self.ring = memoryview(bytearray(MANIFEST_MAX))
+        self.board = board
+        self.cfg = cfg
+        self.state = state
+        self.supervisor = supervisor
+        self.log = log
+        self.clock = Clock(board)
+        self.schedule = self.player = self
+        self.update_status = []
+        self.events = []
+
+    def _alive(self, name="session"):
+        if self.supervisor is not None:
+            self.supervisor.alive(name)
+
+    def raise_event(self, kind, detail=None):
+        self.events.append((self.clock.unix_time(), kind, detail))
+
+    def shed_urls(self):
+        pass
+
+    def lend_ring(self, n):
+        return self.ring[:n]
+
+
+async def steps_at_boot(board, cfg, state, supervisor, log):
     """An update that ran out of heap beside the receiver's schedule, streams and session
-    ("boot" in the record): its signature check and download now, at boot, with the receiver
-    ``rx`` made (its buffers allocated first, in a heap in one piece) but before its tasks and
-    session start. Once: a reset meanwhile leaves them to the receiver. The receiver then
-    carries the update on (the files checked again from flash, the statuses sent, the
-    install), or reports its failure; the statuses made here are dropped."""
+    ("boot" in the record): its signature check and download now, at boot, before the
+    receiver is made (loa/app.py), with the link up: the heap then holds the modules, the
+    board and the link, not the receiver's buffers, TLS context and schedule. Then the board
+    resets, and the receiver, made first in a heap in one piece, carries the update on (the
+    files checked again from flash, the statuses sent, the install) or reports its failure;
+    the statuses made here are dropped, the events the link raised (modem_reset) kept in the
+    record for it. Once: a reset meanwhile leaves the steps to the receiver. Returns only if
+    the record has no steps at boot to do."""
     rec = read_record()
     if not rec or not rec.pop("boot", None) or rec.get("st") in FINAL:
         return
     files.write_json(RECORD, rec)
-    u = Updater(rx, rec)
-    log = rx.log
-    supervisor = rx.supervisor
     if supervisor is not None:
         supervisor.register("update", TASK_LIMIT_MS)
     log("update: checking and downloading at boot")
-    rx.schedule.shed_urls()  # read back from flash after these steps
+    rx = None
     try:
-        await rx.board.link_up()
+        rx = _Boot(board, cfg, state, supervisor, log)
+        u = Updater(rx, rec)
+        board.link_layer().on_event = rx.raise_event
+        await board.link_up()
         if await u._verify_manifest():
             rec["signed"] = True
             from loa import fetch
@@ -163,13 +208,14 @@ async def steps_at_boot(rx):
         if supervisor is not None:
             supervisor.unregister("update")
         unload("fetch")
+    if rx is not None and rx.events:
+        rec["events"] = rx.events
+    rx = None
     files.write_json(RECORD, rec)
-    rx.update_status = []  # made in no session: the receiver reports the update itself
-    rx.reboot = False
-    if rx.schedule.shed:
-        rx.schedule.load()
     gc.collect()
-    log("update: at boot:", rec.get("failed") or "done", "free heap", gc.mem_free())
+    log("update: at boot:", rec.get("failed") or "done", "free heap", gc.mem_free(), "- resetting")
+    await board.link_down()
+    board.reset()
 
 
 def read_record():
@@ -380,7 +426,7 @@ class Updater:
         rx.schedule.shed_urls()
         text = None
         try:
-            text = rx.player.lend_ring()[:size] if rx.src == "none" else bytearray(size)
+            text = rx.player.lend_ring(size) if rx.src == "none" else bytearray(size)
             good = check_signature(rx.cfg, text, rx.log)
         except MemoryError:
             text = None
@@ -437,20 +483,22 @@ class Updater:
         rx.reboot = True
 
 
-def resume(rx, boot=True):
-    """With a record that is not final: the new version on its first run (confirmed after its
-    first report, loa/app.py), the old one after a trial that did not confirm (rolled back), or
-    an update cut by a reset before the switch (carried on). At boot the last two wait until the
-    receiver has reported (loa/app.py): the rollback is then told in the session it is sent in,
-    and the update does not take the heap beside the first connection."""
+def resume(rx):
+    """With a record that is not final, once the receiver has reported (loa/app.py), so that
+    what it tells goes out in the session it is sent in: the new version confirmed; the old one
+    after a trial that did not confirm: rolled back; an update cut by a reset before the switch:
+    carried on (returned, under way)."""
     rec = read_record()
     if not rec or rec.get("st") in FINAL or not isinstance(rec.get("id"), str):
         return None
+    events = rec.pop("events", None)
+    if events:  # raised by the link during the steps at boot, before the reset
+        files.write_json(RECORD, rec)
+        for ts, kind, detail in events:
+            rx.events.append((ts, kind, detail))
     u = Updater(rx, rec)
     if rec.get("slot") == rx.slot:
-        return u  # the new version: loa/app.py confirms it after its first report
-    if boot:  # reported, or carried on, in the session it is sent in (after the first report)
-        rx.update_waiting = True
+        u.confirm()
         return None
     if rec.get("st") in SWITCHING:
         why = rec.get("tried")

@@ -186,6 +186,61 @@ def install_app(slot_dir: Path, *, compiled: bool = False) -> None:
     shutil.copytree(source, slot_dir / "loa", ignore=shutil.ignore_patterns("__pycache__"))
 
 
+# main.py of a receiver on the 4G link: the simulated board gets a modem on its serial line that
+# answers as a registered one does, so that the receiver runs its ppp link (loa/ppp.py) as on the
+# board: the AT layer (loa/modem.py) loaded for each link-up (attach, network time, dial) and let
+# go after it; "PPP" then carries the host's network. The port and its answers stand for the
+# board's UART port. The slot is the one main.py runs next (slots.json, not changed here). (The
+# source is compiled apart from running it, so that its text is not kept while it runs.)
+MODEM_MAIN = """import sys
+import json
+try:
+    with open("slots.json") as f:
+        slots = json.loads(f.read())
+except (OSError, ValueError):
+    slots = {}
+sys.path.insert(0, slots.get("trial") or slots.get("active") or "a")
+del slots
+import asyncio
+from loa.hal import sim
+sys.path.pop(0)
+ANSWERS = {b"AT": (b"OK",), b"ATE0": (b"OK",), b"AT+CPIN?": (b"+CPIN: READY", b"OK"),
+           b"AT+CEREG?": (b"+CEREG: 0,1", b"OK"), b'AT+CGDCONT=1,"IP","v-internet"': (b"OK",),
+           b"AT+CSQ": (b"+CSQ: 17,99", b"OK"), b"AT+CCLK?": (b'+CCLK: "26/12/04,14:00:00+28"', b"OK"),
+           b"ATD*99#": (b"CONNECT 150000000",), b"ATH": (b"OK",)}
+class Port:
+    def __init__(self):
+        self.lines = []
+        self.ready = asyncio.Event()
+    def write(self, data):
+        self.lines.extend(ANSWERS.get(data.rstrip(b"\\r"), (b"ERROR",)))
+        self.ready.set()
+    async def readline(self):
+        while not self.lines:
+            self.ready.clear()
+            await self.ready.wait()
+        return self.lines.pop(0) + b"\\r\\n"
+class Board(sim.SimBoard):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.modem = Port()
+sim.SimBoard = Board
+del sim, Board
+with open("firmware_main.py") as f:
+    code = compile(f.read(), "main.py", "exec")
+del f
+exec(code)
+"""
+
+
+def give_modem(root: Path, cfg: dict[str, object]) -> None:
+    """Put the receiver laid out in ``root`` on the 4G link (MODEM_MAIN): its main.py, and the
+    link in ``cfg`` (written to its config.json by the caller)."""
+    (root / "main.py").rename(root / "firmware_main.py")
+    (root / "main.py").write_text(MODEM_MAIN)
+    cfg.update(link="ppp", apn="v-internet", sim_pin="")
+
+
 @dataclass
 class Received:
     topic: str

@@ -164,7 +164,7 @@ def test_network_time_from_cclk(tmp_path: Path) -> None:
 
 
 # -- the link's view of the modem: PPP drops and a hung modem's recovery ladder ----------------
-# (run through loa.modem.PppLink on the simulated board; the runner is in test_link.py)
+# (run through loa.ppp.PppLink on the simulated board; the runner is in test_link.py)
 
 HUNG = 'for cmd in list(script) + ["AT+CFUN=0", "AT+CFUN=1"]:\n    script[cmd] = None'
 
@@ -260,7 +260,7 @@ def test_no_registration_for_too_long_resets_the_radio(tmp_path: Path) -> None:
     from tests.firmware.test_link import run_link
 
     lines = run_link(tmp_path, """
-    modem.UNREGISTERED_MS = 500
+    tuning["UNREGISTERED_MS"] = 500
     await attempt()            # searching: not yet a reason to reset anything
     await asyncio.sleep_ms(300)
     await attempt()            # searching for longer than UNREGISTERED_MS: radio reset

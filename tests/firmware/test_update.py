@@ -21,7 +21,7 @@ import pytest
 from fleet_service.firmware import bundle, keys
 from fleet_service.firmware.cli import FIRMWARE_SOURCE
 from fleet_service.protocol import command_topic, decode
-from tests.firmware.conftest import Device, Observer, device_config, wait_for
+from tests.firmware.conftest import Device, Observer, device_config, give_modem, wait_for
 from tests.support.mosquitto_production import ProductionBroker
 from tests.support.release_server import ReleaseServer
 from tests.support.tcp_relay import TcpRelay
@@ -278,6 +278,43 @@ def test_a_new_version_that_cannot_connect_rolls_back_by_itself(broker, tmp_path
         assert rig.device.read_json("slots.json") == {"active": "a"}
         assert "slot a" in rig.device.output
         assert rig.device.stop() == 0
+    rig.all_decode()
+
+
+def test_an_update_out_of_heap_is_checked_and_downloaded_at_boot_on_the_4g_link(broker, tmp_path, release,
+                                                                                 rigs) -> None:
+    """The end of the worst case's update on the 4G link (docs/firmware.md, "Memory"; the whole
+    of it is python -m tests.firmware.heap_peaks --update --modem): a receiver on the ppp link
+    (a simulated modem: loa/ppp.py held, loa/modem.py loaded for each link-up) with the
+    largest schedule on flash, reset to make room for an update, checks and downloads it at
+    boot in 160 KiB before its receiver is made, resets, then reports it and installs it; the
+    new version confirms itself."""
+    rig = Rig(broker, tmp_path / "flash", "fw-boot4g", release, ntp="")
+    rigs.append(rig)
+    root = rig.device.root
+    cfg = json.loads((root / "config.json").read_text())
+    give_modem(root, cfg)
+    (root / "config.json").write_text(json.dumps(cfg))
+    url = "http://127.0.0.1:1/live.mp3?pad=" + "x" * 256
+    slots = [[f"slot-{i:02}", i * 3600, i * 3600 + 3599, 127, url[:256], 1, 20089, 47482, 70] for i in range(24)]
+    (root / "schedule.json").write_text(json.dumps({"ver": 2, "tz": 420, "slots": slots}))
+    # As the receiver leaves it when the update ran out of heap with nothing playing.
+    (root / "update.json").write_text(json.dumps({
+        "id": "up-b", "rel": 7, "ver": NEW, "url": rig.server.url, "jit": 0, "slot": "b", "st": "offered",
+        "why": None, "got": 0, "reset": True, "boot": True}))
+    rig.start()
+    assert rig.device.wait(ONLINE_S) == 0, rig.device.output  # the reset after the steps at boot
+    assert "link: ppp up" in rig.device.output and "update: at boot: done" in rig.device.output
+    rig.device.start()
+    rig.online(OLD_FW)
+    assert [rig.status("up-b", st)["st"] for st in ("downloaded", "verified", "rebooting")] == [
+        "downloaded", "verified", "rebooting"]
+    rig.reset_and_restart()
+    rig.online(NEW_FW)
+    rig.status("up-b", "confirmed")
+    assert rig.ack("up-b", "done")
+    assert rig.device.read_json("slots.json") == {"active": "b"}
+    assert "MemoryError" not in rig.device.output
     rig.all_decode()
 
 

@@ -215,7 +215,7 @@ class Esp32Board(Board):
         self._xdcs.value(1)
         return len(block)
 
-    # -- the 4G modem's hardware (loa.modem.PppLink drives it) ------------------------------------
+    # -- the 4G modem's hardware (loa.ppp.PppLink drives it) --------------------------------------
 
     def _modem_uart(self):
         pins = self.pins
