@@ -213,7 +213,8 @@ async def steps_at_boot(board, cfg, state, supervisor, log):
     rx = None
     files.write_json(RECORD, rec)
     gc.collect()
-    log("update: at boot:", rec.get("failed") or "done", "free heap", gc.mem_free(), "- resetting")
+    log("update: at boot:", rec.get("failed") or ("done" if rec.get("done") else "left to the receiver"),
+        "free heap", gc.mem_free(), "- resetting")
     await board.link_down()
     board.reset()
 

@@ -318,6 +318,50 @@ def test_an_update_out_of_heap_is_checked_and_downloaded_at_boot_on_the_4g_link(
     rig.all_decode()
 
 
+def test_a_modem_reset_during_the_steps_at_boot_is_reported_after_the_next_one(broker, tmp_path, release,
+                                                                                rigs) -> None:
+    """The link raises modem_reset while an update's steps at boot bring it up (a modem that
+    does not answer: the steps fail, the recovery ladder resets its radio): kept in the record
+    across the board's reset, the event is sent once the receiver has reported, and the update
+    goes on in the receiver (which, on the 4G link at 160 KiB, runs out of heap for the check:
+    the steps at boot had their one chance)."""
+    rig = Rig(broker, tmp_path / "flash", "fw-bootev", release, ntp="")
+    rigs.append(rig)
+    root = rig.device.root
+    cfg = json.loads((root / "config.json").read_text())
+    give_modem(root, cfg)
+    (root / "config.json").write_text(json.dumps(cfg))
+    # While the file "hung" is there, the modem does not answer AT (five times: every try of
+    # the first link-up's sync), then answers everything again.
+    main = (root / "main.py").read_text()
+    write = "    def write(self, data):\n"
+    assert write in main
+    (root / "main.py").write_text(main.replace(write, write + (
+        "        import os\n"
+        "        if data == b'AT\\r' and 'hung' in os.listdir():\n"
+        "            n = int(open('hung').read()) - 1\n"
+        "            open('hung', 'w').write(str(n))\n"
+        "            if not n:\n"
+        "                os.remove('hung')\n"
+        "            return\n")))
+    (root / "hung").write_text("5")
+    (root / "update.json").write_text(json.dumps({
+        "id": "up-e", "rel": 7, "ver": NEW, "url": rig.server.url, "jit": 0, "slot": "b", "st": "offered",
+        "why": None, "got": 0, "reset": True, "boot": True}))
+    rig.start()
+    assert rig.device.wait(ONLINE_S + 20) == 0, rig.device.output  # the steps at boot gave up, then the reset
+    assert "modem: hung (at_timeout), recovery step radio" in rig.device.output
+    assert "update: at boot: left to the receiver" in rig.device.output
+    assert rig.device.read_json("update.json")["events"][0][1:] == ["modem_reset", "radio:at_timeout"]
+    rig.device.start()
+    event = rig.observer.wait("event", lambda m: m["kind"] == "modem_reset", timeout=ONLINE_S)[-1]
+    assert event["detail"] == "radio:at_timeout"
+    rig.observer.wait("update", lambda m: m["id"] == "up-e")  # the update goes on in the receiver
+    record = rig.device.read_json("update.json")
+    assert isinstance(record, dict) and "events" not in record
+    rig.all_decode()
+
+
 # Where the power goes (the simulated board's checkpoints in loa/update.py and loa/app.py), and
 # what the receiver says after it: the new version confirmed, or the old one rolled back.
 POWER_LOSS = {
