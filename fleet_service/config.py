@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # arrives first, and receivers that were online get a chance to report.
     startup_grace_s: float = 30.0
     max_payload_bytes: int = 4096
+    # Alerts: how often the leading worker evaluates the rules. Pending times are minutes, and
+    # a turn's cost is mostly fixed, so this is most of what alerts cost a quiet fleet.
+    alert_eval_interval_s: float = Field(default=10.0, ge=1.0, le=300.0)
 
     # Mosquitto dynamic security: the control topic is reached with the admin login.
     mosquitto_admin_username: str = "loa-admin"

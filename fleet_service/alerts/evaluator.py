@@ -49,7 +49,7 @@ from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
 log = logging.getLogger(__name__)
 
 # Pending times are minutes: a turn every few seconds is on time, and costs little between.
-EVAL_INTERVAL_S = 5.0
+EVAL_INTERVAL_S = 10.0  # LOA_ALERT_EVAL_INTERVAL_S
 # A whole turn (every receiver) this often; the turns between look only at what may have changed.
 # (And at once after a turn found the rules edited.)
 FULL_TURN_S = 900.0

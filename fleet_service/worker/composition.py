@@ -228,7 +228,8 @@ async def run_mqtt_side(runtime: Runtime, *, wait_connected_s: float = 15.0,
     schedules = ScheduleSync(runtime.sessions, submit=hand_over)
     rollouts = RolloutDriver(runtime.sessions, settings, submit=hand_over)
     notifier = Notifier(runtime.sessions, settings)
-    alerts = AlertEvaluator(runtime.sessions, on_raised=lambda _result: notifier.wake())
+    alerts = AlertEvaluator(runtime.sessions, on_raised=lambda _result: notifier.wake(),
+                            interval_s=settings.alert_eval_interval_s)
     counts = EventCounter(runtime.sessions)
     subscribe(events, commands=commands, schedules=schedules, telemetry=runtime.telemetry, rollouts=rollouts,
               counts=counts)

@@ -19,7 +19,7 @@ from tests.support.ports import free_port
 def service_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(database_url=database_url, environment="test", mqtt_port=free_port(),
                                   mqtt_password="service-secret-for-tests", inactivity_timeout_s=600,
-                                  startup_grace_s=0, mqtt_keepalive_s=5)
+                                  startup_grace_s=0, mqtt_keepalive_s=5, alert_eval_interval_s=2)
     values.update(overrides)
     return Settings(**values)
 
