@@ -7,7 +7,15 @@
 # remember between two link-ups (the signal, the network time, how far up the recovery ladder
 # the modem is) is kept here.
 
+from micropython import const
+
 from loa import unload
+
+# Link-ups in a row that find no heap for the AT layer before the board resets. After a PPP
+# drop the AT layer is loaded again into a heap the receiver's buffers, its schedule and its
+# last session have cut up; with the link down nothing can be sent or played, so a reset,
+# which brings the link up first in a heap in one piece, costs no more than the wait.
+NO_HEAP_RESET = const(3)
 
 
 class PppLink:
@@ -29,6 +37,7 @@ class PppLink:
         self.silent = 0             # AT commands unanswered in a row
         self.step = 0               # the next step of the recovery ladder
         self.unregistered = None    # uptime ms since which the modem is not registered
+        self.no_heap = 0            # link-ups in a row without heap for the AT layer
 
     def report(self, kind, detail):
         if self.on_event is not None:
@@ -39,12 +48,22 @@ class PppLink:
     async def up(self):
         if self.is_up():
             return True
-        from loa import modem
-
+        modem = None
         try:
+            from loa import modem
+
             await modem.link_up(self)
+            self.no_heap = 0
+        except MemoryError:
+            modem = None
+            unload("modem")
+            self.no_heap += 1
+            if self.no_heap >= NO_HEAP_RESET:
+                self.log("link: no heap for the modem's AT layer: resetting")
+                self.board.reset()
+            raise OSError("ppp: no heap for the modem's AT layer")
         finally:
-            del modem
+            modem = None
             unload("modem")  # needed again only for the next link-up
         return True
 

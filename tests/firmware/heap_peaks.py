@@ -5,6 +5,7 @@
     python -m tests.firmware.heap_peaks --smallest      # the smallest heap it still runs in
     python -m tests.firmware.heap_peaks --modem         # on the 4G link (loa/ppp.py, loa/modem.py)
     python -m tests.firmware.heap_peaks --update        # then a firmware update (protocol 1.2)
+    python -m tests.firmware.heap_peaks --modem --ppp-drop  # then a PPP drop: the AT layer again
 
 One receiver (the real firmware, compiled to .mpy, on the simulated board) against the
 production Mosquitto over TLS with the broker's certificate checked, through the worst case
@@ -117,8 +118,8 @@ def signed_release(directory: Path) -> tuple[Path, str]:
     return out, keys.public_base64(key)
 
 
-def worst_case(heapsize: str, directory: Path, *, modem: bool = False,
-               update: bool = False) -> tuple[bool, list[tuple[str, dict[str, int]]], str]:
+def worst_case(heapsize: str, directory: Path, *, modem: bool = False, update: bool = False,
+               ppp_drop: bool = False) -> tuple[bool, list[tuple[str, dict[str, int]]], str]:
     """Run the worst case at ``heapsize``: whether it all went through, the heap per phase, and
     the receiver's console output."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -174,6 +175,28 @@ def worst_case(heapsize: str, directory: Path, *, modem: bool = False,
                 # (A connect attempt refused while the broker restarts takes a session number too.)
                 observer.wait("state", lambda m, s=session: m["state"] == "online" and m["session"] >= s, timeout=30)
                 observer.wait("telemetry", lambda m, s=session: m["session"] >= s, timeout=10)
+                time.sleep(1)
+            if ppp_drop:  # the link-up after it loads the modem's AT layer again
+                sampler.phase("a PPP drop, the link up again, playing")
+                last = max(m["session"] for m in observer.find("state"))
+                values = json.loads((device.root / "sim.json").read_text())
+                (device.root / "sim.json").write_text(json.dumps({**values, "ppp_drop": True}))
+                device.process.stdin.write("sim\n")
+                device.process.stdin.flush()
+                time.sleep(0.5)
+                broker.restart()
+                # Without heap for the AT layer the board resets (loa/ppp.py): a power-up again.
+                deadline = time.monotonic() + 60
+                while not observer.find("state", lambda m: m["state"] == "online" and m["session"] > last):
+                    assert time.monotonic() < deadline, "not online again after the PPP drop"
+                    if device.process.poll() is not None:
+                        sampler.stop()
+                        before = list(device.lines)
+                        device.start(heapsize)
+                        device.lines[:0] = before
+                        sampler.restart()
+                    time.sleep(0.25)
+                observer.wait("telemetry", lambda m: m["session"] > last, timeout=10)
                 time.sleep(1)
             if release is not None:
                 run_update(device, sampler, service, observer, release[0], heapsize)
@@ -233,10 +256,13 @@ def main() -> None:
                         help="find the smallest heap (in KiB, steps of 4) it runs in")
     parser.add_argument("--modem", action="store_true", help="on the ppp link, through a simulated modem")
     parser.add_argument("--update", action="store_true", help="then a firmware update, and the new version's first run")
+    parser.add_argument("--ppp-drop", action="store_true",
+                        help="with --modem: after the TLS reconnects, the PPP session drops and comes up again")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="loa-heap-") as tmp:
         if not args.smallest:
-            ok, report, output = worst_case(args.heapsize, Path(tmp), modem=args.modem, update=args.update)
+            ok, report, output = worst_case(args.heapsize, Path(tmp), modem=args.modem, update=args.update,
+                                            ppp_drop=args.ppp_drop)
             print(f"heap {args.heapsize}: {'went through' if ok else 'FAILED'}")
             for name, h in report:
                 print(f"  {name:45} used ≤ {kib(h['max_used'])}, free ≥ {kib(h['min_free'])}, "

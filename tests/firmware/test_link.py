@@ -115,3 +115,19 @@ def test_no_sim_fails_the_link_without_resetting_anything(tmp_path: Path) -> Non
 """, 'script["AT+CPIN?"] = ["+CME ERROR: 10"]')
     assert lines[:4] == ["down ppp: no SIM (+CME ERROR 10)"] * 4
     assert lines[4] == "power cycles 0"
+
+
+def test_a_link_up_without_heap_for_the_at_layer_resets_the_board_the_third_time(tmp_path: Path) -> None:
+    lines = run_link(tmp_path, """
+    import loa
+    async def link_up(link):
+        raise MemoryError
+    class NoHeap:  # the AT layer as an import finds it in a heap too cut up for it
+        pass
+    for _ in range(3):
+        loa.modem = NoHeap()
+        loa.modem.link_up = link_up
+        await attempt()
+""", exits=True)
+    # On the unix port the simulated reset exits.
+    assert lines == ["down ppp: no heap for the modem's AT layer"] * 2

@@ -10,8 +10,9 @@
 #
 # For the tests, sim.json may also say "power_loss_at" (an update's checkpoint where the
 # process dies as at a power cut; "downloading" once "power_loss_pct" percent, 50 by default,
-# is in) and "via" (a loopback port: every connection but the broker's goes there, to a test's
-# HTTP relay that cuts or corrupts a download).
+# is in), "via" (a loopback port: every connection but the broker's goes there, to a test's
+# HTTP relay that cuts or corrupts a download) and "ppp_drop" (the PPP session of a board with
+# a modem drops, noticed at the next connection lost).
 
 import os
 import sys
@@ -105,6 +106,8 @@ class SimBoard(Board):
                 self.stop_requested = True
             elif line == b"sim":  # sim.json changed: read it again
                 self.values.update(files.read_json("sim.json") or {})
+                if self.values.pop("ppp_drop", False):
+                    self.ppp_carrier = False
                 self._route()
             elif line == b"heap":
                 import gc
