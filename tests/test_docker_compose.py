@@ -88,9 +88,10 @@ def test_data_lives_in_named_volumes_and_provisioning_files_exist(config):
     grafana = {target for _source, target in _mounts(config["services"]["grafana"])}
     assert {"/etc/grafana/provisioning/datasources", "/etc/grafana/provisioning/dashboards",
             "/var/lib/grafana/dashboards/loa"} <= grafana
-    # Only the receivers' TLS port is open beyond the host; web UIs sit behind a reverse proxy.
+    # Only the receivers' TLS port is open beyond the host; web UIs and the firmware downloads
+    # sit behind a reverse proxy.
     published = set().union(*(_published(s) for s in config["services"].values()))
-    assert published == {("", 8883), ("127.0.0.1", 8000), ("127.0.0.1", 3000)}
+    assert published == {("", 8883), ("127.0.0.1", 8000), ("127.0.0.1", 8001), ("127.0.0.1", 3000)}
 
 
 def test_simulated_receivers_are_only_in_the_sim_profile(config):
