@@ -41,7 +41,7 @@ from fleet_service.protocol.messages import ScheduleSlot
 from fleet_service.registry.models import Receiver, ReceiverStatus, Region, Station
 from fleet_service.rollouts.models import RolloutTarget, TargetState
 from fleet_service.schedules.models import Schedule, ScheduleSlotRow
-from fleet_service.schedules.service import receiver_slots, wire_slot
+from fleet_service.schedules.service import receiver_slots
 from fleet_service.scope import RegionScope
 from fleet_service.timefmt import LOCAL_ZONE, local_text
 from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
