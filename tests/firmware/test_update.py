@@ -281,6 +281,17 @@ def test_a_new_version_that_cannot_connect_rolls_back_by_itself(broker, tmp_path
     rig.all_decode()
 
 
+def _rig_on_the_4g_link(broker: ProductionBroker, tmp_path: Path, name: str, release: Release,
+                        rigs: list[Rig]) -> Rig:
+    """A rig whose receiver runs on the ppp link through the simulated modem (give_modem)."""
+    rig = Rig(broker, tmp_path / "flash", name, release, ntp="")
+    rigs.append(rig)
+    cfg = json.loads((rig.device.root / "config.json").read_text())
+    give_modem(rig.device.root, cfg)
+    (rig.device.root / "config.json").write_text(json.dumps(cfg))
+    return rig
+
+
 def test_an_update_out_of_heap_is_checked_and_downloaded_at_boot_on_the_4g_link(broker, tmp_path, release,
                                                                                  rigs) -> None:
     """The end of the worst case's update on the 4G link (docs/firmware.md, "Memory"; the whole
@@ -289,12 +300,8 @@ def test_an_update_out_of_heap_is_checked_and_downloaded_at_boot_on_the_4g_link(
     largest schedule on flash, reset to make room for an update, checks and downloads it at
     boot in 160 KiB before its receiver is made, resets, then reports it and installs it; the
     new version confirms itself."""
-    rig = Rig(broker, tmp_path / "flash", "fw-boot4g", release, ntp="")
-    rigs.append(rig)
+    rig = _rig_on_the_4g_link(broker, tmp_path, "fw-boot4g", release, rigs)
     root = rig.device.root
-    cfg = json.loads((root / "config.json").read_text())
-    give_modem(root, cfg)
-    (root / "config.json").write_text(json.dumps(cfg))
     url = "http://127.0.0.1:1/live.mp3?pad=" + "x" * 256
     slots = [[f"slot-{i:02}", i * 3600, i * 3600 + 3599, 127, url[:256], 1, 20089, 47482, 70] for i in range(24)]
     (root / "schedule.json").write_text(json.dumps({"ver": 2, "tz": 420, "slots": slots}))
@@ -325,12 +332,8 @@ def test_a_modem_reset_during_the_steps_at_boot_is_reported_after_the_next_one(b
     across the board's reset, the event is sent once the receiver has reported, and the update
     goes on in the receiver (which, on the 4G link at 160 KiB, runs out of heap for the check:
     the steps at boot had their one chance)."""
-    rig = Rig(broker, tmp_path / "flash", "fw-bootev", release, ntp="")
-    rigs.append(rig)
+    rig = _rig_on_the_4g_link(broker, tmp_path, "fw-bootev", release, rigs)
     root = rig.device.root
-    cfg = json.loads((root / "config.json").read_text())
-    give_modem(root, cfg)
-    (root / "config.json").write_text(json.dumps(cfg))
     # While the file "hung" is there, the modem does not answer AT (five times: every try of
     # the first link-up's sync), then answers everything again.
     main = (root / "main.py").read_text()
