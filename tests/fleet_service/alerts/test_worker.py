@@ -39,6 +39,9 @@ async def test_a_lost_receiver_raises_one_incident_across_a_restart_and_it_clear
         incident, = incidents(runtime.sessions)
         assert (incident.kind, incident.receiver_id, incident.state) == ("offline", "rx-0", "open")
         assert incident.summary.startswith("Mất kết nối / Offline: rx-0 (Đài 0, Hùng Sơn)")
+        # The count follows the turn's commit, which the incident above was read from.
+        await wait_until(lambda: (status := ingest_status_here(runtime)) is not None and status.alerts_raised == 1,
+                         timeout=5, what="the raised incident counted")
         status = ingest_status_here(runtime)
         assert status is not None and status.alerts_raised == 1 and status.alert_failures == 0
     async with running_service(settings) as runtime:  # restarted: nothing raised twice
