@@ -105,6 +105,10 @@ class SilentLinkRelay:
             pipe.tasks.append(inbound)
             await self._pump(reader, pipe.upstream, pipe, from_broker=False)
             await inbound
+        except asyncio.CancelledError:
+            # close() ends the connection. Ending normally: Python 3.11's start_server logs a
+            # handler task that ends cancelled as an error ("Exception in callback").
+            return
         finally:
             self._pipes.discard(pipe)
             if pipe.accepted and not pipe.frozen:
