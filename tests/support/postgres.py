@@ -20,12 +20,17 @@ def postgres_available() -> bool:
         return False
 
 
+def database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
 @contextmanager
-def scratch_database() -> Iterator[str]:
-    """Yields an SQLAlchemy URL of a new, empty database, dropped afterwards."""
+def scratch_database(template: str | None = None) -> Iterator[str]:
+    """Yields an SQLAlchemy URL of a new database, dropped afterwards: empty, or a copy of
+    the database ``template`` (which nobody may be connected to)."""
     name = f"loa_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     base = ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     try:
         yield f"{base}/{name}"
