@@ -318,10 +318,11 @@ def read_manifest(bundle_dir: Path) -> tuple[Manifest, bytes]:
     return parse_manifest(data), data
 
 
-def sign(bundle_dir: Path, private_key: Path) -> SignatureFile:
+def sign(bundle_dir: Path, private_key: Path, passphrase: str | None = None) -> SignatureFile:
     """Sign the bundle's manifest.json as it is, after checking that it is well formed and that
-    the files beside it are the ones it names; writes manifest.sig."""
-    key = keys.load_private(private_key)
+    the files beside it are the ones it names; writes manifest.sig. ``passphrase`` opens an
+    encrypted key file."""
+    key = keys.load_private(private_key, passphrase)
     manifest, data = read_manifest(bundle_dir)
     check_files(manifest, read_files(bundle_dir, manifest))
     signature = SignatureFile(algorithm=keys.ALGORITHM, key_id=keys.key_id(key.public_key()),

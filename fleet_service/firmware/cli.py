@@ -6,6 +6,7 @@ running service's API (LOA_API_URL, LOA_API_TOKEN), as ``loa commands`` does."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -56,18 +57,36 @@ def build(
     typer.echo(f"Ký / sign it: loa firmware sign --key KEY.key {target}")
 
 
+_PASSPHRASE_PROMPT = "Mật khẩu của khoá riêng / passphrase of the private key"
+
+
+def _passphrase(*, new: bool) -> str:
+    """LOA_FIRMWARE_KEY_PASSPHRASE, or typed on the terminal (twice for a new key)."""
+    given = os.environ.get(keys.PASSPHRASE_ENV)
+    if given:
+        return given
+    typed: str = typer.prompt(_PASSPHRASE_PROMPT, hide_input=True, confirmation_prompt=new)
+    return typed
+
+
 @firmware_app.command("keygen")
 def keygen(
     out: Annotated[Path, typer.Option(help="Tiền tố tệp khoá / key file prefix: PREFIX.key, PREFIX.pub")],
     force: Annotated[bool, typer.Option("--force", help="Ghi đè khoá đã có / replace existing key files")] = False,
+    no_passphrase: Annotated[bool, typer.Option(
+        "--no-passphrase", help="Không mã hoá khoá riêng / leave the private key file unencrypted")] = False,
 ) -> None:
     """Tạo cặp khoá Ed25519 / make an Ed25519 key pair for signing releases. Keep PREFIX.key
-    offline; give the service PREFIX.pub (LOA_FIRMWARE_KEYS)."""
+    offline; give the service PREFIX.pub (LOA_FIRMWARE_KEYS). The private key is encrypted with
+    a passphrase, asked for twice (or LOA_FIRMWARE_KEY_PASSPHRASE), unless --no-passphrase."""
     try:
-        private_path, public_path, public = keys.generate(out, force=force)
+        passphrase = None if no_passphrase else _passphrase(new=True)
+        private_path, public_path, public = keys.generate(out, force=force, passphrase=passphrase)
     except keys.KeyProblem as exc:
         raise _refused(exc) from None
-    typer.echo(f"Khoá riêng / private key: {private_path} (chỉ chủ đọc được / mode 0600; giữ ngoại tuyến / keep offline)")
+    protection = "không mật khẩu / no passphrase" if no_passphrase else "có mật khẩu / passphrase"
+    typer.echo(f"Khoá riêng / private key: {private_path} ({protection}; chỉ chủ đọc được / mode 0600; "
+               f"giữ ngoại tuyến / keep offline)")
     typer.echo(f"Khoá công khai / public key: {public_path}")
     typer.echo(f"Mã khoá / key id: {keys.key_id(public)}")
     typer.echo(f"Khoá công khai base64 / public key base64 (LOA_FIRMWARE_KEYS): {keys.public_base64(public)}")
@@ -81,7 +100,10 @@ def sign(
     """Ký gói / sign a bundle's manifest.json as it is, after checking the files against it;
     writes manifest.sig."""
     try:
-        signature = bundle.sign(bundle_dir, key)
+        try:
+            signature = bundle.sign(bundle_dir, key, os.environ.get(keys.PASSPHRASE_ENV) or None)
+        except keys.PassphraseNeeded:
+            signature = bundle.sign(bundle_dir, key, _passphrase(new=False))
     except (LoaError, keys.KeyProblem) as exc:
         raise _refused(exc) from None
     typer.echo(f"Đã ký / signed {bundle_dir / bundle.SIGNATURE_NAME} bằng khoá / with key {signature.key_id}")

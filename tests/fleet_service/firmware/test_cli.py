@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -30,25 +31,66 @@ from tests.fleet_service.firmware.conftest import HARDWARE, VERSION
 from tests.support.ports import free_port
 
 
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(loa, list(args))
+PASSPHRASE = "cột loa đầu xóm 2026"
+
+
+def run(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(loa, list(args), input=input, env={keys.PASSPHRASE_ENV: "", **(env or {})})
     return result.exit_code, result.output
 
 
 def test_keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites(tmp_path: Path) -> None:
-    code, output = run("firmware", "keygen", "--out", str(tmp_path / "loa-release"))
+    code, output = run("firmware", "keygen", "--out", str(tmp_path / "loa-release"), "--no-passphrase")
     assert code == 0, output
+    assert "không mật khẩu / no passphrase" in output
     private, public = tmp_path / "loa-release.key", tmp_path / "loa-release.pub"
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     key = keys.load_public(str(public))
     assert f"key id: {keys.key_id(key)}" in output and keys.public_base64(key) in output
     assert keys.key_id(key) == hashlib.sha256(keys.raw_public(key)).hexdigest()[:16]
     before = private.read_bytes()
-    code, output = run("firmware", "keygen", "--out", str(tmp_path / "loa-release"))
+    code, output = run("firmware", "keygen", "--out", str(tmp_path / "loa-release"), "--no-passphrase")
     assert code == 1 and "đã có" in output and "--force" in output
     assert private.read_bytes() == before
-    code, output = run("firmware", "keygen", "--out", str(tmp_path / "loa-release"), "--force")
+    code, output = run("firmware", "keygen", "--out", str(tmp_path / "loa-release"), "--no-passphrase", "--force")
     assert code == 0 and private.read_bytes() != before and stat.S_IMODE(private.stat().st_mode) == 0o600
+
+
+def test_keygen_encrypts_the_private_key_with_a_passphrase_asked_twice(tmp_path: Path) -> None:
+    prefix = tmp_path / "loa-release"
+    private = tmp_path / "loa-release.key"
+    # Too short, or typed differently the second time: nothing is written.
+    code, output = run("firmware", "keygen", "--out", str(prefix), input="ngắn quá\nngắn quá\n")
+    assert code == 1 and "quá ngắn" in output and "too short" in output, output
+    code, output = run("firmware", "keygen", "--out", str(prefix), input=f"{PASSPHRASE}\nsomething else\n")
+    assert code != 0 and "do not match" in output, output
+    assert not private.exists() and not (tmp_path / "loa-release.pub").exists()
+
+    code, output = run("firmware", "keygen", "--out", str(prefix), input=f"{PASSPHRASE}\n{PASSPHRASE}\n")
+    assert code == 0 and "có mật khẩu / passphrase" in output, output
+    assert PASSPHRASE not in output
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    # PKCS#12: the key bag under PBES2 with the rounds asked for, as OpenSSL reads it.
+    info = subprocess.run(["openssl", "pkcs12", "-in", str(private), "-info", "-noout", "-passin", "env:PASS"],
+                          env={**os.environ, "PASS": PASSPHRASE}, capture_output=True, text=True, check=True)
+    assert f"PBES2, PBKDF2, AES-256-CBC, Iteration {keys.PASSPHRASE_KDF_ROUNDS}, PRF hmacWithSHA256" in info.stderr
+    public = keys.load_public(str(tmp_path / "loa-release.pub"))
+    with pytest.raises(keys.PassphraseNeeded, match=keys.PASSPHRASE_ENV):
+        keys.load_private(private)
+    with pytest.raises(keys.KeyProblem, match="wrong passphrase"):
+        keys.load_private(private, "not the passphrase")
+    assert keys.load_private(private, PASSPHRASE).public_key() == public
+
+    # From the environment, for scripts; a key without one ignores a passphrase given.
+    code, output = run("firmware", "keygen", "--out", str(tmp_path / "scripted"), env={keys.PASSPHRASE_ENV: PASSPHRASE})
+    assert code == 0, output
+    assert keys.load_private(tmp_path / "scripted.key", PASSPHRASE)
+    code, output = run("firmware", "keygen", "--out", str(tmp_path / "plain"), "--no-passphrase")
+    assert code == 0, output
+    assert keys.load_private(tmp_path / "plain.key", PASSPHRASE)
+    (tmp_path / "junk.key").write_bytes(b"not a key at all")
+    with pytest.raises(keys.KeyProblem, match="not a key file"):
+        keys.load_private(tmp_path / "junk.key", PASSPHRASE)
 
 
 def test_firmware_keys_setting(tmp_path: Path, signing_keys, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,7 +132,8 @@ class ServedApi:
 @pytest.fixture
 def served(db_url: str, tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
     """A running API trusting a key made with ``loa firmware keygen``; (url, key prefix, tokens)."""
-    code, output = run("firmware", "keygen", "--out", str(tmp_path / "keys" / "release"))
+    code, output = run("firmware", "keygen", "--out", str(tmp_path / "keys" / "release"),
+                       env={keys.PASSPHRASE_ENV: PASSPHRASE})
     assert code == 0, output
     runtime = Runtime.from_settings(Settings(database_url=db_url, environment="test",
                                              firmware_keys=str(tmp_path / "keys" / "release.pub")))
@@ -115,7 +158,13 @@ def test_build_sign_upload_list_show_withdraw(served, built_bundle: Path, tmp_pa
 
     code, output = run("firmware", "upload", str(bundle_dir), *api)
     assert code == 1 and "chưa được ký" in output and "not signed" in output
+    # The key's passphrase: missing (no terminal to ask on) or wrong, nothing is signed.
     code, output = run("firmware", "sign", "--key", str(key) + ".key", str(bundle_dir))
+    assert code != 0 and not (bundle_dir / "manifest.sig").exists(), output
+    code, output = run("firmware", "sign", "--key", str(key) + ".key", str(bundle_dir), input="sai mật khẩu rồi\n")
+    assert code == 1 and "sai mật khẩu" in output and "wrong passphrase" in output, output
+    assert not (bundle_dir / "manifest.sig").exists()
+    code, output = run("firmware", "sign", "--key", str(key) + ".key", str(bundle_dir), input=f"{PASSPHRASE}\n")
     assert code == 0 and (bundle_dir / "manifest.sig").exists(), output
     code, output = run("firmware", "upload", str(bundle_dir), "--api", url, "--token", tokens["vanhanh"])
     assert code == 1 and "operator" in output
