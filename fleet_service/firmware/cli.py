@@ -65,8 +65,7 @@ def _passphrase(*, new: bool) -> str:
     given = os.environ.get(keys.PASSPHRASE_ENV)
     if given:
         return given
-    typed: str = typer.prompt(_PASSPHRASE_PROMPT, hide_input=True, confirmation_prompt=new)
-    return typed
+    return str(typer.prompt(_PASSPHRASE_PROMPT, hide_input=True, confirmation_prompt=new))
 
 
 @firmware_app.command("keygen")

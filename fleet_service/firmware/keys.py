@@ -63,7 +63,7 @@ def public_base64(key: Ed25519PublicKey) -> str:
     return base64.b64encode(raw_public(key)).decode("ascii")
 
 
-def check_passphrase(passphrase: str) -> None:
+def _check_passphrase(passphrase: str) -> None:
     if len(passphrase) < MIN_PASSPHRASE_CHARS:
         raise KeyProblem(f"mật khẩu của khoá quá ngắn: cần ít nhất {MIN_PASSPHRASE_CHARS} ký tự",
                         f"the key's passphrase is too short: at least {MIN_PASSPHRASE_CHARS} characters")
@@ -71,9 +71,9 @@ def check_passphrase(passphrase: str) -> None:
 
 def generate(prefix: Path, *, force: bool = False,
              passphrase: str | None = None) -> tuple[Path, Path, Ed25519PublicKey]:
-    """A new key pair: ``PREFIX.key`` (PKCS#8 PEM, mode 0600, encrypted with ``passphrase``
-    when one is given) and ``PREFIX.pub`` (PEM). Refuses to replace either file unless
-    ``force``."""
+    """A new key pair: ``PREFIX.key`` (mode 0600; PKCS#12 encrypted with ``passphrase`` when
+    one is given, else PKCS#8 PEM) and ``PREFIX.pub`` (PEM). Refuses to replace either file
+    unless ``force``."""
     private_path = prefix.with_name(prefix.name + PRIVATE_SUFFIX)
     public_path = prefix.with_name(prefix.name + PUBLIC_SUFFIX)
     if not force:
@@ -82,7 +82,7 @@ def generate(prefix: Path, *, force: bool = False,
                 raise KeyProblem(f"{path} đã có; dùng --force để ghi đè (khoá cũ sẽ mất)",
                                 f"{path} exists; use --force to replace it (the old key is lost)")
     if passphrase is not None:
-        check_passphrase(passphrase)
+        _check_passphrase(passphrase)
     private = Ed25519PrivateKey.generate()
     public = private.public_key()
     if passphrase is None:
