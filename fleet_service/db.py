@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from annotated_types import Interval
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import ColumnCollection, DateTime, Engine, Insert, MetaData, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -31,6 +32,16 @@ RowId = Annotated[int, Interval(ge=1, le=ID_MAX)]
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def upsert(dialect: str, table: Table, keys: Sequence[str],
+           updates: Callable[[ColumnCollection[str, Any], ColumnCollection[str, Any]], dict[str, Any]]) -> Insert:
+    """INSERT … ON CONFLICT (``keys``) DO UPDATE on PostgreSQL or SQLite, which write it alike:
+    ``updates(stored, new)`` gives the values to set from the stored row's columns and the
+    inserted ones. Build it once per dialect (SQLAlchemy then caches its compiled form)."""
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    return statement.on_conflict_do_update(index_elements=[table.c[key] for key in keys],
+                                           set_=updates(table.c, statement.excluded))
 
 
 class UTCDateTime(TypeDecorator[datetime]):

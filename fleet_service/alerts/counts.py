@@ -22,13 +22,11 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import cast
 
-from sqlalchemy import Table, delete, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.sqlite import Insert
+from sqlalchemy import Insert, Table, delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_service.alerts.models import ReceiverCount
-from fleet_service.db import session_scope
+from fleet_service.db import session_scope, upsert
 from fleet_service.ingest.events import ReceiverEventReported, TelemetryReported
 from fleet_service.protocol.messages import EventKind
 from fleet_service.timefmt import LOCAL_ZONE
@@ -174,12 +172,9 @@ class EventCounter:
 
 @functools.cache
 def _add_statement(dialect: str) -> Insert:
-    """INSERT … ON CONFLICT DO UPDATE adding to the row, built once per dialect."""
-    table = cast(Table, ReceiverCount.__table__)
-    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    return cast(Insert, statement.on_conflict_do_update(
-        index_elements=[table.c.receiver_id, table.c.kind, table.c.period_start],
-        set_={"value": table.c.value + statement.excluded.value}))
+    """Adds to the row, creating it the first time."""
+    return upsert(dialect, cast(Table, ReceiverCount.__table__), ("receiver_id", "kind", "period_start"),
+                  lambda stored, new: {"value": stored.value + new.value})
 
 
 def add_counts(session: Session, counts: Iterable[tuple[str, str, datetime, int]]) -> None:

@@ -9,10 +9,10 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Dialect, Insert, PoolProxiedConnection, Table, bindparam, case, exists, literal, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.orm import Session
 
+from fleet_service.db import upsert
 from fleet_service.downloads.models import FirmwareDownload
 from fleet_service.firmware.models import FirmwareRelease, FirmwareReleaseFile
 from fleet_service.registry.models import Receiver, ReceiverCredential, ReceiverStatus
@@ -137,17 +137,14 @@ class Served:
 
 @functools.cache
 def _served_upsert(dialect: str) -> Insert:
-    """INSERT … ON CONFLICT (receiver, release) DO UPDATE adding to the row, built once per
-    dialect: whichever process wrote the row before, two API processes never collide."""
-    table = cast(Table, FirmwareDownload.__table__)
-    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    new = statement.excluded
-    return statement.on_conflict_do_update(
-        index_elements=[table.c.receiver_id, table.c.release_id],
-        set_={"bytes_served": table.c.bytes_served + new.bytes_served,
-              "requests": table.c.requests + new.requests,
-              "first_at": case((new.first_at < table.c.first_at, new.first_at), else_=table.c.first_at),
-              "last_at": case((new.last_at > table.c.last_at, new.last_at), else_=table.c.last_at)})
+    """Adds to the (receiver, release) row, creating it the first time: whichever process wrote
+    the row before, two API processes never collide."""
+    return upsert(dialect, cast(Table, FirmwareDownload.__table__), ("receiver_id", "release_id"),
+                  lambda stored, new: {
+                      "bytes_served": stored.bytes_served + new.bytes_served,
+                      "requests": stored.requests + new.requests,
+                      "first_at": case((new.first_at < stored.first_at, new.first_at), else_=stored.first_at),
+                      "last_at": case((new.last_at > stored.last_at, new.last_at), else_=stored.last_at)})
 
 
 def add_served(session: Session, counts: Sequence[Served]) -> None:

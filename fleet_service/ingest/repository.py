@@ -10,10 +10,9 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Insert, Table, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from fleet_service.db import upsert
 from fleet_service.registry.models import Receiver, ReceiverStatus
 from fleet_service.scope import RegionScope
 from fleet_service.uptime.models import ConnectivityInterval, ReceiverLiveState
@@ -91,12 +90,8 @@ LIVE_STATE_COLUMNS = tuple(name for name in LIVE_STATE_FIELDS if name != "receiv
 def _live_state_upsert(dialect: str) -> Insert:
     """INSERT … ON CONFLICT (receiver_id) DO UPDATE, built once per dialect (its compiled form is
     then cached by SQLAlchemy)."""
-    table = cast(Table, ReceiverLiveState.__table__)
-    statement = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
-    return statement.on_conflict_do_update(
-        index_elements=[table.c.receiver_id],
-        set_={name: getattr(statement.excluded, name) for name in LIVE_STATE_COLUMNS},
-    )
+    return upsert(dialect, cast(Table, ReceiverLiveState.__table__), ("receiver_id",),
+                  lambda _stored, new: {name: new[name] for name in LIVE_STATE_COLUMNS})
 
 
 def receivers_with_open_interval(session: Session, region_path: str | None) -> Sequence[tuple[Any, ...]]:
