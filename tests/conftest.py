@@ -115,7 +115,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 # ``--durations`` of a parallel run on a 2-core machine. Only the order of a parallel run
 # depends on it.
 EXPECTED_S = {
-    "tests/simulators/test_demo.py::test_demo_shows_a_live_fleet": 50.0,
+    "tests/simulators/test_demo.py::test_demo_shows_a_live_fleet": 75.0,
     "tests/conformance/test_lifecycle.py": 16.0,
     "tests/conformance/test_schedule.py": 9.0,
     "tests/conformance/test_reconnect.py": 6.0,

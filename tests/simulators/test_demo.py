@@ -46,7 +46,8 @@ def test_choose_ports_avoids_taken_ports(usual_ports_taken):
 
 def test_demo_shows_a_live_fleet(tmp_path, usual_ports_taken):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([LOA, "demo", "--duration", "45", "--dir", str(tmp_path / "demo"),
+    # Long enough for every check below on a loaded machine (the run ends it by itself).
+    process = subprocess.Popen([LOA, "demo", "--duration", "70", "--dir", str(tmp_path / "demo"),
                                 "--receivers-per-station", "2"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
     output: list[str] = []
